@@ -1,0 +1,385 @@
+//! Configuration: the TOML schema (`raw`), units (`units`), secrets and JWT keys (`secrets`), and
+//! validation into the runtime model below. Every error names the key's path, so
+//! `homeport serve` can exit with one clear line on a bad file.
+
+mod raw;
+mod secrets;
+pub mod units;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use secrets::JwtConfig;
+
+use crate::types::RegionName;
+use raw::{RawConfig, RawEndpoint};
+
+/// A configuration mistake, with the path of the offending key.
+#[derive(Debug, thiserror::Error)]
+#[error("config error at `{path}`: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The validated configuration of one sidecar.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub region: RegionName,
+    pub http: HttpConfig,
+    pub postgres: PostgresConfig,
+    pub probe: ProbeConfig,
+    pub routing: RoutingConfig,
+    pub shards: Vec<ShardConfig>,
+    pub directory: DirectoryConfig,
+    pub redis: Option<RedisConfig>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub max_body: usize,
+    pub auth: AuthConfig,
+    pub public_url: Option<String>,
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// Identity from the `Homeport-User` header: only the pod's own containers reach localhost.
+    TrustedHeader,
+    Jwt(Box<JwtConfig>),
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub acquire_timeout: Duration,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes before an endpoint is marked down.
+    pub fall: u32,
+    /// Consecutive good probes before a down endpoint is marked up again.
+    pub rise: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimaryReads {
+    /// The primary is a normal read candidate in the design's nearest-copy order.
+    Nearest,
+    /// Reads go to the primary only when no replica can serve them.
+    LastResort,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    pub primary_reads: PrimaryReads,
+}
+
+/// One PostgreSQL server as configured.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// `host:port/dbname`, used in metrics and messages. Never contains a password.
+    pub name: String,
+    pub region: RegionName,
+    pub pg: tokio_postgres::Config,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub name: RegionName,
+    pub primaries: Vec<EndpointConfig>,
+    pub replicas: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Reject,
+    Hash,
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// The directory's copies, routed like a shard's.
+    pub shard: ShardConfig,
+    /// Fully qualified table name, validated as `schema.table` identifiers.
+    pub table: String,
+    pub cache_ttl: Duration,
+    pub cache_capacity: usize,
+    pub placement: Placement,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read file: {e}"))
+        })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new("(file)", one_line(&e.to_string())))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(if path == "." { "(root)".into() } else { path }, one_line(&e.inner().to_string()))
+        })?;
+        validate(raw)
+    }
+
+    /// Every region named anywhere in the topology.
+    pub fn regions(&self) -> BTreeSet<RegionName> {
+        let mut out = BTreeSet::new();
+        for shard in self.shards.iter().chain(std::iter::once(&self.directory.shard)) {
+            for e in shard.primaries.iter().chain(&shard.replicas) {
+                out.insert(e.region.clone());
+            }
+        }
+        out.extend(self.shards.iter().map(|s| s.name.clone()));
+        out
+    }
+
+    pub fn shard(&self, name: &RegionName) -> Option<&ShardConfig> {
+        self.shards.iter().find(|s| &s.name == name)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let region = RegionName::parse(&raw.region).map_err(|m| ConfigError::new("region", m))?;
+    let pg_defaults = secrets::pg_defaults(&raw.postgres)?;
+
+    let mut shards = Vec::new();
+    for (name, shard) in raw.shards {
+        let path = format!("shards.{name}");
+        let shard_name = RegionName::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
+        let primaries = endpoints(&path, "primary", shard.primary.into_vec(), Some(&shard_name), &pg_defaults)?;
+        let replicas = endpoints(&path, "replicas", shard.replicas, None, &pg_defaults)?;
+        shards.push(ShardConfig { name: shard_name, primaries, replicas });
+    }
+    if shards.is_empty() {
+        return Err(ConfigError::new("shards", "at least one shard is required"));
+    }
+
+    let dir = raw.directory;
+    let dir_primaries = endpoints("directory", "primary", dir.primary.into_vec(), None, &pg_defaults)?;
+    let dir_replicas = endpoints("directory", "replicas", dir.replicas, None, &pg_defaults)?;
+    let table = dir.table.unwrap_or_else(|| "homeport.directory".into());
+    if !is_qualified_identifier(&table) {
+        return Err(ConfigError::new(
+            "directory.table",
+            format!("{table:?} is not a plain `schema.table` name (lowercase letters, digits, '_')"),
+        ));
+    }
+    let placement = match dir.placement.as_deref().unwrap_or("reject") {
+        "reject" => Placement::Reject,
+        "hash" => Placement::Hash,
+        "local" => Placement::Local,
+        other => {
+            return Err(ConfigError::new(
+                "directory.placement",
+                format!("unknown policy {other:?}; use \"reject\", \"hash\" or \"local\""),
+            ));
+        }
+    };
+    let directory = DirectoryConfig {
+        shard: ShardConfig {
+            name: RegionName::parse("directory").expect("valid name"),
+            primaries: dir_primaries,
+            replicas: dir_replicas,
+        },
+        table,
+        cache_ttl: dir.cache_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+        cache_capacity: dir.cache_capacity.unwrap_or(100_000),
+        placement,
+    };
+
+    let http = raw.http;
+    let listen_text = http.listen.unwrap_or_else(|| "127.0.0.1:7400".into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError::new("http.listen", format!("{listen_text:?} is not an address like \"127.0.0.1:7400\""))
+    })?;
+    let max_body = http.max_body.map(|b| b.0).unwrap_or(1 << 20);
+    let max_body = usize::try_from(max_body)
+        .ok()
+        .filter(|b| *b > 0)
+        .ok_or_else(|| ConfigError::new("http.max_body", "must be between 1 byte and the address space"))?;
+    let auth = match http.auth.as_deref().unwrap_or("trusted-header") {
+        "trusted-header" => AuthConfig::TrustedHeader,
+        "jwt" => {
+            let jwt = raw
+                .jwt
+                .as_ref()
+                .ok_or_else(|| ConfigError::new("jwt", "http.auth = \"jwt\" needs a [jwt] table"))?;
+            AuthConfig::Jwt(Box::new(secrets::jwt_config(jwt)?))
+        }
+        other => {
+            return Err(ConfigError::new(
+                "http.auth",
+                format!("unknown mode {other:?}; use \"trusted-header\" or \"jwt\""),
+            ));
+        }
+    };
+
+    let probe = ProbeConfig {
+        interval: raw.probe.interval.map(|d| d.0).unwrap_or(Duration::from_millis(500)),
+        timeout: raw.probe.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+        fall: raw.probe.fall.unwrap_or(2).max(1),
+        rise: raw.probe.rise.unwrap_or(1).max(1),
+    };
+    if probe.interval < Duration::from_millis(1) {
+        return Err(ConfigError::new("probe.interval", "must be at least 1ms"));
+    }
+    let primary_reads = match raw.routing.primary_reads.as_deref().unwrap_or("nearest") {
+        "nearest" => PrimaryReads::Nearest,
+        "last-resort" => PrimaryReads::LastResort,
+        other => {
+            return Err(ConfigError::new(
+                "routing.primary_reads",
+                format!("unknown value {other:?}; use \"nearest\" or \"last-resort\""),
+            ));
+        }
+    };
+    let redis = match raw.redis {
+        None => None,
+        Some(r) => Some(secrets::redis_config(r)?),
+    };
+
+    let config = Config {
+        region,
+        http: HttpConfig {
+            listen,
+            max_body,
+            auth,
+            public_url: http.public_url,
+            header_timeout: http.header_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+        },
+        postgres: pg_defaults.settings,
+        probe,
+        routing: RoutingConfig { primary_reads },
+        shards,
+        directory,
+        redis,
+        shutdown_grace: raw.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(20)),
+    };
+    check_regions(&config)?;
+    Ok(config)
+}
+
+/// The sidecar's own region and every shard must be known regions; a shard's primary
+/// candidates default to the shard's region.
+fn check_regions(config: &Config) -> Result<(), ConfigError> {
+    let shard_names: BTreeSet<&RegionName> = config.shards.iter().map(|s| &s.name).collect();
+    let regions = config.regions();
+    if !regions.contains(&config.region) {
+        return Err(ConfigError::new(
+            "region",
+            format!("{} is not a region of any shard or replica", config.region),
+        ));
+    }
+    for shard in &config.shards {
+        for (i, r) in shard.replicas.iter().enumerate() {
+            if !shard_names.contains(&r.region) && r.region != config.region {
+                return Err(ConfigError::new(
+                    format!("shards.{}.replicas[{i}].region", shard.name),
+                    format!("{} is not a known region (shards: {})", r.region, join(&shard_names)),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(names: &BTreeSet<&RegionName>) -> String {
+    names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn endpoints(
+    parent: &str,
+    key: &str,
+    raw: Vec<RawEndpoint>,
+    default_region: Option<&RegionName>,
+    defaults: &secrets::PgDefaults,
+) -> Result<Vec<EndpointConfig>, ConfigError> {
+    if key == "primary" && raw.is_empty() {
+        return Err(ConfigError::new(format!("{parent}.{key}"), "at least one primary candidate is required"));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let path = format!("{parent}.{key}[{i}]");
+            let (url, region) = match e {
+                RawEndpoint::Url(url) => (url, None),
+                RawEndpoint::Full(t) => (t.url, t.region),
+            };
+            let region = match (region, default_region) {
+                (Some(r), _) => RegionName::parse(&r).map_err(|m| ConfigError::new(format!("{path}.region"), m))?,
+                (None, Some(d)) => d.clone(),
+                (None, None) => {
+                    return Err(ConfigError::new(
+                        &path,
+                        "needs a region: write { url = \"postgresql://...\", region = \"eu\" }",
+                    ));
+                }
+            };
+            let pg = defaults.connection(&url).map_err(|m| ConfigError::new(&path, m))?;
+            Ok(EndpointConfig { name: endpoint_name(&pg), region, pg })
+        })
+        .collect()
+}
+
+/// `host:port/dbname` of a connection config, for labels and messages.
+pub fn endpoint_name(pg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", pg.get_dbname().unwrap_or("postgres"))
+}
+
+fn is_qualified_identifier(s: &str) -> bool {
+    let ident = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    matches!(s.split_once('.'), Some((schema, table)) if ident(schema) && ident(table))
+}
+
+#[cfg(test)]
+mod tests;

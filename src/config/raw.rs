@@ -1,0 +1,143 @@
+//! The TOML schema exactly as users write it. Every table denies unknown keys, so a typo is an
+//! error with the key's path rather than a silently ignored setting. Values are checked and turned
+//! into the runtime model in `config::validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, Dur};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub region: String,
+    #[serde(default)]
+    pub http: RawHttp,
+    pub jwt: Option<RawJwt>,
+    #[serde(default)]
+    pub postgres: RawPostgres,
+    #[serde(default)]
+    pub probe: RawProbe,
+    #[serde(default)]
+    pub routing: RawRouting,
+    pub shards: BTreeMap<String, RawShard>,
+    pub directory: RawDirectory,
+    pub redis: Option<RawRedis>,
+    pub shutdown_grace: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+    pub max_body: Option<ByteSize>,
+    pub auth: Option<String>,
+    pub public_url: Option<String>,
+    pub header_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub algorithm: String,
+    pub secret_file: Option<String>,
+    pub secret_env: Option<String>,
+    pub public_key_file: Option<String>,
+    pub jwks_file: Option<String>,
+    pub user_claim: Option<String>,
+    pub region_claim: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub user: Option<String>,
+    pub dbname: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub application_name: Option<String>,
+    pub connect_timeout: Option<Dur>,
+    pub statement_timeout: Option<Dur>,
+    pub acquire_timeout: Option<Dur>,
+    pub pool_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub primary_reads: Option<String>,
+}
+
+/// An endpoint is a connection URL, or a table when it needs more than a URL.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawEndpoint {
+    Url(String),
+    Full(RawEndpointTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    pub url: String,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShard {
+    /// Primary candidates in order; the one whose probe says "not in recovery" takes writes.
+    pub primary: OneOrMany,
+    #[serde(default)]
+    pub replicas: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(RawEndpoint),
+    Many(Vec<RawEndpoint>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<RawEndpoint> {
+        match self {
+            OneOrMany::One(e) => vec![e],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectory {
+    pub primary: OneOrMany,
+    #[serde(default)]
+    pub replicas: Vec<RawEndpoint>,
+    pub table: Option<String>,
+    pub cache_ttl: Option<Dur>,
+    pub cache_capacity: Option<usize>,
+    pub placement: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub timeout: Option<Dur>,
+}

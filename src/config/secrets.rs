@@ -1,0 +1,195 @@
+//! Secrets and key material: database and Redis passwords from files or environment variables,
+//! JWT verification keys from a secret, a PEM file or a JWKS file. Nothing here is ever logged;
+//! `Debug` of the types that hold secrets redacts them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use super::raw::{RawJwt, RawPostgres, RawRedis};
+use super::{ConfigError, PostgresConfig, RedisConfig};
+
+/// Connection defaults applied to every endpoint URL that does not set them itself.
+pub struct PgDefaults {
+    pub settings: PostgresConfig,
+    user: String,
+    dbname: Option<String>,
+    application_name: String,
+}
+
+pub fn pg_defaults(raw: &RawPostgres) -> Result<PgDefaults, ConfigError> {
+    let password = secret("postgres", raw.password_file.as_deref(), raw.password_env.as_deref())?;
+    let pool_size = raw.pool_size.unwrap_or(16);
+    if pool_size == 0 || pool_size > 10_000 {
+        return Err(ConfigError::new("postgres.pool_size", "must be between 1 and 10000"));
+    }
+    Ok(PgDefaults {
+        settings: PostgresConfig {
+            password,
+            connect_timeout: raw.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
+            statement_timeout: raw.statement_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
+            acquire_timeout: raw.acquire_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+            pool_size,
+        },
+        user: raw.user.clone().unwrap_or_else(|| "postgres".into()),
+        dbname: raw.dbname.clone(),
+        application_name: raw.application_name.clone().unwrap_or_else(|| "homeport".into()),
+    })
+}
+
+impl PgDefaults {
+    /// Parses an endpoint URL and fills in what it leaves out.
+    pub fn connection(&self, url: &str) -> Result<tokio_postgres::Config, String> {
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            return Err(format!(
+                "{:?} is not a postgresql:// URL",
+                url.split('@').next_back().unwrap_or("")
+            ));
+        }
+        let mut pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| format!("invalid connection URL: {e}"))?;
+        if pg.get_user().is_none() {
+            pg.user(&self.user);
+        }
+        if pg.get_dbname().is_none() {
+            if let Some(db) = &self.dbname {
+                pg.dbname(db);
+            }
+        }
+        if pg.get_password().is_none() {
+            if let Some(p) = &self.settings.password {
+                pg.password(p);
+            }
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name(&self.application_name);
+        }
+        pg.connect_timeout(self.settings.connect_timeout);
+        let ms = self.settings.statement_timeout.as_millis();
+        if ms > 0 {
+            pg.options(format!("-c statement_timeout={ms}"));
+        }
+        Ok(pg)
+    }
+}
+
+/// Reads a secret from a file (trailing newline removed) or an environment variable.
+fn secret(table: &str, file: Option<&str>, env: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match (file, env) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            format!("{table}.password_file"),
+            "set either password_file or password_env, not both",
+        )),
+        (Some(path), None) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| ConfigError::new(format!("{table}.password_file"), format!("cannot read {path}: {e}"))),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| ConfigError::new(format!("{table}.password_env"), format!("environment variable {var} is not set"))),
+        (None, None) => Ok(None),
+    }
+}
+
+pub fn redis_config(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
+    if !(raw.url.starts_with("redis://") || raw.url.starts_with("rediss://")) {
+        return Err(ConfigError::new("redis.url", "must be a redis:// or rediss:// URL"));
+    }
+    Ok(RedisConfig {
+        url: raw.url,
+        password: secret("redis", raw.password_file.as_deref(), raw.password_env.as_deref())?,
+        timeout: raw.timeout.map(|d| d.0).unwrap_or(Duration::from_millis(100)),
+    })
+}
+
+/// JWT verification settings. The algorithm is pinned: a token signed with any other algorithm
+/// is rejected, which closes the classic `alg` confusion attacks.
+#[derive(Clone)]
+pub struct JwtConfig {
+    pub algorithm: Algorithm,
+    /// Verification keys, with their `kid` when they came from a JWKS file.
+    pub keys: Vec<(Option<String>, DecodingKey)>,
+    pub user_claim: String,
+    pub region_claim: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("algorithm", &self.algorithm)
+            .field("keys", &format_args!("{} key(s), redacted", self.keys.len()))
+            .field("user_claim", &self.user_claim)
+            .field("region_claim", &self.region_claim)
+            .finish()
+    }
+}
+
+pub fn jwt_config(raw: &RawJwt) -> Result<JwtConfig, ConfigError> {
+    let algorithm = match raw.algorithm.as_str() {
+        "HS256" => Algorithm::HS256,
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        other => {
+            return Err(ConfigError::new(
+                "jwt.algorithm",
+                format!("unsupported algorithm {other:?}; use HS256, RS256 or ES256"),
+            ));
+        }
+    };
+    let keys = match algorithm {
+        Algorithm::HS256 => {
+            let path = if raw.secret_file.is_some() { "jwt.secret_file" } else { "jwt.secret_env" };
+            let secret = secret("jwt", raw.secret_file.as_deref(), raw.secret_env.as_deref())
+                .map_err(|e| ConfigError::new(path, e.message))?
+                .ok_or_else(|| ConfigError::new("jwt", "HS256 needs secret_file or secret_env"))?;
+            if secret.len() < 32 {
+                return Err(ConfigError::new(path, "HS256 secret must be at least 32 bytes"));
+            }
+            vec![(None, DecodingKey::from_secret(secret.as_bytes()))]
+        }
+        _ => asymmetric_keys(algorithm, raw)?,
+    };
+    Ok(JwtConfig {
+        algorithm,
+        keys,
+        user_claim: raw.user_claim.clone().unwrap_or_else(|| "sub".into()),
+        region_claim: raw.region_claim.clone().unwrap_or_else(|| "region".into()),
+        issuer: raw.issuer.clone(),
+        audience: raw.audience.clone(),
+        leeway: raw.leeway.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+    })
+}
+
+fn asymmetric_keys(algorithm: Algorithm, raw: &RawJwt) -> Result<Vec<(Option<String>, DecodingKey)>, ConfigError> {
+    if let Some(path) = &raw.public_key_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| ConfigError::new("jwt.public_key_file", format!("cannot read {path}: {e}")))?;
+        let key = match algorithm {
+            Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+            _ => DecodingKey::from_ec_pem(&pem),
+        }
+        .map_err(|e| ConfigError::new("jwt.public_key_file", format!("not a usable PEM public key: {e}")))?;
+        return Ok(vec![(None, key)]);
+    }
+    let path = raw
+        .jwks_file
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("jwt", "RS256/ES256 need public_key_file or jwks_file"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("jwt.jwks_file", format!("cannot read {path}: {e}")))?;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+        .map_err(|e| ConfigError::new("jwt.jwks_file", format!("not a JWKS document: {e}")))?;
+    let keys: Vec<_> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| DecodingKey::from_jwk(jwk).ok().map(|k| (jwk.common.key_id.clone(), k)))
+        .collect();
+    if keys.is_empty() {
+        return Err(ConfigError::new("jwt.jwks_file", "no usable keys in the JWKS document"));
+    }
+    Ok(keys)
+}

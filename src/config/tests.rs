@@ -1,0 +1,98 @@
+use super::*;
+
+fn example() -> String {
+    include_str!("../../config/eu.toml").replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "")
+}
+
+fn err(text: &str) -> ConfigError {
+    Config::parse(text).expect_err("config should be rejected")
+}
+
+#[test]
+fn shipped_examples_parse() {
+    let c = Config::parse(&example()).unwrap();
+    assert_eq!(c.region.as_str(), "eu");
+    assert_eq!(c.shards.len(), 2);
+    assert_eq!(c.http.max_body, 1 << 20);
+    assert_eq!(c.probe.interval, Duration::from_millis(500));
+    let eu = c.shard(&RegionName::parse("eu").unwrap()).unwrap();
+    assert_eq!(eu.primaries[0].region.as_str(), "eu");
+    assert_eq!(eu.replicas[1].region.as_str(), "us");
+    assert_eq!(eu.primaries[0].name, "pg-eu-primary.eu.internal:5432/app");
+    let us_text = include_str!("../../config/us.toml").replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
+    assert_eq!(Config::parse(&us_text).unwrap().region.as_str(), "us");
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_path() {
+    let text = example().replace("[probe]\n", "[probe]\nintervall = \"1s\"\n");
+    let e = err(&text);
+    assert_eq!(e.path, "probe.intervall");
+    assert!(e.message.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn unknown_key_inside_an_endpoint_is_reported_with_its_path() {
+    let text = example().replace("{ url = \"postgresql://pg-eu-replica.us.internal:5432\", region = \"us\" }", "{ url = \"postgresql://x:5432\", regoin = \"us\" }");
+    let e = err(&text);
+    assert!(e.path.starts_with("shards.eu.replicas"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_the_key() {
+    let e = err(&example().replace("interval = \"500ms\"", "interval = \"soon\""));
+    assert_eq!(e.path, "probe.interval");
+    assert!(e.message.contains("invalid duration"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let e = err(&example().replace("pool_size = 16", "pool_size = \"many\""));
+    assert_eq!(e.path, "postgres.pool_size");
+}
+
+#[test]
+fn unknown_replica_region_is_rejected() {
+    let e = err(&example().replace("region = \"us\" },\n]\n\n[shards.us]", "region = \"mars\" },\n]\n\n[shards.us]"));
+    assert_eq!(e.path, "shards.eu.replicas[1].region");
+    assert!(e.message.contains("mars"), "{e}");
+}
+
+#[test]
+fn own_region_must_exist() {
+    let e = err(&example().replace("region = \"eu\"\n\n[http]", "region = \"ap\"\n\n[http]"));
+    assert_eq!(e.path, "region");
+}
+
+#[test]
+fn missing_secret_is_reported() {
+    let text = example().replace("[postgres]\n", "[postgres]\npassword_env = \"HOMEPORT_TEST_SURELY_UNSET_VAR\"\n");
+    let e = err(&text);
+    assert_eq!(e.path, "postgres.password_env");
+}
+
+#[test]
+fn jwt_mode_needs_keys() {
+    let e = err(&example().replace("auth = \"trusted-header\"", "auth = \"jwt\""));
+    assert_eq!(e.path, "jwt");
+    let text = example().replace("auth = \"trusted-header\"", "auth = \"jwt\"") + "\n[jwt]\nalgorithm = \"none\"\n";
+    assert_eq!(err(&text).path, "jwt.algorithm");
+}
+
+#[test]
+fn bad_endpoint_url_is_rejected() {
+    let e = err(&example().replace("postgresql://pg-us-primary.us.internal:5432", "mysql://x"));
+    assert_eq!(e.path, "shards.us.primary[0]");
+}
+
+#[test]
+fn syntax_error_is_one_line() {
+    let e = err("region = \n");
+    assert!(!e.to_string().contains('\n'));
+}
+
+#[test]
+fn placement_must_be_known() {
+    let e = err(&example().replace("placement = \"reject\"", "placement = \"random\""));
+    assert_eq!(e.path, "directory.placement");
+}

@@ -1,0 +1,207 @@
+//! Routing decisions as pure functions: a request's intent, the user's home shard and a topology
+//! snapshot in, an ordered list of candidate endpoints out. No I/O happens here; the callers try
+//! candidates in order.
+//!
+//! - Writes go to the home shard's primary, and only there.
+//! - Reads go to the nearest healthy copy: a replica in the sidecar's own region, the primary if
+//!   it is in the sidecar's region, the other replicas by measured RTT, then the primary
+//!   (`primary_reads = "last-resort"` moves the primary to the very end in every case).
+
+use crate::config::PrimaryReads;
+use crate::topology::{EndpointView, Snapshot};
+use crate::types::{RegionName, ShardId};
+
+/// Where a candidate sits relative to the sidecar, also the `target` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    LocalReplica,
+    RemoteReplica,
+    Primary,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::LocalReplica => "local_replica",
+            Target::RemoteReplica => "remote_replica",
+            Target::Primary => "primary",
+        }
+    }
+
+    /// The `primary|replica` half of `Homeport-Served-By`.
+    pub fn role_str(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            _ => "replica",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Index of the endpoint in the snapshot.
+    pub index: usize,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no healthy primary for shard {0}")]
+    NoPrimary(ShardId),
+    #[error("no healthy copy of shard {0} can serve this read")]
+    NoCopy(ShardId),
+}
+
+/// The only place a write for `shard` may run.
+pub fn write_candidate(snapshot: &Snapshot, shard: &ShardId) -> Result<Candidate, RouteError> {
+    snapshot
+        .primary_of(shard)
+        .map(|p| Candidate { index: p.info.index, target: Target::Primary })
+        .ok_or_else(|| RouteError::NoPrimary(shard.clone()))
+}
+
+/// Healthy copies of `shard` in nearest-copy order.
+pub fn read_candidates(
+    snapshot: &Snapshot,
+    shard: &ShardId,
+    local: &RegionName,
+    primary_reads: PrimaryReads,
+) -> Result<Vec<Candidate>, RouteError> {
+    let mut replicas: Vec<&EndpointView> = snapshot
+        .shard_copies(shard)
+        .filter(|e| e.is_up() && e.status.role == Some(crate::types::Role::Replica))
+        .collect();
+    // Local replicas first, then by RTT; unmeasured RTTs sort last, ties keep config order.
+    replicas.sort_by_key(|e| (&e.info.region != local, e.status.rtt.is_none(), e.status.rtt));
+    let primary = snapshot.primary_of(shard);
+
+    let mut out = Vec::with_capacity(replicas.len() + 1);
+    let (local_replicas, remote_replicas): (Vec<_>, Vec<_>) = replicas.into_iter().partition(|e| &e.info.region == local);
+    out.extend(local_replicas.iter().map(|e| Candidate { index: e.info.index, target: Target::LocalReplica }));
+    let primary_is_local = primary.is_some_and(|p| &p.info.region == local);
+    let primary_candidate = primary.map(|p| Candidate { index: p.info.index, target: Target::Primary });
+    if primary_is_local && primary_reads == PrimaryReads::Nearest {
+        out.extend(primary_candidate);
+    }
+    out.extend(remote_replicas.iter().map(|e| Candidate { index: e.info.index, target: Target::RemoteReplica }));
+    if !(primary_is_local && primary_reads == PrimaryReads::Nearest) {
+        out.extend(primary_candidate);
+    }
+    if out.is_empty() {
+        return Err(RouteError::NoCopy(shard.clone()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::topology::health::Health;
+    use crate::topology::{Configured, EndpointInfo, EndpointStatus};
+    use crate::types::Role;
+
+    fn region(s: &str) -> RegionName {
+        RegionName::parse(s).unwrap()
+    }
+
+    /// (shard, region, role, up, rtt ms)
+    fn snapshot(rows: &[(&str, &str, Role, bool, u64)]) -> Snapshot {
+        let endpoints = rows
+            .iter()
+            .enumerate()
+            .map(|(index, (shard, reg, role, up, rtt))| {
+                let health = Health::default().observe(*up, 1, 1);
+                crate::topology::EndpointView {
+                    info: Arc::new(EndpointInfo {
+                        index,
+                        name: format!("e{index}"),
+                        shard: region(shard),
+                        region: region(reg),
+                        configured: if *role == Role::Primary { Configured::PrimaryCandidate } else { Configured::Replica },
+                        pg: tokio_postgres::Config::new(),
+                    }),
+                    status: EndpointStatus { health, role: Some(*role), rtt: Some(Duration::from_millis(*rtt)), ..Default::default() },
+                }
+            })
+            .collect();
+        Snapshot { endpoints }
+    }
+
+    fn order(s: &Snapshot, shard: &str, local: &str, pr: PrimaryReads) -> Vec<(usize, Target)> {
+        read_candidates(s, &region(shard), &region(local), pr)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.index, c.target))
+            .collect()
+    }
+
+    use Role::{Primary as P, Replica as R};
+    use Target::{LocalReplica as LR, Primary as PT, RemoteReplica as RR};
+
+    #[test]
+    fn write_for_remote_user_goes_to_home_primary() {
+        let s = snapshot(&[("eu", "eu", P, true, 1), ("eu", "us", R, true, 1), ("us", "us", P, true, 1)]);
+        assert_eq!(write_candidate(&s, &region("eu")).unwrap(), Candidate { index: 0, target: PT });
+        assert_eq!(write_candidate(&s, &region("us")).unwrap().index, 2);
+    }
+
+    #[test]
+    fn write_without_healthy_primary_fails() {
+        let s = snapshot(&[("eu", "eu", P, false, 1), ("eu", "us", R, true, 1)]);
+        assert_eq!(write_candidate(&s, &region("eu")), Err(RouteError::NoPrimary(region("eu"))));
+    }
+
+    #[test]
+    fn promoted_replica_takes_writes() {
+        let s = snapshot(&[("eu", "eu", P, false, 1), ("eu", "eu", P, true, 1)]);
+        assert_eq!(write_candidate(&s, &region("eu")).unwrap().index, 1);
+    }
+
+    #[test]
+    fn remote_user_reads_from_local_replica_of_their_shard() {
+        let s = snapshot(&[("eu", "eu", P, true, 80), ("eu", "us", R, true, 1)]);
+        assert_eq!(order(&s, "eu", "us", PrimaryReads::Nearest), [(1, LR), (0, PT)]);
+    }
+
+    #[test]
+    fn local_user_prefers_local_replica_then_local_primary() {
+        let s = snapshot(&[("eu", "eu", P, true, 1), ("eu", "us", R, true, 90), ("eu", "eu", R, true, 2)]);
+        assert_eq!(order(&s, "eu", "eu", PrimaryReads::Nearest), [(2, LR), (0, PT), (1, RR)]);
+    }
+
+    #[test]
+    fn last_resort_keeps_primary_at_the_end() {
+        let s = snapshot(&[("eu", "eu", P, true, 1), ("eu", "us", R, true, 90)]);
+        assert_eq!(order(&s, "eu", "eu", PrimaryReads::LastResort), [(1, RR), (0, PT)]);
+    }
+
+    #[test]
+    fn remote_replicas_sorted_by_rtt() {
+        let s = snapshot(&[
+            ("eu", "eu", P, true, 100),
+            ("eu", "ap", R, true, 150),
+            ("eu", "sa", R, true, 50),
+        ]);
+        assert_eq!(order(&s, "eu", "us", PrimaryReads::Nearest), [(2, RR), (1, RR), (0, PT)]);
+    }
+
+    #[test]
+    fn unhealthy_copies_are_skipped() {
+        let s = snapshot(&[("eu", "eu", P, true, 80), ("eu", "us", R, false, 1)]);
+        assert_eq!(order(&s, "eu", "us", PrimaryReads::Nearest), [(0, PT)]);
+        let dead = snapshot(&[("eu", "eu", P, false, 80), ("eu", "us", R, false, 1)]);
+        assert_eq!(
+            read_candidates(&dead, &region("eu"), &region("us"), PrimaryReads::Nearest),
+            Err(RouteError::NoCopy(region("eu")))
+        );
+    }
+
+    #[test]
+    fn other_shards_are_never_candidates() {
+        let s = snapshot(&[("us", "us", P, true, 1), ("us", "eu", R, true, 1), ("eu", "eu", P, true, 1)]);
+        assert_eq!(order(&s, "eu", "eu", PrimaryReads::Nearest), [(2, PT)]);
+    }
+}

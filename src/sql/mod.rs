@@ -1,0 +1,7 @@
+//! SQL text analysis without a database: a lexer that understands PostgreSQL's quoting rules and
+//! a conservative classifier (read-only or not, command tag, sqlcommenter hints).
+
+pub mod classify;
+pub mod lexer;
+
+pub use classify::{Classification, RouteHint, classify};

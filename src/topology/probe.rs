@@ -1,0 +1,120 @@
+//! One probe task per endpoint. Each keeps its own connection (not a pooled one, so a full pool
+//! never hides a healthy server) and asks, in one round trip, for the server's role and WAL
+//! position; the time that takes is the endpoint's RTT sample. Results go through the health
+//! hysteresis and are published into the topology snapshot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use super::health::smooth_rtt;
+use super::{EndpointInfo, Topology};
+use crate::config::ProbeConfig;
+use crate::metrics;
+use crate::types::{Lsn, Role};
+
+/// `pg_is_in_recovery()` is the role; the WAL position is the replay position on a replica and
+/// the insert position on a primary. Text results keep this a single simple-protocol round trip.
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+
+/// What one successful probe saw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeResult {
+    pub role: Role,
+    pub wal_lsn: Option<Lsn>,
+    pub rtt: Duration,
+}
+
+/// Starts a probe task for every endpoint of the topology.
+pub fn spawn_all(topology: Arc<Topology>, config: ProbeConfig) -> Vec<JoinHandle<()>> {
+    topology
+        .snapshot()
+        .endpoints
+        .iter()
+        .map(|e| tokio::spawn(run(topology.clone(), e.info.clone(), config.clone())))
+        .collect()
+}
+
+async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConfig) {
+    let mut client: Option<Client> = None;
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let outcome = tokio::time::timeout(config.timeout, probe_once(&info, &mut client)).await;
+        let outcome = match outcome {
+            Ok(r) => r,
+            Err(_) => Err(format!("probe timed out after {:?}", config.timeout)),
+        };
+        if outcome.is_err() {
+            // A connection that failed or hung is not trusted again; the next tick reconnects.
+            client = None;
+        }
+        publish(&topology, &info, &config, outcome);
+    }
+}
+
+/// Runs the probe query once, connecting first if needed.
+pub async fn probe_once(info: &EndpointInfo, client: &mut Option<Client>) -> Result<ProbeResult, String> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(connect(&info.pg).await?);
+    }
+    let c = client.as_ref().expect("connected above");
+    let started = Instant::now();
+    let messages = c.simple_query(PROBE_SQL).await.map_err(|e| e.to_string())?;
+    let rtt = started.elapsed();
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .ok_or("probe returned no row")?;
+    let role = match row.get(0) {
+        Some("t") => Role::Replica,
+        Some("f") => Role::Primary,
+        other => return Err(format!("unexpected pg_is_in_recovery() value {other:?}")),
+    };
+    let wal_lsn = row.get(1).and_then(|s| s.parse().ok());
+    Ok(ProbeResult { role, wal_lsn, rtt })
+}
+
+pub async fn connect(pg: &tokio_postgres::Config) -> Result<Client, String> {
+    let (client, connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn publish(topology: &Topology, info: &EndpointInfo, config: &ProbeConfig, outcome: Result<ProbeResult, String>) {
+    let ok = outcome.is_ok();
+    topology.update(info.index, |s| {
+        s.health = s.health.observe(ok, config.rise, config.fall);
+        match &outcome {
+            Ok(r) => {
+                s.role = Some(r.role);
+                s.wal_lsn = r.wal_lsn.or(s.wal_lsn);
+                s.rtt = Some(smooth_rtt(s.rtt, r.rtt));
+                s.last_ok = Some(Instant::now());
+                s.last_error = None;
+            }
+            Err(e) => s.last_error = Some(e.clone()),
+        }
+    });
+    let snapshot = topology.snapshot();
+    let view = snapshot.get(info.index);
+    let role = view.status.role.map(Role::as_str).unwrap_or("unknown");
+    metrics::endpoint_up(&info.name, info.shard.as_str(), role, view.is_up(), view.status.rtt);
+    if view.status.role == Some(Role::Replica) {
+        if let Some(bytes) = snapshot.lag_bytes(view) {
+            metrics::replication_lag_bytes(info.shard.as_str(), &info.name, info.region.as_str(), bytes);
+        }
+    }
+    if let Err(e) = &outcome {
+        tracing::debug!(endpoint = %info.name, error = %e, "probe failed");
+    }
+}
