@@ -6,11 +6,25 @@
 //! - [`topology`]: endpoints, probe tasks, the lock-free snapshot request paths read.
 //! - [`routing`]: pure decisions, request + snapshot -> ordered candidates.
 //! - [`sql`]: lexer and conservative read-only classifier.
+//! - [`directory`]: user -> home region (claim, caches, directory table, placement).
+//! - [`auth`]: identity from a trusted header or a verified JWT.
+//! - [`db`]: per-endpoint connection pools and database errors.
+//! - [`app`]: shared sidecar state and the try-candidates-in-order data path.
+//! - [`http`]: the HTTP/JSON front end.
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`serve`], [`check`], [`dev`]: the three subcommands.
 
+pub mod app;
+pub mod auth;
+pub mod check;
 pub mod config;
+pub mod db;
+pub mod dev;
+pub mod directory;
+pub mod http;
 pub mod metrics;
 pub mod routing;
+pub mod serve;
 pub mod sql;
 pub mod topology;
 pub mod types;

@@ -149,6 +149,25 @@ impl Role {
     }
 }
 
+/// Decodes `%XX` escapes (as in URL paths and sqlcommenter values); `None` if malformed or not
+/// UTF-8. `+` is left alone: it is not a space outside form bodies.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +200,14 @@ mod tests {
         for bad in ["", "EU", "eu west", "-eu", "eu-", &"a".repeat(64)] {
             assert!(RegionName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%40b%2Fc").as_deref(), Some("a@b/c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
     }
 
     #[test]

@@ -196,29 +196,12 @@ fn hints(tokens: &[Token]) -> (Option<RouteHint>, Option<String>) {
                         _ => route,
                     }
                 }
-                "homeport_user" => user = percent_decode(v),
+                "homeport_user" => user = crate::types::percent_decode(v),
                 _ => {}
             }
         }
     }
     (route, user)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

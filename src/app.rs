@@ -1,0 +1,153 @@
+//! The sidecar's shared state and the data path every front end uses: who is the user, where is
+//! their home, which copies may serve the request (from `routing`), and trying those copies in
+//! order on pooled connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::Object;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+use crate::db::{DbError, Pools};
+use crate::directory::Directory;
+use crate::metrics;
+use crate::routing::{self, Candidate, RouteError, Target};
+use crate::topology::Topology;
+use crate::types::{Intent, RegionName};
+
+pub struct App {
+    pub config: Config,
+    pub topology: Arc<Topology>,
+    pub pools: Arc<Pools>,
+    pub directory: Directory,
+    pub metrics: PrometheusHandle,
+    draining: AtomicBool,
+}
+
+/// Where a request ran: the endpoint's region and whether it was a primary or a replica.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub region: RegionName,
+    pub target: Target,
+    pub endpoint: String,
+}
+
+impl Served {
+    pub fn header_value(&self) -> String {
+        format!("{}/{}", self.region, self.target.role_str())
+    }
+}
+
+/// Why a request could not be served by any candidate.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl App {
+    pub fn new(config: Config, metrics: PrometheusHandle) -> App {
+        let topology = Arc::new(Topology::from_config(&config));
+        let pools = Arc::new(Pools::new(&topology.snapshot(), &config.postgres));
+        let directory = Directory::new(&config, topology.clone(), pools.clone());
+        App { config, topology, pools, directory, metrics, draining: AtomicBool::new(false) }
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Ready to serve: not draining, every endpoint probed at least once, and a local endpoint
+    /// up (or, in a region without local copies, any endpoint up).
+    pub fn is_ready(&self) -> bool {
+        if self.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        let snapshot = self.topology.snapshot();
+        let all_probed = snapshot.endpoints.iter().all(|e| e.status.health.probed);
+        let local: Vec<_> = snapshot.endpoints.iter().filter(|e| e.info.region == self.config.region).collect();
+        let some_up = if local.is_empty() {
+            snapshot.endpoints.iter().any(|e| e.is_up())
+        } else {
+            local.iter().any(|e| e.is_up())
+        };
+        all_probed && some_up
+    }
+
+    /// Candidates for a request of `intent` on `shard`, nearest first.
+    pub fn candidates(&self, shard: &RegionName, intent: Intent) -> Result<Vec<Candidate>, RouteError> {
+        let snapshot = self.topology.snapshot();
+        match intent {
+            Intent::Write => routing::write_candidate(&snapshot, shard).map(|c| vec![c]),
+            Intent::Read => routing::read_candidates(&snapshot, shard, &self.config.region, self.config.routing.primary_reads),
+        }
+    }
+
+    /// Starts trying `candidates` in order; see [`Attempts`].
+    pub fn attempts(&self, candidates: Vec<Candidate>, intent: Intent) -> Attempts<'_> {
+        Attempts { app: self, candidates: candidates.into_iter(), intent, last: None }
+    }
+}
+
+/// Tries candidates in order. A read moves on to the next copy when a copy is unavailable or its
+/// connection breaks (a read is safe to repeat); a write never does: it has exactly one
+/// candidate, and a connection that breaks mid-write is reported, not retried, because the write
+/// may have committed.
+///
+/// ```text
+/// let mut attempts = app.attempts(candidates, intent);
+/// loop {
+///     let (client, served) = attempts.next().await?;
+///     match work(&client).await {
+///         Ok(v) => break (v, served),
+///         Err(e) => attempts.failed(e)?,
+///     }
+/// }
+/// ```
+pub struct Attempts<'a> {
+    app: &'a App,
+    candidates: std::vec::IntoIter<Candidate>,
+    intent: Intent,
+    last: Option<DbError>,
+}
+
+impl Attempts<'_> {
+    /// A connection to the next candidate that has one to give.
+    pub async fn next(&mut self) -> Result<(Object, Served), ServeError> {
+        let app = self.app;
+        for c in self.candidates.by_ref() {
+            let client = match app.pools.get(c.index).await {
+                Ok(client) => client,
+                Err(e) => {
+                    self.last = Some(e);
+                    continue;
+                }
+            };
+            let snapshot = app.topology.snapshot();
+            let region = snapshot.get(c.index).info.region.clone();
+            if region != app.config.region {
+                metrics::cross_region(app.config.region.as_str(), region.as_str());
+            }
+            let endpoint = app.pools.endpoint_name(c.index).to_string();
+            return Ok((client, Served { region, target: c.target, endpoint }));
+        }
+        Err(match self.last.take() {
+            Some(e) => e.into(),
+            None => ServeError::Route(RouteError::NoCopy(RegionName::parse("none").expect("valid"))),
+        })
+    }
+
+    /// Records a failure: `Ok` means the next candidate may be tried, `Err` is final.
+    pub fn failed(&mut self, e: DbError) -> Result<(), ServeError> {
+        match e {
+            DbError::Unavailable { .. } | DbError::Lost { .. } if self.intent == Intent::Read => {
+                self.last = Some(e);
+                Ok(())
+            }
+            e => Err(e.into()),
+        }
+    }
+}

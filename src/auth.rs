@@ -1,0 +1,161 @@
+//! Who a request is for. In `trusted-header` mode the `Homeport-User` header names the user (only
+//! the pod's own containers reach the loopback listener); in `jwt` mode a bearer token is verified
+//! with the pinned algorithm, expiry and clock-skew leeway, and its claims name the user and,
+//! optionally, the home region.
+
+use http::HeaderMap;
+use jsonwebtoken::{Validation, decode, decode_header};
+use serde_json::{Map, Value};
+
+use crate::config::{AuthConfig, JwtConfig};
+use crate::types::UserId;
+
+pub const USER_HEADER: &str = "homeport-user";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: UserId,
+    /// The home region claimed by a verified token, if the token carries one.
+    pub region_claim: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing identity: send the Homeport-User header")]
+    MissingHeader,
+    #[error("missing credentials: send Authorization: Bearer <JWT>")]
+    MissingToken,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("invalid user id: {0}")]
+    InvalidUser(String),
+}
+
+pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    match auth {
+        AuthConfig::TrustedHeader => {
+            let value = headers.get(USER_HEADER).ok_or(AuthError::MissingHeader)?;
+            let text = value.to_str().map_err(|_| AuthError::InvalidUser("Homeport-User is not visible ASCII".into()))?;
+            let user = UserId::parse(text).map_err(AuthError::InvalidUser)?;
+            Ok(Identity { user, region_claim: None })
+        }
+        AuthConfig::Jwt(jwt) => {
+            let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::MissingToken)?;
+            let text = value.to_str().map_err(|_| AuthError::MissingToken)?;
+            let token = text
+                .strip_prefix("Bearer ")
+                .or_else(|| text.strip_prefix("bearer "))
+                .ok_or(AuthError::MissingToken)?;
+            verify(jwt, token.trim())
+        }
+    }
+}
+
+/// Verifies a JWT and extracts the identity claims.
+pub fn verify(jwt: &JwtConfig, token: &str) -> Result<Identity, AuthError> {
+    let header = decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+    if header.alg != jwt.algorithm {
+        return Err(AuthError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+    }
+    let mut validation = Validation::new(jwt.algorithm);
+    validation.leeway = jwt.leeway.as_secs();
+    validation.set_required_spec_claims(&["exp"]);
+    validation.validate_nbf = true;
+    if let Some(iss) = &jwt.issuer {
+        validation.set_issuer(&[iss]);
+    }
+    match &jwt.audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    let keys = jwt.keys.iter().filter(|(kid, _)| header.kid.is_none() || kid.is_none() || *kid == header.kid);
+    let mut last = AuthError::InvalidToken("no key matches the token's kid".into());
+    for (_, key) in keys {
+        match decode::<Map<String, Value>>(token, key, &validation) {
+            Ok(data) => return identity_from_claims(jwt, &data.claims),
+            Err(e) => last = AuthError::InvalidToken(e.to_string()),
+        }
+    }
+    Err(last)
+}
+
+fn identity_from_claims(jwt: &JwtConfig, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
+    let user = match claims.get(&jwt.user_claim) {
+        Some(Value::String(s)) => UserId::parse(s).map_err(AuthError::InvalidUser)?,
+        Some(_) => return Err(AuthError::InvalidToken(format!("claim {} is not a string", jwt.user_claim))),
+        None => return Err(AuthError::InvalidToken(format!("claim {} is missing", jwt.user_claim))),
+    };
+    let region_claim = match claims.get(&jwt.region_claim) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(AuthError::InvalidToken(format!("claim {} is not a string", jwt.region_claim))),
+        None => None,
+    };
+    Ok(Identity { user, region_claim })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            algorithm: Algorithm::HS256,
+            keys: vec![(None, DecodingKey::from_secret(SECRET))],
+            user_claim: "sub".into(),
+            region_claim: "region".into(),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    fn now() -> i64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    fn token(claims: Value, alg: Algorithm, secret: &[u8]) -> String {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    #[test]
+    fn valid_token_names_user_and_region() {
+        let t = token(json!({"sub": "u1", "region": "eu", "exp": now() + 60}), Algorithm::HS256, SECRET);
+        assert_eq!(verify(&config(), &t).unwrap(), Identity { user: UserId::parse("u1").unwrap(), region_claim: Some("eu".into()) });
+    }
+
+    #[test]
+    fn forged_expired_and_confused_tokens_are_rejected() {
+        let forged = token(json!({"sub": "u1", "exp": now() + 60}), Algorithm::HS256, b"another-secret-another-secret-xx");
+        assert!(verify(&config(), &forged).is_err());
+        let expired = token(json!({"sub": "u1", "exp": now() - 3600}), Algorithm::HS256, SECRET);
+        assert!(verify(&config(), &expired).is_err());
+        let other_alg = token(json!({"sub": "u1", "exp": now() + 60}), Algorithm::HS384, SECRET);
+        assert!(verify(&config(), &other_alg).is_err());
+        let no_exp = token(json!({"sub": "u1"}), Algorithm::HS256, SECRET);
+        assert!(verify(&config(), &no_exp).is_err());
+        assert!(verify(&config(), "not.a.jwt").is_err());
+        // alg=none with an empty signature.
+        assert!(verify(&config(), "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.").is_err());
+    }
+
+    #[test]
+    fn within_leeway_is_accepted() {
+        let t = token(json!({"sub": "u1", "exp": now() - 10}), Algorithm::HS256, SECRET);
+        assert!(verify(&config(), &t).is_ok());
+    }
+
+    #[test]
+    fn trusted_header_mode() {
+        let mut h = HeaderMap::new();
+        assert_eq!(identify(&AuthConfig::TrustedHeader, &h), Err(AuthError::MissingHeader));
+        h.insert(USER_HEADER, "alice".parse().unwrap());
+        assert_eq!(identify(&AuthConfig::TrustedHeader, &h).unwrap().user.as_str(), "alice");
+    }
+}

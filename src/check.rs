@@ -1,0 +1,76 @@
+//! `homeport check`: validates the config, probes every endpoint once, prints the topology, and
+//! tells the caller (a human or a CI job) whether everything needed is reachable.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::topology::{Topology, probe};
+use crate::types::Role;
+
+/// Probes every endpoint once and returns the printed report and whether all were reachable.
+pub async fn run(config: &Config) -> (String, bool) {
+    let topology = Arc::new(Topology::from_config(config));
+    let snapshot = topology.snapshot();
+    let probes = snapshot.endpoints.iter().map(|e| {
+        let info = e.info.clone();
+        let timeout = config.probe.timeout.max(config.postgres.connect_timeout);
+        async move {
+            let mut client = None;
+            let r = tokio::time::timeout(timeout, probe::probe_once(&info, &mut client))
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
+            (info, r)
+        }
+    });
+    let results = futures_util::future::join_all(probes).await;
+    for (info, r) in &results {
+        let r = r.clone();
+        topology.update(info.index, |s| {
+            s.health = s.health.observe(r.is_ok(), 1, 1);
+            if let Ok(p) = &r {
+                s.role = Some(p.role);
+                s.wal_lsn = p.wal_lsn;
+                s.rtt = Some(p.rtt);
+            } else if let Err(e) = &r {
+                s.last_error = Some(e.clone());
+            }
+        });
+    }
+    let snapshot = topology.snapshot();
+    let mut out = String::new();
+    let _ = writeln!(out, "region {}: {} endpoint(s)", config.region, snapshot.endpoints.len());
+    let _ = writeln!(out, "{:<10} {:<8} {:<40} {:<9} {:>8} {:>12}  status", "shard", "region", "endpoint", "role", "rtt ms", "lag bytes");
+    let mut ok = true;
+    for r in snapshot.report() {
+        let expected_primary = matches!(r.configured, crate::topology::Configured::PrimaryCandidate);
+        let status = match (&r.last_error, r.role) {
+            (Some(e), _) => {
+                ok = false;
+                format!("UNREACHABLE: {e}")
+            }
+            (None, Some(Role::Replica)) if !expected_primary => "ok".into(),
+            (None, Some(Role::Primary)) if expected_primary => "ok".into(),
+            (None, Some(role)) => format!("ok (configured as {}, probed {})", if expected_primary { "primary candidate" } else { "replica" }, role.as_str()),
+            (None, None) => "unknown".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<8} {:<40} {:<9} {:>8} {:>12}  {}",
+            r.shard,
+            r.region,
+            r.endpoint,
+            r.role.map(Role::as_str).unwrap_or("-"),
+            r.rtt_ms.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
+            r.lag_bytes.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+            status
+        );
+    }
+    for shard in config.shards.iter().map(|s| &s.name).chain(std::iter::once(&config.directory.shard.name)) {
+        if snapshot.primary_of(shard).is_none() {
+            ok = false;
+            let _ = writeln!(out, "shard {shard}: no reachable primary");
+        }
+    }
+    (out, ok)
+}

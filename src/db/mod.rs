@@ -1,0 +1,128 @@
+//! Server connections: one deadpool-postgres pool per endpoint (indexed like the topology
+//! snapshot), acquire with a bounded wait, and the error type for everything that can go wrong
+//! between homeport and a PostgreSQL server.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::config::PostgresConfig;
+use crate::topology::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had in time: the server is down, unreachable, or the pool is full.
+    #[error("{endpoint}: {reason}")]
+    Unavailable { endpoint: String, reason: String },
+    /// The server ran the statement and raised an error.
+    #[error("{0}")]
+    Server(#[source] tokio_postgres::Error),
+    /// The connection broke while the statement was in flight; whether it ran is unknown.
+    #[error("{endpoint}: connection lost: {reason}")]
+    Lost { endpoint: String, reason: String },
+    /// A parameter could not be bound (index is 1-based like `$1`).
+    #[error("parameter ${index}: {message}")]
+    Param { index: usize, message: String },
+}
+
+impl DbError {
+    pub fn from_pg(endpoint: &str, e: tokio_postgres::Error) -> DbError {
+        match e.code() {
+            // A server error with a SQLSTATE is the server's verdict on the statement, except the
+            // ones that mean the server is going away.
+            Some(code) if !is_unavailable(code) => DbError::Server(e),
+            Some(_) => DbError::Unavailable { endpoint: endpoint.to_string(), reason: e.to_string() },
+            None if e.is_closed() => DbError::Lost { endpoint: endpoint.to_string(), reason: e.to_string() },
+            None => DbError::Lost { endpoint: endpoint.to_string(), reason: e.to_string() },
+        }
+    }
+
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Server(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether trying another copy is safe and useful: nothing ran, or it was a read.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable { .. })
+    }
+}
+
+fn is_unavailable(code: &SqlState) -> bool {
+    *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
+        || code.code().starts_with("08")
+}
+
+/// Pools for every endpoint, in snapshot order.
+pub struct Pools {
+    pools: Vec<(String, Pool)>,
+}
+
+impl Pools {
+    pub fn new(snapshot: &Snapshot, settings: &PostgresConfig) -> Pools {
+        let pools = snapshot
+            .endpoints
+            .iter()
+            .map(|e| {
+                let manager = Manager::from_config(
+                    e.info.pg.clone(),
+                    NoTls,
+                    ManagerConfig { recycling_method: RecyclingMethod::Fast },
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(settings.pool_size)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(settings.acquire_timeout))
+                    .create_timeout(Some(settings.connect_timeout))
+                    .recycle_timeout(Some(Duration::from_secs(1)))
+                    .build()
+                    .expect("runtime and timeouts are set");
+                (e.info.name.clone(), pool)
+            })
+            .collect();
+        Pools { pools }
+    }
+
+    pub fn endpoint_name(&self, index: usize) -> &str {
+        &self.pools[index].0
+    }
+
+    /// A connection to endpoint `index`, within the acquire timeout.
+    pub async fn get(&self, index: usize) -> Result<Object, DbError> {
+        let (name, pool) = &self.pools[index];
+        pool.get().await.map_err(|e| DbError::Unavailable {
+            endpoint: name.clone(),
+            reason: match e {
+                PoolError::Timeout(_) => "timed out waiting for a connection".into(),
+                PoolError::Backend(e) => e.to_string(),
+                other => other.to_string(),
+            },
+        })
+    }
+
+    /// One text column of at most one row, for small internal lookups.
+    pub async fn query_opt_text(&self, index: usize, sql: &str, params: &[&str]) -> Result<Option<String>, DbError> {
+        let client = self.get(index).await?;
+        let name = self.endpoint_name(index);
+        let stmt = client.prepare_cached(sql).await.map_err(|e| DbError::from_pg(name, e))?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let row = client.query_opt(&stmt, &params).await.map_err(|e| DbError::from_pg(name, e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// One row of (text, bool), for the directory's insert-or-read.
+    pub async fn query_one_text_bool(&self, index: usize, sql: &str, params: &[&str]) -> Result<(String, bool), DbError> {
+        let client = self.get(index).await?;
+        let name = self.endpoint_name(index);
+        let stmt = client.prepare_cached(sql).await.map_err(|e| DbError::from_pg(name, e))?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let row = client.query_one(&stmt, &params).await.map_err(|e| DbError::from_pg(name, e))?;
+        Ok((row.get(0), row.get(1)))
+    }
+}

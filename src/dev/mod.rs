@@ -1,0 +1,514 @@
+//! `homeport dev`: a complete multi-region sandbox on one machine. For each region a PostgreSQL
+//! primary (its shard), a streaming replica of every other region's primary, Redis when
+//! installed, and a real `homeport serve` sidecar with a generated config. The first region's
+//! cluster also holds the directory database, so its replicas carry the directory to every
+//! region. Tests use the same [`Sandbox`] through the library.
+//!
+//! Everything listens on 127.0.0.1. Dropping the sandbox stops every process it started.
+
+mod postgres;
+mod sidecar;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::types::RegionName;
+pub use postgres::{PgTools, is_root};
+use sidecar::{Managed, SidecarPlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("invalid argument: {0}")]
+    Argument(String),
+}
+
+/// Command-line arguments of `homeport dev`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Where data, configs and logs go (default: a directory under the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Region names, comma separated; region k serves HTTP on base+10k, PostgreSQL wire on base+10k+1.
+    #[arg(long, default_value = "eu,us", value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// recovery_min_apply_delay of every replica, e.g. 500ms.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub replica_delay: Duration,
+    /// SQL file applied to every shard primary (default: a small demo schema).
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    #[arg(long, default_value_t = 7400)]
+    pub base_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub dir: PathBuf,
+    pub regions: Vec<RegionName>,
+    pub replica_delay: Duration,
+    pub schema: Option<PathBuf>,
+    /// Fixed sidecar ports from here; `None` picks free ports (for parallel tests).
+    pub base_port: Option<u16>,
+    /// The `homeport` binary the sidecars run.
+    pub homeport_exe: PathBuf,
+    /// Start Redis when `redis-server` is installed.
+    pub redis: bool,
+    /// Remove `dir` when the sandbox stops.
+    pub remove_dir: bool,
+}
+
+impl SandboxOptions {
+    /// Options for a test: two or more regions, free ports, a fresh temporary directory.
+    pub fn for_test(regions: &[&str], homeport_exe: impl Into<PathBuf>) -> SandboxOptions {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SandboxOptions {
+            dir: std::env::temp_dir().join(format!("homeport-test-{}-{n}", std::process::id())),
+            regions: regions.iter().map(|r| RegionName::parse(r).expect("valid test region")).collect(),
+            replica_delay: Duration::ZERO,
+            schema: None,
+            base_port: None,
+            homeport_exe: homeport_exe.into(),
+            redis: true,
+            remove_dir: true,
+        }
+    }
+}
+
+/// One region of a running sandbox.
+#[derive(Debug, Clone)]
+pub struct RegionInfo {
+    pub name: RegionName,
+    pub http_port: u16,
+    pub pg_port: u16,
+    /// Port of this region's shard primary.
+    pub primary_port: u16,
+    /// Replicas of *this region's shard*, by the region they are located in.
+    pub replica_ports: BTreeMap<RegionName, u16>,
+    pub redis_port: Option<u16>,
+    pub config_path: PathBuf,
+}
+
+impl RegionInfo {
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+}
+
+/// A running sandbox. Dropping it stops everything.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub regions: Vec<RegionInfo>,
+    pg: PgTools,
+    /// Data directories, replicas before primaries so shutdown is orderly.
+    servers: Vec<PathBuf>,
+    sidecars: Vec<Option<Managed>>,
+    redis: Vec<Managed>,
+    options: SandboxOptions,
+}
+
+/// The app database and role every shard primary gets.
+pub const APP_DB: &str = "app";
+pub const DIRECTORY_DB: &str = "homeport_directory";
+
+pub fn pg_url(port: u16, db: &str) -> String {
+    format!("postgresql://app@127.0.0.1:{port}/{db}")
+}
+
+/// Superuser URL of a sandbox server, for tests that pause replay or inspect servers.
+pub fn superuser_url(port: u16, db: &str) -> String {
+    format!("postgresql://postgres@127.0.0.1:{port}/{db}")
+}
+
+impl Sandbox {
+    /// Starts the whole sandbox; blocks until every sidecar is ready.
+    pub fn start(options: SandboxOptions) -> Result<Sandbox, DevError> {
+        if options.regions.is_empty() {
+            return Err(DevError::Argument("at least one region is required".into()));
+        }
+        let mut unique = options.regions.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != options.regions.len() {
+            return Err(DevError::Argument("region names must be unique".into()));
+        }
+        let pg = PgTools::find()?;
+        let dir = options.dir.clone();
+        clean_previous(&pg, &dir);
+        let pg_dir = dir.join("pg");
+        std::fs::create_dir_all(&pg_dir).map_err(|e| DevError::Setup(format!("{}: {e}", pg_dir.display())))?;
+        set_mode(&dir, 0o755)?;
+        pg.hand_over(&pg_dir)?;
+        if pg.runs_as_postgres() {
+            let ok = pg.command("initdb").arg("--version").status().map(|s| s.success()).unwrap_or(false)
+                && std::process::Command::new("runuser")
+                    .args(["-u", "postgres", "--", "test", "-w"])
+                    .arg(&pg_dir)
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+            if !ok {
+                return Err(DevError::Setup(format!(
+                    "running as root: the postgres user cannot write {}; choose a --dir it can reach (e.g. under /tmp)",
+                    pg_dir.display()
+                )));
+            }
+        }
+        let mut sandbox = Sandbox { dir: dir.clone(), regions: Vec::new(), pg, servers: Vec::new(), sidecars: Vec::new(), redis: Vec::new(), options };
+        sandbox.start_databases()?;
+        sandbox.start_sidecars()?;
+        sandbox.write_endpoints()?;
+        Ok(sandbox)
+    }
+
+    fn start_databases(&mut self) -> Result<(), DevError> {
+        let pg = self.pg.clone();
+        let pg_dir = self.dir.join("pg");
+        let regions = self.options.regions.clone();
+        let ports = pick_ports(regions.len() * regions.len())?;
+        let primary_ports: Vec<u16> = ports[..regions.len()].to_vec();
+        let first = regions[0].clone();
+        let schema = self.options.schema.clone();
+
+        // Primaries, in parallel: initdb, configure, start, roles, databases, schema.
+        let results: Vec<Result<(), DevError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = regions
+                .iter()
+                .zip(&primary_ports)
+                .map(|(region, &port)| {
+                    let (pg, pg_dir, schema) = (&pg, &pg_dir, &schema);
+                    let with_directory = *region == first;
+                    s.spawn(move || setup_primary(pg, pg_dir, region, port, with_directory, schema.as_deref()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(DevError::Setup("setup thread panicked".into())))).collect()
+        });
+        for (region, _) in regions.iter().zip(&primary_ports) {
+            self.servers.push(pg_dir.join(format!("{region}-primary")));
+        }
+        results.into_iter().collect::<Result<Vec<_>, _>>()?;
+
+        // Replicas: one of every shard in every other region.
+        let mut replica_jobs = Vec::new();
+        let mut next_port = regions.len();
+        for (si, shard) in regions.iter().enumerate() {
+            for located in regions.iter().filter(|r| *r != shard) {
+                replica_jobs.push((si, shard.clone(), located.clone(), ports[next_port]));
+                next_port += 1;
+            }
+        }
+        let delay = self.options.replica_delay;
+        let results: Vec<Result<(), DevError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = replica_jobs
+                .iter()
+                .map(|(si, shard, located, port)| {
+                    let (pg, pg_dir) = (&pg, &pg_dir);
+                    let primary_port = primary_ports[*si];
+                    s.spawn(move || setup_replica(pg, pg_dir, shard, located, primary_port, *port, delay))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(DevError::Setup("setup thread panicked".into())))).collect()
+        });
+        for (_, shard, located, _) in &replica_jobs {
+            self.servers.insert(0, pg_dir.join(format!("{shard}-replica-{located}")));
+        }
+        results.into_iter().collect::<Result<Vec<_>, _>>()?;
+
+        let sidecar_ports = match self.options.base_port {
+            Some(base) => (0..regions.len()).map(|k| (base + 10 * k as u16, base + 10 * k as u16 + 1)).collect::<Vec<_>>(),
+            None => pick_ports(regions.len() * 2)?.chunks(2).map(|c| (c[0], c[1])).collect(),
+        };
+        let redis_bin = if self.options.redis { sidecar::find_redis() } else { None };
+        for (k, region) in regions.iter().enumerate() {
+            let replica_ports = replica_jobs
+                .iter()
+                .filter(|(si, ..)| *si == k)
+                .map(|(_, _, located, port)| (located.clone(), *port))
+                .collect();
+            let region_dir = self.dir.join(region.as_str());
+            std::fs::create_dir_all(&region_dir).map_err(|e| DevError::Setup(e.to_string()))?;
+            let redis_port = match &redis_bin {
+                Some(bin) => {
+                    let port = pick_ports(1)?[0];
+                    self.redis.push(sidecar::spawn_redis(bin, port, &region_dir)?);
+                    Some(port)
+                }
+                None => None,
+            };
+            self.regions.push(RegionInfo {
+                name: region.clone(),
+                http_port: sidecar_ports[k].0,
+                pg_port: sidecar_ports[k].1,
+                primary_port: primary_ports[k],
+                replica_ports,
+                redis_port,
+                config_path: region_dir.join("homeport.toml"),
+            });
+        }
+        for r in &self.regions {
+            if let Some(port) = r.redis_port {
+                wait_port(port, Duration::from_secs(10))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn plan(&self, k: usize) -> SidecarPlan<'_> {
+        let region = &self.regions[k];
+        let first = &self.regions[0];
+        SidecarPlan {
+            region: region.name.as_str(),
+            http_port: region.http_port,
+            shards: self
+                .regions
+                .iter()
+                .map(|r| {
+                    let replicas = r.replica_ports.iter().map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB))).collect();
+                    (r.name.to_string(), pg_url(r.primary_port, APP_DB), replicas)
+                })
+                .collect(),
+            directory_primary: (first.name.to_string(), pg_url(first.primary_port, DIRECTORY_DB)),
+            directory_replicas: first.replica_ports.iter().map(|(loc, port)| (loc.to_string(), pg_url(*port, DIRECTORY_DB))).collect(),
+            redis: region.redis_port,
+        }
+    }
+
+    fn start_sidecars(&mut self) -> Result<(), DevError> {
+        for k in 0..self.regions.len() {
+            let text = sidecar::render_config(&self.plan(k));
+            let path = self.regions[k].config_path.clone();
+            std::fs::write(&path, text).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))?;
+            self.sidecars.push(None);
+            self.start_sidecar(k)?;
+        }
+        Ok(())
+    }
+
+    fn start_sidecar(&mut self, k: usize) -> Result<(), DevError> {
+        let region = &self.regions[k];
+        let log = self.dir.join(region.name.as_str()).join("homeport.log");
+        let mut cmd = std::process::Command::new(&self.options.homeport_exe);
+        cmd.arg("serve").arg("--config").arg(&region.config_path);
+        let mut child = Managed::spawn(&format!("homeport sidecar {}", region.name), &mut cmd, &log)?;
+        sidecar::wait_ready(&mut child, region.http_port, &log, Duration::from_secs(30))?;
+        self.sidecars[k] = Some(child);
+        Ok(())
+    }
+
+    /// Stops one region's sidecar (SIGTERM, then SIGKILL after `grace`).
+    pub fn stop_sidecar(&mut self, region: &str, grace: Duration) {
+        if let Some(k) = self.index(region) {
+            if let Some(mut c) = self.sidecars[k].take() {
+                c.stop(grace);
+            }
+        }
+    }
+
+    /// Starts a stopped sidecar again with the same config.
+    pub fn restart_sidecar(&mut self, region: &str) -> Result<(), DevError> {
+        let k = self.index(region).ok_or_else(|| DevError::Argument(format!("no region {region}")))?;
+        self.stop_sidecar(region, Duration::from_secs(5));
+        self.start_sidecar(k)
+    }
+
+    /// Process id of a region's sidecar, for tests that signal it.
+    pub fn sidecar_pid(&self, region: &str) -> Option<u32> {
+        self.index(region).and_then(|k| self.sidecars[k].as_ref().map(|c| c.pid()))
+    }
+
+    fn index(&self, region: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r.name.as_str() == region)
+    }
+
+    pub fn region(&self, name: &str) -> &RegionInfo {
+        &self.regions[self.index(name).unwrap_or_else(|| panic!("no region {name} in the sandbox"))]
+    }
+
+    pub fn endpoints_json(&self) -> serde_json::Value {
+        let regions: Vec<_> = self
+            .regions
+            .iter()
+            .map(|r| {
+                let replicas: serde_json::Map<String, serde_json::Value> =
+                    r.replica_ports.iter().map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB).into())).collect();
+                json!({
+                    "name": r.name,
+                    "http": r.http_url(),
+                    "config": r.config_path,
+                    "primary": pg_url(r.primary_port, APP_DB),
+                    "replicas": replicas,
+                    "redis": r.redis_port.map(|p| format!("redis://127.0.0.1:{p}")),
+                })
+            })
+            .collect();
+        let first = &self.regions[0];
+        json!({
+            "regions": regions,
+            "directory": {
+                "primary": pg_url(first.primary_port, DIRECTORY_DB),
+                "region": first.name,
+            },
+            "superuser": "postgres",
+        })
+    }
+
+    fn write_endpoints(&self) -> Result<(), DevError> {
+        let path = self.dir.join("endpoints.json");
+        let text = serde_json::to_string_pretty(&self.endpoints_json()).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))
+    }
+
+    /// Stops everything: sidecars, Redis, replicas, primaries.
+    pub fn stop(&mut self) {
+        for c in self.sidecars.iter_mut() {
+            if let Some(mut c) = c.take() {
+                c.stop(Duration::from_secs(5));
+            }
+        }
+        self.redis.clear();
+        let servers = std::mem::take(&mut self.servers);
+        std::thread::scope(|s| {
+            for data in &servers {
+                let pg = &self.pg;
+                s.spawn(move || pg.stop(data));
+            }
+        });
+        if self.options.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn setup_primary(pg: &PgTools, pg_dir: &Path, region: &RegionName, port: u16, with_directory: bool, schema: Option<&Path>) -> Result<(), DevError> {
+    let data = pg_dir.join(format!("{region}-primary"));
+    pg.initdb(&data)?;
+    append(&data.join("postgresql.conf"), &postgres::server_conf(port))?;
+    pg.start(&data, &pg_dir.join(format!("{region}-primary.log")))?;
+    pg.psql(port, "postgres", &format!("CREATE ROLE app LOGIN; CREATE DATABASE {APP_DB} OWNER app;"))?;
+    match schema {
+        Some(file) => pg.psql_file(port, APP_DB, "app", file)?,
+        None => pg.psql(port, APP_DB, &format!("SET ROLE app; {}", include_str!("../../config/demo-schema.sql")))?,
+    }
+    if with_directory {
+        pg.psql(port, "postgres", &format!("CREATE DATABASE {DIRECTORY_DB} OWNER app;"))?;
+        let ddl = crate::directory::table_ddl("homeport.directory");
+        pg.psql(port, DIRECTORY_DB, &format!("SET ROLE app; {ddl}"))?;
+    }
+    Ok(())
+}
+
+fn setup_replica(pg: &PgTools, pg_dir: &Path, shard: &RegionName, located: &RegionName, primary_port: u16, port: u16, delay: Duration) -> Result<(), DevError> {
+    let name = format!("{shard}-replica-{located}");
+    let data = pg_dir.join(&name);
+    let slot = format!("{shard}_in_{located}").replace('-', "_");
+    pg.basebackup(primary_port, &data, &slot)?;
+    append(
+        &data.join("postgresql.auto.conf"),
+        &format!("port = {port}\nrecovery_min_apply_delay = '{}ms'\n", delay.as_millis()),
+    )?;
+    pg.start(&data, &pg_dir.join(format!("{name}.log")))
+}
+
+fn append(path: &Path, text: &str) -> Result<(), DevError> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))
+}
+
+fn set_mode(dir: &Path, mode: u32) -> Result<(), DevError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| DevError::Setup(format!("{}: {e}", dir.display())))
+}
+
+/// Stops servers left by an earlier run in the same directory, then wipes it.
+fn clean_previous(pg: &PgTools, dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir.join("pg")) {
+        for e in entries.flatten() {
+            pg.stop(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Free loopback ports, all distinct (held open together while picking).
+pub fn pick_ports(n: usize) -> Result<Vec<u16>, DevError> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| DevError::Setup(format!("cannot find free ports: {e}")))?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| DevError::Setup(e.to_string()))).collect()
+}
+
+fn wait_port(port: u16, timeout: Duration) -> Result<(), DevError> {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(DevError::Setup(format!("nothing listens on port {port} after {timeout:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `homeport dev`: start, print, serve until SIGINT/SIGTERM, stop everything.
+pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
+    let regions = args
+        .regions
+        .iter()
+        .map(|r| RegionName::parse(r.trim()).map_err(DevError::Argument))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.base_port.checked_add(10 * regions.len() as u16 + 1).is_none() {
+        return Err(DevError::Argument("--base-port is too high for that many regions".into()));
+    }
+    if let Some(schema) = &args.schema {
+        if !schema.is_file() {
+            return Err(DevError::Argument(format!("--schema {}: no such file", schema.display())));
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| DevError::Setup(format!("cannot find the homeport binary: {e}")))?;
+    let options = SandboxOptions {
+        dir: args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("homeport-dev-{}", args.base_port))),
+        regions,
+        replica_delay: args.replica_delay,
+        schema: args.schema.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+        base_port: Some(args.base_port),
+        homeport_exe: exe,
+        redis: true,
+        remove_dir: false,
+    };
+    let started = Instant::now();
+    let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))
+        .await
+        .map_err(|e| DevError::Setup(format!("sandbox setup failed: {e}")))??;
+    println!("homeport dev: {} region(s) ready in {:.1}s", sandbox.regions.len(), started.elapsed().as_secs_f64());
+    for r in &sandbox.regions {
+        println!("  {:<8} http {}   config {}", r.name.as_str(), r.http_url(), r.config_path.display());
+        println!("  {:<8} primary {}", "", pg_url(r.primary_port, APP_DB));
+        for (loc, port) in &r.replica_ports {
+            println!("  {:<8} replica in {loc}: {}", "", pg_url(*port, APP_DB));
+        }
+    }
+    println!("endpoints: {}", sandbox.dir.join("endpoints.json").display());
+    println!("Ctrl-C stops everything.");
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| DevError::Setup(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| DevError::Setup(e.to_string()))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    println!("homeport dev: stopping");
+    tokio::task::spawn_blocking(move || drop(sandbox)).await.map_err(|e| DevError::Setup(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! The data and directory handlers: `POST /v1/query`, `POST /v1/transaction`,
+//! `GET|PUT /v1/users/{id}/home`. Each parses and checks its input, asks `App` where to run, and
+//! turns the outcome into JSON or a problem.
+
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::execute::{self, QueryResult};
+use super::problem::Problem;
+use super::{Reply, parse_json};
+use crate::app::{App, ServeError, Served};
+use crate::auth::{self, Identity};
+use crate::directory::PlaceOutcome;
+use crate::db::DbError;
+use crate::sql::{Classification, RouteHint, classify};
+use crate::types::{Intent, UserId};
+
+/// Most statements accepted in one `/v1/transaction`.
+const MAX_STATEMENTS: usize = 1000;
+/// Most prepared statements cached per server connection before the cache is reset.
+const STATEMENT_CACHE_LIMIT: usize = 512;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum IntentField {
+    #[default]
+    Auto,
+    Read,
+    Write,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    params: Vec<Value>,
+    #[serde(default)]
+    intent: IntentField,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementBody {
+    sql: String,
+    #[serde(default)]
+    params: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransactionBody {
+    statements: Vec<StatementBody>,
+    #[serde(default)]
+    intent: IntentField,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceBody {
+    home_region: String,
+}
+
+/// What a data request turned out to be, for metrics.
+pub struct Outcome {
+    pub intent: Intent,
+    pub served: Option<Served>,
+}
+
+/// The intent a request runs with: explicit intents win, `auto` is read only when every
+/// statement is provably read-only, and a `homeport_route='primary'` hint forces the primary.
+fn resolve_intent(field: IntentField, all_read_only: bool) -> Intent {
+    match field {
+        IntentField::Read => Intent::Read,
+        IntentField::Write => Intent::Write,
+        IntentField::Auto if all_read_only => Intent::Read,
+        IntentField::Auto => Intent::Write,
+    }
+}
+
+pub async fn query(app: &App, headers: &HeaderMap, body: &[u8], outcome: &mut Outcome) -> Result<Reply, Problem> {
+    let q: QueryBody = parse_json(body)?;
+    let identity = auth::identify(&app.config.http.auth, headers)?;
+    let class = classify(&q.sql);
+    if class.statements == 0 {
+        return Err(Problem::bad_request("sql is empty"));
+    }
+    if class.statements > 1 {
+        return Err(Problem::bad_request(
+            "sql holds more than one statement; send one per query, or use /v1/transaction",
+        ));
+    }
+    let intent = resolve_intent(q.intent, class.read_only);
+    let on_primary = class.route == Some(RouteHint::Primary);
+    outcome.intent = intent;
+    let home = home_of(app, &identity).await?;
+    let candidates = candidates(app, &home, intent, on_primary)?;
+    // An explicit read that the classifier cannot prove read-only must not write if it lands on a
+    // primary, so it runs in a READ ONLY transaction there.
+    let guard_reads = intent == Intent::Read && !class.read_only;
+    let sql = q.sql.as_str();
+    let command = class.command.as_str();
+    let mut attempts = app.attempts(candidates, intent);
+    let (result, served) = loop {
+        let (client, served) = attempts.next().await.map_err(serve_problem)?;
+        trim_statement_cache(&client);
+        match run_one(client, &served.endpoint, sql, &q.params, command, guard_reads).await {
+            Ok(r) => break (r, served),
+            Err(e) => attempts.failed(e).map_err(serve_problem)?,
+        }
+    };
+    outcome.served = Some(served.clone());
+    Ok(Reply::json(StatusCode::OK, serde_json::to_value(result).unwrap_or(Value::Null)).served(&served))
+}
+
+pub async fn transaction(app: &App, headers: &HeaderMap, body: &[u8], outcome: &mut Outcome) -> Result<Reply, Problem> {
+    let t: TransactionBody = parse_json(body)?;
+    let identity = auth::identify(&app.config.http.auth, headers)?;
+    if t.statements.is_empty() {
+        return Err(Problem::bad_request("statements is empty"));
+    }
+    if t.statements.len() > MAX_STATEMENTS {
+        return Err(Problem::bad_request(format!("at most {MAX_STATEMENTS} statements per transaction")));
+    }
+    let classes: Vec<_> = t.statements.iter().map(|s| classify(&s.sql)).collect();
+    if let Some(i) = classes.iter().position(|c| c.statements != 1) {
+        return Err(Problem::bad_request(format!("statements[{i}] must hold exactly one statement")));
+    }
+    let intent = resolve_intent(t.intent, classes.iter().all(|c| c.read_only));
+    outcome.intent = intent;
+    let on_primary = classes.iter().any(|c| c.route == Some(RouteHint::Primary));
+    let home = home_of(app, &identity).await?;
+    let candidates = candidates(app, &home, intent, on_primary)?;
+    let mut attempts = app.attempts(candidates, intent);
+    let (results, served) = loop {
+        let (client, served) = attempts.next().await.map_err(serve_problem)?;
+        trim_statement_cache(&client);
+        match run_transaction(client, &served.endpoint, &t.statements, &classes, intent).await {
+            Ok(r) => break (r, served),
+            Err(e) => attempts.failed(e).map_err(serve_problem)?,
+        }
+    };
+    outcome.served = Some(served.clone());
+    Ok(Reply::json(StatusCode::OK, json!({ "results": results })).served(&served))
+}
+
+/// One statement; in a READ ONLY transaction when `guard` is set.
+async fn run_one(
+    mut client: deadpool_postgres::Object,
+    endpoint: &str,
+    sql: &str,
+    params: &[Value],
+    command: &str,
+    guard: bool,
+) -> Result<QueryResult, DbError> {
+    if !guard {
+        return execute::run(&client, endpoint, sql, params, command).await;
+    }
+    let tx = client.build_transaction().read_only(true).start().await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    let r = execute::run(&tx, endpoint, sql, params, command).await?;
+    tx.commit().await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    Ok(r)
+}
+
+/// All statements in one transaction; any error rolls it back (dropping the transaction does).
+async fn run_transaction(
+    mut client: deadpool_postgres::Object,
+    endpoint: &str,
+    statements: &[StatementBody],
+    classes: &[Classification],
+    intent: Intent,
+) -> Result<Vec<QueryResult>, DbError> {
+    let tx = client
+        .build_transaction()
+        .read_only(intent == Intent::Read)
+        .start()
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, (s, c)) in statements.iter().zip(classes).enumerate() {
+        let r = execute::run(&tx, endpoint, &s.sql, &s.params, &c.command).await.map_err(|e| StatementFailed(i, e))?;
+        results.push(r);
+    }
+    tx.commit().await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    Ok(results)
+}
+
+/// Marks which statement of a transaction failed; the whole transaction was rolled back.
+struct StatementFailed(usize, DbError);
+
+impl From<StatementFailed> for DbError {
+    fn from(f: StatementFailed) -> Self {
+        match f.1 {
+            DbError::Param { index, message } => {
+                DbError::Param { index, message: format!("statements[{}]: {message}", f.0) }
+            }
+            other => other,
+        }
+    }
+}
+
+pub async fn get_home(app: &App, headers: &HeaderMap, raw_id: &str) -> Result<Reply, Problem> {
+    let user = path_user(raw_id)?;
+    let identity = auth::identify(&app.config.http.auth, headers)?;
+    check_self(app, &identity, &user)?;
+    let claim = (identity.user == user).then_some(identity.region_claim.as_deref()).flatten();
+    let (region, source) = app.directory.home_of(&user, claim).await?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        json!({ "user": user.as_str(), "home_region": region.as_str(), "source": format!("{source:?}").to_lowercase() }),
+    ))
+}
+
+pub async fn put_home(app: &App, headers: &HeaderMap, raw_id: &str, body: &[u8]) -> Result<Reply, Problem> {
+    let user = path_user(raw_id)?;
+    let p: PlaceBody = parse_json(body)?;
+    let identity = auth::identify(&app.config.http.auth, headers)?;
+    check_self(app, &identity, &user)?;
+    let region = app.directory.is_known_region(&p.home_region).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-region",
+            "Unknown region",
+            format!("{:?} is not a region of this deployment", p.home_region),
+        )
+    })?;
+    let outcome = app.directory.place(&user, &region).await?;
+    let status = match outcome {
+        PlaceOutcome::Created => StatusCode::CREATED,
+        PlaceOutcome::Unchanged => StatusCode::OK,
+    };
+    Ok(Reply::json(status, json!({ "user": user.as_str(), "home_region": region.as_str() })))
+}
+
+fn path_user(raw: &str) -> Result<UserId, Problem> {
+    let decoded = crate::types::percent_decode(raw).ok_or_else(|| Problem::bad_request("user id in the path is not valid percent-encoded UTF-8"))?;
+    UserId::parse(&decoded).map_err(Problem::bad_request)
+}
+
+/// With JWT auth a caller may only read or place itself; trusted-header mode trusts the pod.
+fn check_self(app: &App, identity: &Identity, user: &UserId) -> Result<(), Problem> {
+    match app.config.http.auth {
+        crate::config::AuthConfig::Jwt(_) if &identity.user != user => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "a token may only read or place its own user",
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn home_of(app: &App, identity: &Identity) -> Result<crate::types::RegionName, Problem> {
+    Ok(app.directory.home_of(&identity.user, identity.region_claim.as_deref()).await?.0)
+}
+
+fn candidates(app: &App, home: &crate::types::RegionName, intent: Intent, on_primary: bool) -> Result<Vec<crate::routing::Candidate>, Problem> {
+    let effective = if on_primary { Intent::Write } else { intent };
+    Ok(app.candidates(home, effective)?)
+}
+
+fn serve_problem(e: ServeError) -> Problem {
+    match e {
+        ServeError::Route(r) => r.into(),
+        ServeError::Db(d) => d.into(),
+    }
+}
+
+/// Keeps the per-connection prepared-statement cache bounded: apps that inline values into SQL
+/// would otherwise grow it without limit.
+fn trim_statement_cache(client: &deadpool_postgres::Object) {
+    if client.statement_cache.size() > STATEMENT_CACHE_LIMIT {
+        client.statement_cache.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_intent_is_read_only_when_provable() {
+        assert_eq!(resolve_intent(IntentField::Auto, true), Intent::Read);
+        assert_eq!(resolve_intent(IntentField::Auto, false), Intent::Write);
+        assert_eq!(resolve_intent(IntentField::Write, true), Intent::Write);
+        assert_eq!(resolve_intent(IntentField::Read, false), Intent::Read);
+    }
+
+    #[test]
+    fn bodies_reject_unknown_fields_and_wrong_types() {
+        assert!(serde_json::from_str::<QueryBody>(r#"{"sql":"select 1","param":[]}"#).is_err());
+        assert!(serde_json::from_str::<QueryBody>(r#"{"sql":5}"#).is_err());
+        assert!(serde_json::from_str::<QueryBody>(r#"{"sql":"x","intent":"maybe"}"#).is_err());
+        assert!(serde_json::from_str::<QueryBody>(r#"{"sql":"x","params":{}}"#).is_err());
+        assert!(serde_json::from_str::<QueryBody>(r#"{"sql":"x"}"#).is_ok());
+    }
+}

@@ -1,0 +1,217 @@
+//! The HTTP front end (hyper, HTTP/1.1): listener with graceful drain, request routing by path,
+//! body limits, JSON parsing, problem+json errors, and the operational endpoints (`/healthz`,
+//! `/readyz`, `/metrics`, `/v1/topology`). Data handlers live in `handlers`.
+
+mod execute;
+mod handlers;
+pub mod problem;
+mod time;
+pub mod values;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::{App, Served};
+use crate::metrics;
+use crate::types::Intent;
+use handlers::Outcome;
+use problem::Problem;
+
+pub const SERVED_BY: &str = "homeport-served-by";
+
+/// A response before it is turned into hyper's type.
+pub struct Reply {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn json(status: StatusCode, body: Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn served(mut self, served: &Served) -> Reply {
+        self.headers.push((SERVED_BY, served.header_value()));
+        self
+    }
+
+    fn problem(p: &Problem) -> Reply {
+        let mut r = Reply::json(p.status, p.body());
+        r.content_type = "application/problem+json";
+        if let Some(secs) = p.retry_after {
+            r.headers.push(("retry-after", secs.to_string()));
+        }
+        r
+    }
+}
+
+/// Parses a JSON body strictly; the serde message says which field is wrong and where.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Serves HTTP on `listener` until `shutdown` flips to true, then stops accepting and waits for
+/// in-flight requests (bounded by the caller's grace period).
+pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let header_timeout = app.config.http.header_timeout;
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(handle(&app, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let mut outcome = Outcome { intent: Intent::Write, served: None };
+    let is_data = matches!(path.as_str(), "/v1/query" | "/v1/transaction");
+    let reply = match route(app, &parts.method, &path, &parts.headers, body, &mut outcome).await {
+        Ok(r) => r,
+        Err(p) => Reply::problem(&p),
+    };
+    if is_data {
+        let target = outcome.served.as_ref().map(|s| s.target.as_str()).unwrap_or("none");
+        let result = if reply.status.is_success() { "ok" } else if reply.status.is_client_error() { "client_error" } else { "error" };
+        metrics::request("http", outcome.intent.as_str(), target, result, started.elapsed());
+    }
+    into_response(reply, app)
+}
+
+fn into_response(reply: Reply, app: &App) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = reply.status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    let mut served = false;
+    for (k, v) in reply.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            served |= k == SERVED_BY;
+            h.insert(k, v);
+        }
+    }
+    if !served {
+        // Nothing reached a database: homeport answered by itself.
+        if let Ok(v) = HeaderValue::from_str(&format!("{}/homeport", app.config.region)) {
+            h.insert(SERVED_BY, v);
+        }
+    }
+    resp
+}
+
+async fn route(app: &App, method: &Method, path: &str, headers: &HeaderMap, body: Incoming, outcome: &mut Outcome) -> Result<Reply, Problem> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(Reply::json(StatusCode::OK, json!({"status": "ok"}))),
+        (&Method::GET, ["readyz"]) => Ok(if app.is_ready() {
+            Reply::json(StatusCode::OK, json!({"status": "ready"}))
+        } else {
+            Reply::problem(&Problem::unavailable("not ready: draining, or local endpoints not reachable yet"))
+        }),
+        (&Method::GET, ["metrics"]) => Ok(Reply {
+            status: StatusCode::OK,
+            content_type: "text/plain; version=0.0.4",
+            body: Bytes::from(app.metrics.render()),
+            headers: Vec::new(),
+        }),
+        (&Method::GET, ["v1", "topology"]) => {
+            let snapshot = app.topology.snapshot();
+            Ok(Reply::json(StatusCode::OK, json!({ "region": app.config.region, "endpoints": snapshot.report() })))
+        }
+        (&Method::POST, ["v1", "query"]) => {
+            let body = read_body(app, headers, body).await?;
+            handlers::query(app, headers, &body, outcome).await
+        }
+        (&Method::POST, ["v1", "transaction"]) => {
+            let body = read_body(app, headers, body).await?;
+            handlers::transaction(app, headers, &body, outcome).await
+        }
+        (&Method::GET, ["v1", "users", id, "home"]) => handlers::get_home(app, headers, id).await,
+        (&Method::PUT, ["v1", "users", id, "home"]) => {
+            let body = read_body(app, headers, body).await?;
+            handlers::put_home(app, headers, id, &body).await
+        }
+        (_, ["healthz" | "readyz" | "metrics"]) | (_, ["v1", "topology" | "query" | "transaction"]) | (_, ["v1", "users", _, "home"]) => {
+            Err(Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("{method} is not allowed on {path}")))
+        }
+        _ => Err(Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no endpoint at {path}"))),
+    }
+}
+
+/// Reads the whole body, refusing more than `http.max_body` bytes (413) and non-JSON content (415).
+async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Problem> {
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !(ct.starts_with("application/json") || ct.is_empty()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as application/json",
+            ));
+        }
+    }
+    let limit = app.config.http.max_body;
+    let too_large = || {
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large", format!("the body limit is {limit} bytes"))
+    };
+    if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Problem::bad_request(format!("could not read the body: {e}"))),
+    }
+}

@@ -1,0 +1,171 @@
+//! Errors as `application/problem+json` (RFC 9457). Every error a handler can return maps to one
+//! status here, in one place; the README's error table is generated from the same mapping.
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::auth::AuthError;
+use crate::db::DbError;
+use crate::directory::DirectoryError;
+use crate::routing::RouteError;
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    /// Short machine-readable kind; `type` is `urn:homeport:problem:<kind>`.
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub sqlstate: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem { status, kind, title, detail: detail.into(), sqlstate: None, retry_after: None }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Problem {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        let mut v = json!({
+            "type": format!("urn:homeport:problem:{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Some(s) = &self.sqlstate {
+            v["sqlstate"] = Value::String(s.clone());
+        }
+        v
+    }
+}
+
+/// HTTP status for a PostgreSQL error, by SQLSTATE class
+/// (<https://www.postgresql.org/docs/15/errcodes-appendix.html>).
+pub fn status_for_sqlstate(code: &str) -> StatusCode {
+    match code.get(0..2).unwrap_or("") {
+        // integrity constraint violation, transaction rollback (serialization, deadlock),
+        // invalid transaction state (e.g. read-only transaction): the request conflicts with
+        // the data's current state.
+        "23" | "40" | "25" => StatusCode::CONFLICT,
+        // data exception: well-formed request, values the types or functions cannot take.
+        "22" => StatusCode::UNPROCESSABLE_ENTITY,
+        "57" if code == "57014" => StatusCode::GATEWAY_TIMEOUT,
+        "53" | "57" | "08" => StatusCode::SERVICE_UNAVAILABLE,
+        // The server refused homeport's own credentials or privileges: an operator problem.
+        "28" => StatusCode::BAD_GATEWAY,
+        // syntax error or access rule violation, and everything else the statement caused.
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl From<DbError> for Problem {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable { .. } => Problem::unavailable(e.to_string()),
+            DbError::Lost { .. } => Problem {
+                retry_after: Some(RETRY_AFTER_SECS),
+                ..Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "connection-lost",
+                    "Connection to the database lost",
+                    format!("{e}; the statement may or may not have been applied"),
+                )
+            },
+            DbError::Param { .. } => Problem::new(StatusCode::BAD_REQUEST, "bad-parameter", "Bad parameter", e.to_string()),
+            DbError::Server(pg) => {
+                let (code, detail) = match pg.as_db_error() {
+                    Some(db) => {
+                        let mut d = db.message().to_string();
+                        if let Some(extra) = db.detail() {
+                            d.push_str(": ");
+                            d.push_str(extra);
+                        }
+                        (db.code().code().to_string(), d)
+                    }
+                    None => ("XX000".to_string(), pg.to_string()),
+                };
+                let status = status_for_sqlstate(&code);
+                Problem {
+                    sqlstate: Some(code),
+                    retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS),
+                    ..Problem::new(status, "statement-error", "The database rejected the statement", detail)
+                }
+            }
+        }
+    }
+}
+
+impl From<RouteError> for Problem {
+    fn from(e: RouteError) -> Self {
+        Problem::unavailable(e.to_string())
+    }
+}
+
+impl From<AuthError> for Problem {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidUser(_) => Problem::bad_request(e.to_string()),
+            _ => Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", e.to_string()),
+        }
+    }
+}
+
+impl From<DirectoryError> for Problem {
+    fn from(e: DirectoryError) -> Self {
+        match e {
+            DirectoryError::UnknownUser(_) => Problem::new(StatusCode::NOT_FOUND, "unknown-user", "Unknown user", e.to_string()),
+            DirectoryError::UnknownRegion(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-region", "Unknown region", e.to_string())
+            }
+            DirectoryError::AlreadyPlaced { .. } => Problem::new(StatusCode::CONFLICT, "already-placed", "User already placed", e.to_string()),
+            DirectoryError::Unavailable(_) => Problem::unavailable(e.to_string()),
+            DirectoryError::Db(db) => db.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes_map_to_documented_statuses() {
+        for (code, status) in [
+            ("23505", 409),
+            ("40001", 409),
+            ("25006", 409),
+            ("22P02", 422),
+            ("42601", 400),
+            ("42P01", 400),
+            ("57014", 504),
+            ("53300", 503),
+            ("28P01", 502),
+            ("P0001", 400),
+        ] {
+            assert_eq!(status_for_sqlstate(code).as_u16(), status, "{code}");
+        }
+    }
+
+    #[test]
+    fn body_has_rfc9457_members() {
+        let b = Problem::bad_request("x").body();
+        for k in ["type", "title", "status", "detail"] {
+            assert!(b.get(k).is_some(), "{k}");
+        }
+        assert_eq!(b["status"], 400);
+    }
+}
