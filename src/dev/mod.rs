@@ -145,8 +145,7 @@ impl Sandbox {
         set_mode(&dir, 0o755)?;
         pg.hand_over(&pg_dir)?;
         if pg.runs_as_postgres() {
-            let ok = pg.command("initdb").arg("--version").status().map(|s| s.success()).unwrap_or(false)
-                && std::process::Command::new("runuser")
+            let ok = std::process::Command::new("runuser")
                     .args(["-u", "postgres", "--", "test", "-w"])
                     .arg(&pg_dir)
                     .status()
@@ -316,6 +315,18 @@ impl Sandbox {
         self.start_sidecar(k)
     }
 
+    /// Stops one PostgreSQL server of the sandbox, by name: `eu-primary`, `eu-replica-us`
+    /// (the replica of shard eu located in us).
+    pub fn stop_server(&self, name: &str) {
+        self.pg.stop(&self.dir.join("pg").join(name));
+    }
+
+    /// Starts a server stopped with [`Sandbox::stop_server`] again.
+    pub fn start_server(&self, name: &str) -> Result<(), DevError> {
+        let pg_dir = self.dir.join("pg");
+        self.pg.start(&pg_dir.join(name), &pg_dir.join(format!("{name}.log")))
+    }
+
     /// Process id of a region's sidecar, for tests that signal it.
     pub fn sidecar_pid(&self, region: &str) -> Option<u32> {
         self.index(region).and_then(|k| self.sidecars[k].as_ref().map(|c| c.pid()))
@@ -395,15 +406,15 @@ fn setup_primary(pg: &PgTools, pg_dir: &Path, region: &RegionName, port: u16, wi
     pg.initdb(&data)?;
     append(&data.join("postgresql.conf"), &postgres::server_conf(port))?;
     pg.start(&data, &pg_dir.join(format!("{region}-primary.log")))?;
-    pg.psql(port, "postgres", &format!("CREATE ROLE app LOGIN; CREATE DATABASE {APP_DB} OWNER app;"))?;
+    pg.psql(port, "postgres", &["CREATE ROLE app LOGIN", &format!("CREATE DATABASE {APP_DB} OWNER app")])?;
     match schema {
         Some(file) => pg.psql_file(port, APP_DB, "app", file)?,
-        None => pg.psql(port, APP_DB, &format!("SET ROLE app; {}", include_str!("../../config/demo-schema.sql")))?,
+        None => pg.psql(port, APP_DB, &[&format!("SET ROLE app; {}", include_str!("../../config/demo-schema.sql"))])?,
     }
     if with_directory {
-        pg.psql(port, "postgres", &format!("CREATE DATABASE {DIRECTORY_DB} OWNER app;"))?;
+        pg.psql(port, "postgres", &[&format!("CREATE DATABASE {DIRECTORY_DB} OWNER app")])?;
         let ddl = crate::directory::table_ddl("homeport.directory");
-        pg.psql(port, DIRECTORY_DB, &format!("SET ROLE app; {ddl}"))?;
+        pg.psql(port, DIRECTORY_DB, &[&format!("SET ROLE app; {ddl}")])?;
     }
     Ok(())
 }

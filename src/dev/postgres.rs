@@ -97,12 +97,17 @@ impl PgTools {
         }
     }
 
-    /// Runs SQL through psql as the superuser; stops at the first error.
-    pub fn psql(&self, port: u16, db: &str, sql: &str) -> Result<(), DevError> {
+    /// Runs SQL commands through psql as the superuser, each in its own transaction (CREATE
+    /// DATABASE cannot run in one); stops at the first error.
+    pub fn psql(&self, port: u16, db: &str, commands: &[&str]) -> Result<(), DevError> {
+        let mut cmd = Command::new(self.bindir.join("psql"));
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+        for c in commands {
+            cmd.arg("-c").arg(c);
+        }
         run(
-            Command::new(self.bindir.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", db])
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            cmd
                 .env("PGCONNECT_TIMEOUT", "10")
                 .stdin(Stdio::null()),
             "psql",

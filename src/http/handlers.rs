@@ -202,10 +202,8 @@ impl From<StatementFailed> for DbError {
 
 pub async fn get_home(app: &App, headers: &HeaderMap, raw_id: &str) -> Result<Reply, Problem> {
     let user = path_user(raw_id)?;
-    let identity = auth::identify(&app.config.http.auth, headers)?;
-    check_self(app, &identity, &user)?;
-    let claim = (identity.user == user).then_some(identity.region_claim.as_deref()).flatten();
-    let (region, source) = app.directory.home_of(&user, claim).await?;
+    let claim = check_self(app, headers, &user)?;
+    let (region, source) = app.directory.home_of(&user, claim.as_deref()).await?;
     Ok(Reply::json(
         StatusCode::OK,
         json!({ "user": user.as_str(), "home_region": region.as_str(), "source": format!("{source:?}").to_lowercase() }),
@@ -215,8 +213,7 @@ pub async fn get_home(app: &App, headers: &HeaderMap, raw_id: &str) -> Result<Re
 pub async fn put_home(app: &App, headers: &HeaderMap, raw_id: &str, body: &[u8]) -> Result<Reply, Problem> {
     let user = path_user(raw_id)?;
     let p: PlaceBody = parse_json(body)?;
-    let identity = auth::identify(&app.config.http.auth, headers)?;
-    check_self(app, &identity, &user)?;
+    check_self(app, headers, &user)?;
     let region = app.directory.is_known_region(&p.home_region).ok_or_else(|| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -238,16 +235,24 @@ fn path_user(raw: &str) -> Result<UserId, Problem> {
     UserId::parse(&decoded).map_err(Problem::bad_request)
 }
 
-/// With JWT auth a caller may only read or place itself; trusted-header mode trusts the pod.
-fn check_self(app: &App, identity: &Identity, user: &UserId) -> Result<(), Problem> {
+/// The path names the user. Trusted-header mode trusts the pod (a signup flow places users
+/// before they have any identity); with JWT auth a caller may only read or place itself.
+/// Returns the token's region claim, if any.
+fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Option<String>, Problem> {
     match app.config.http.auth {
-        crate::config::AuthConfig::Jwt(_) if &identity.user != user => Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Forbidden",
-            "a token may only read or place its own user",
-        )),
-        _ => Ok(()),
+        crate::config::AuthConfig::TrustedHeader => Ok(None),
+        ref auth @ crate::config::AuthConfig::Jwt(_) => {
+            let identity = auth::identify(auth, headers)?;
+            if &identity.user != user {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Forbidden",
+                    "a token may only read or place its own user",
+                ));
+            }
+            Ok(identity.region_claim)
+        }
     }
 }
 

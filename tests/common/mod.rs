@@ -1,0 +1,112 @@
+//! Shared test harness: starts a real `homeport dev` sandbox (PostgreSQL primaries and streaming
+//! replicas, Redis, one `homeport serve` per region) through the library, and gives tests an HTTP
+//! client and direct database connections. Everything is stopped when the sandbox is dropped,
+//! also when a test fails.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use homeport::dev::{Sandbox, SandboxOptions, superuser_url};
+use serde_json::{Value, json};
+
+pub struct Env {
+    pub sandbox: Sandbox,
+    pub http: reqwest::Client,
+}
+
+pub fn options(regions: &[&str]) -> SandboxOptions {
+    SandboxOptions::for_test(regions, env!("CARGO_BIN_EXE_homeport"))
+}
+
+/// Starts a sandbox; blocking work runs off the async runtime.
+pub async fn start(options: SandboxOptions) -> Env {
+    let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))
+        .await
+        .expect("sandbox thread")
+        .unwrap_or_else(|e| panic!("sandbox failed to start: {e}"));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+    Env { sandbox, http }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn served_by(&self) -> &str {
+        self.headers.get("homeport-served-by").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Env {
+    pub fn url(&self, region: &str, path: &str) -> String {
+        format!("{}{path}", self.sandbox.region(region).http_url())
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let resp = req.send().await.expect("request reached homeport");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp { status, headers, body }
+    }
+
+    /// `POST /v1/query` as `user` through `region`'s sidecar.
+    pub async fn query(&self, region: &str, user: &str, sql: &str, params: Value) -> Resp {
+        self.send(
+            self.http
+                .post(self.url(region, "/v1/query"))
+                .header("homeport-user", user)
+                .json(&json!({ "sql": sql, "params": params })),
+        )
+        .await
+    }
+
+    pub async fn place(&self, region: &str, user: &str, home: &str) -> Resp {
+        self.send(self.http.put(self.url(region, &format!("/v1/users/{user}/home"))).json(&json!({ "home_region": home }))).await
+    }
+
+    /// A superuser connection straight to a sandbox server, bypassing homeport.
+    pub async fn direct(&self, port: u16) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&superuser_url(port, "app"), tokio_postgres::NoTls)
+            .await
+            .expect("direct connection");
+        tokio::spawn(conn);
+        client
+    }
+
+    pub fn primary_port(&self, region: &str) -> u16 {
+        self.sandbox.region(region).primary_port
+    }
+
+    /// Port of the replica of `shard` located in `located`.
+    pub fn replica_port(&self, shard: &str, located: &str) -> u16 {
+        let r = self.sandbox.region(shard);
+        *r.replica_ports.iter().find(|(k, _)| k.as_str() == located).expect("replica exists").1
+    }
+}
+
+/// Waits until a replica has replayed everything its primary had written when called.
+pub async fn wait_caught_up(env: &Env, shard: &str, located: &str) {
+    let primary = env.direct(env.primary_port(shard)).await;
+    let replica = env.direct(env.replica_port(shard, located)).await;
+    let target: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    for _ in 0..500 {
+        let row = replica
+            .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
+            .await
+            .unwrap();
+        if row.get::<_, Option<bool>>(0) == Some(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("replica of {shard} in {located} did not catch up");
+}
