@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,6 +31,9 @@ use handlers::Outcome;
 use problem::Problem;
 
 pub const SERVED_BY: &str = "homeport-served-by";
+
+/// How much of an oversized body is read and dropped before answering 413.
+const DISCARD_CAP: usize = 16 << 20;
 
 /// A response before it is turned into hyper's type.
 pub struct Reply {
@@ -204,14 +207,33 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
     let too_large = || {
         Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large", format!("the body limit is {limit} bytes"))
     };
-    if let Some(len) = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Err(too_large());
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > DISCARD_CAP as u64) {
+        return Err(too_large());
+    }
+    // Read frame by frame. Past the limit, keep reading (and dropping) up to DISCARD_CAP so a
+    // client that sends its whole body before reading gets the 413 instead of a reset.
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + app.config.http.header_timeout.max(std::time::Duration::from_secs(1)) * 3;
+    loop {
+        let next = tokio::time::timeout_at(deadline, body.frame()).await.map_err(|_| {
+            Problem::new(StatusCode::REQUEST_TIMEOUT, "body-timeout", "Request timeout", "the request body did not arrive in time")
+        })?;
+        let Some(frame) = next else { break };
+        let frame = frame.map_err(|e| Problem::bad_request(format!("could not read the body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(data);
+            } else if seen > DISCARD_CAP {
+                break;
+            }
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(Problem::bad_request(format!("could not read the body: {e}"))),
+    if seen > limit {
+        return Err(too_large());
     }
+    Ok(buf.freeze())
 }
