@@ -53,7 +53,14 @@ impl App {
         let topology = Arc::new(Topology::from_config(&config));
         let pools = Arc::new(Pools::new(&topology.snapshot(), &config.postgres));
         let directory = Directory::new(&config, topology.clone(), pools.clone());
-        App { config, topology, pools, directory, metrics, draining: AtomicBool::new(false) }
+        App {
+            config,
+            topology,
+            pools,
+            directory,
+            metrics,
+            draining: AtomicBool::new(false),
+        }
     }
 
     pub fn start_draining(&self) {
@@ -68,7 +75,11 @@ impl App {
         }
         let snapshot = self.topology.snapshot();
         let all_probed = snapshot.endpoints.iter().all(|e| e.status.health.probed);
-        let local: Vec<_> = snapshot.endpoints.iter().filter(|e| e.info.region == self.config.region).collect();
+        let local: Vec<_> = snapshot
+            .endpoints
+            .iter()
+            .filter(|e| e.info.region == self.config.region)
+            .collect();
         let some_up = if local.is_empty() {
             snapshot.endpoints.iter().any(|e| e.is_up())
         } else {
@@ -78,17 +89,31 @@ impl App {
     }
 
     /// Candidates for a request of `intent` on `shard`, nearest first.
-    pub fn candidates(&self, shard: &RegionName, intent: Intent) -> Result<Vec<Candidate>, RouteError> {
+    pub fn candidates(
+        &self,
+        shard: &RegionName,
+        intent: Intent,
+    ) -> Result<Vec<Candidate>, RouteError> {
         let snapshot = self.topology.snapshot();
         match intent {
             Intent::Write => routing::write_candidate(&snapshot, shard).map(|c| vec![c]),
-            Intent::Read => routing::read_candidates(&snapshot, shard, &self.config.region, self.config.routing.primary_reads),
+            Intent::Read => routing::read_candidates(
+                &snapshot,
+                shard,
+                &self.config.region,
+                self.config.routing.primary_reads,
+            ),
         }
     }
 
     /// Starts trying `candidates` in order; see [`Attempts`].
     pub fn attempts(&self, candidates: Vec<Candidate>, intent: Intent) -> Attempts<'_> {
-        Attempts { app: self, candidates: candidates.into_iter(), intent, last: None }
+        Attempts {
+            app: self,
+            candidates: candidates.into_iter(),
+            intent,
+            last: None,
+        }
     }
 }
 
@@ -132,11 +157,20 @@ impl Attempts<'_> {
                 metrics::cross_region(app.config.region.as_str(), region.as_str());
             }
             let endpoint = app.pools.endpoint_name(c.index).to_string();
-            return Ok((client, Served { region, target: c.target, endpoint }));
+            return Ok((
+                client,
+                Served {
+                    region,
+                    target: c.target,
+                    endpoint,
+                },
+            ));
         }
         Err(match self.last.take() {
             Some(e) => e.into(),
-            None => ServeError::Route(RouteError::NoCopy(RegionName::parse("none").expect("valid"))),
+            None => ServeError::Route(RouteError::NoCopy(
+                RegionName::parse("none").expect("valid"),
+            )),
         })
     }
 

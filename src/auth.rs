@@ -35,12 +35,19 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Result<Identity, Auth
     match auth {
         AuthConfig::TrustedHeader => {
             let value = headers.get(USER_HEADER).ok_or(AuthError::MissingHeader)?;
-            let text = value.to_str().map_err(|_| AuthError::InvalidUser("Homeport-User is not visible ASCII".into()))?;
+            let text = value
+                .to_str()
+                .map_err(|_| AuthError::InvalidUser("Homeport-User is not visible ASCII".into()))?;
             let user = UserId::parse(text).map_err(AuthError::InvalidUser)?;
-            Ok(Identity { user, region_claim: None })
+            Ok(Identity {
+                user,
+                region_claim: None,
+            })
         }
         AuthConfig::Jwt(jwt) => {
-            let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::MissingToken)?;
+            let value = headers
+                .get(http::header::AUTHORIZATION)
+                .ok_or(AuthError::MissingToken)?;
             let text = value.to_str().map_err(|_| AuthError::MissingToken)?;
             let token = text
                 .strip_prefix("Bearer ")
@@ -55,7 +62,10 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Result<Identity, Auth
 pub fn verify(jwt: &JwtConfig, token: &str) -> Result<Identity, AuthError> {
     let header = decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
     if header.alg != jwt.algorithm {
-        return Err(AuthError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+        return Err(AuthError::InvalidToken(format!(
+            "algorithm {:?} is not accepted",
+            header.alg
+        )));
     }
     let mut validation = Validation::new(jwt.algorithm);
     validation.leeway = jwt.leeway.as_secs();
@@ -68,7 +78,10 @@ pub fn verify(jwt: &JwtConfig, token: &str) -> Result<Identity, AuthError> {
         Some(aud) => validation.set_audience(&[aud]),
         None => validation.validate_aud = false,
     }
-    let keys = jwt.keys.iter().filter(|(kid, _)| header.kid.is_none() || kid.is_none() || *kid == header.kid);
+    let keys = jwt
+        .keys
+        .iter()
+        .filter(|(kid, _)| header.kid.is_none() || kid.is_none() || *kid == header.kid);
     let mut last = AuthError::InvalidToken("no key matches the token's kid".into());
     for (_, key) in keys {
         match decode::<Map<String, Value>>(token, key, &validation) {
@@ -79,15 +92,33 @@ pub fn verify(jwt: &JwtConfig, token: &str) -> Result<Identity, AuthError> {
     Err(last)
 }
 
-fn identity_from_claims(jwt: &JwtConfig, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
+fn identity_from_claims(
+    jwt: &JwtConfig,
+    claims: &Map<String, Value>,
+) -> Result<Identity, AuthError> {
     let user = match claims.get(&jwt.user_claim) {
         Some(Value::String(s)) => UserId::parse(s).map_err(AuthError::InvalidUser)?,
-        Some(_) => return Err(AuthError::InvalidToken(format!("claim {} is not a string", jwt.user_claim))),
-        None => return Err(AuthError::InvalidToken(format!("claim {} is missing", jwt.user_claim))),
+        Some(_) => {
+            return Err(AuthError::InvalidToken(format!(
+                "claim {} is not a string",
+                jwt.user_claim
+            )));
+        }
+        None => {
+            return Err(AuthError::InvalidToken(format!(
+                "claim {} is missing",
+                jwt.user_claim
+            )));
+        }
     };
     let region_claim = match claims.get(&jwt.region_claim) {
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(AuthError::InvalidToken(format!("claim {} is not a string", jwt.region_claim))),
+        Some(_) => {
+            return Err(AuthError::InvalidToken(format!(
+                "claim {} is not a string",
+                jwt.region_claim
+            )));
+        }
         None => None,
     };
     Ok(Identity { user, region_claim })
@@ -117,26 +148,56 @@ mod tests {
     }
 
     fn now() -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
     }
 
     fn token(claims: Value, alg: Algorithm, secret: &[u8]) -> String {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     #[test]
     fn valid_token_names_user_and_region() {
-        let t = token(json!({"sub": "u1", "region": "eu", "exp": now() + 60}), Algorithm::HS256, SECRET);
-        assert_eq!(verify(&config(), &t).unwrap(), Identity { user: UserId::parse("u1").unwrap(), region_claim: Some("eu".into()) });
+        let t = token(
+            json!({"sub": "u1", "region": "eu", "exp": now() + 60}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(
+            verify(&config(), &t).unwrap(),
+            Identity {
+                user: UserId::parse("u1").unwrap(),
+                region_claim: Some("eu".into())
+            }
+        );
     }
 
     #[test]
     fn forged_expired_and_confused_tokens_are_rejected() {
-        let forged = token(json!({"sub": "u1", "exp": now() + 60}), Algorithm::HS256, b"another-secret-another-secret-xx");
+        let forged = token(
+            json!({"sub": "u1", "exp": now() + 60}),
+            Algorithm::HS256,
+            b"another-secret-another-secret-xx",
+        );
         assert!(verify(&config(), &forged).is_err());
-        let expired = token(json!({"sub": "u1", "exp": now() - 3600}), Algorithm::HS256, SECRET);
+        let expired = token(
+            json!({"sub": "u1", "exp": now() - 3600}),
+            Algorithm::HS256,
+            SECRET,
+        );
         assert!(verify(&config(), &expired).is_err());
-        let other_alg = token(json!({"sub": "u1", "exp": now() + 60}), Algorithm::HS384, SECRET);
+        let other_alg = token(
+            json!({"sub": "u1", "exp": now() + 60}),
+            Algorithm::HS384,
+            SECRET,
+        );
         assert!(verify(&config(), &other_alg).is_err());
         let no_exp = token(json!({"sub": "u1"}), Algorithm::HS256, SECRET);
         assert!(verify(&config(), &no_exp).is_err());
@@ -147,15 +208,28 @@ mod tests {
 
     #[test]
     fn within_leeway_is_accepted() {
-        let t = token(json!({"sub": "u1", "exp": now() - 10}), Algorithm::HS256, SECRET);
+        let t = token(
+            json!({"sub": "u1", "exp": now() - 10}),
+            Algorithm::HS256,
+            SECRET,
+        );
         assert!(verify(&config(), &t).is_ok());
     }
 
     #[test]
     fn trusted_header_mode() {
         let mut h = HeaderMap::new();
-        assert_eq!(identify(&AuthConfig::TrustedHeader, &h), Err(AuthError::MissingHeader));
+        assert_eq!(
+            identify(&AuthConfig::TrustedHeader, &h),
+            Err(AuthError::MissingHeader)
+        );
         h.insert(USER_HEADER, "alice".parse().unwrap());
-        assert_eq!(identify(&AuthConfig::TrustedHeader, &h).unwrap().user.as_str(), "alice");
+        assert_eq!(
+            identify(&AuthConfig::TrustedHeader, &h)
+                .unwrap()
+                .user
+                .as_str(),
+            "alice"
+        );
     }
 }

@@ -39,11 +39,21 @@ pub async fn run(config: &Config) -> (String, bool) {
     }
     let snapshot = topology.snapshot();
     let mut out = String::new();
-    let _ = writeln!(out, "region {}: {} endpoint(s)", config.region, snapshot.endpoints.len());
-    let _ = writeln!(out, "{:<10} {:<8} {:<40} {:<9} {:>8} {:>12}  status", "shard", "region", "endpoint", "role", "rtt ms", "lag bytes");
+    let _ = writeln!(
+        out,
+        "region {}: {} endpoint(s)",
+        config.region,
+        snapshot.endpoints.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:<8} {:<40} {:<9} {:>8} {:>12}  status",
+        "shard", "region", "endpoint", "role", "rtt ms", "lag bytes"
+    );
     let mut ok = true;
     for r in snapshot.report() {
-        let expected_primary = matches!(r.configured, crate::topology::Configured::PrimaryCandidate);
+        let expected_primary =
+            matches!(r.configured, crate::topology::Configured::PrimaryCandidate);
         let status = match (&r.last_error, r.role) {
             (Some(e), _) => {
                 ok = false;
@@ -51,7 +61,15 @@ pub async fn run(config: &Config) -> (String, bool) {
             }
             (None, Some(Role::Replica)) if !expected_primary => "ok".into(),
             (None, Some(Role::Primary)) if expected_primary => "ok".into(),
-            (None, Some(role)) => format!("ok (configured as {}, probed {})", if expected_primary { "primary candidate" } else { "replica" }, role.as_str()),
+            (None, Some(role)) => format!(
+                "ok (configured as {}, probed {})",
+                if expected_primary {
+                    "primary candidate"
+                } else {
+                    "replica"
+                },
+                role.as_str()
+            ),
             (None, None) => "unknown".into(),
         };
         let _ = writeln!(
@@ -61,12 +79,21 @@ pub async fn run(config: &Config) -> (String, bool) {
             r.region,
             r.endpoint,
             r.role.map(Role::as_str).unwrap_or("-"),
-            r.rtt_ms.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
-            r.lag_bytes.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+            r.rtt_ms
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            r.lag_bytes
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
             status
         );
     }
-    for shard in config.shards.iter().map(|s| &s.name).chain(std::iter::once(&config.directory.shard.name)) {
+    for shard in config
+        .shards
+        .iter()
+        .map(|s| &s.name)
+        .chain(std::iter::once(&config.directory.shard.name))
+    {
         if snapshot.primary_of(shard).is_none() {
             ok = false;
             let _ = writeln!(out, "shard {shard}: no reachable primary");

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "homeport", version, about = "Replication-aware data-access sidecar for multi-region PostgreSQL")]
+#[command(
+    name = "homeport",
+    version,
+    about = "Replication-aware data-access sidecar for multi-region PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,11 +37,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HOMEPORT_LOG").unwrap_or_else(|_| "homeport=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HOMEPORT_LOG")
+                .unwrap_or_else(|_| "homeport=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
@@ -55,7 +63,11 @@ fn main() -> ExitCode {
                 Ok(config) => {
                     let (report, ok) = homeport::check::run(&config).await;
                     print!("{report}");
-                    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             },
             Command::Dev(args) => match homeport::dev::run_cli(args).await {

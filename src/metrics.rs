@@ -35,7 +35,8 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
@@ -49,7 +50,13 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-pub fn request(frontend: &'static str, intent: &'static str, target: &'static str, outcome: &'static str, took: Duration) {
+pub fn request(
+    frontend: &'static str,
+    intent: &'static str,
+    target: &'static str,
+    outcome: &'static str,
+    took: Duration,
+) {
     counter!(REQUESTS_TOTAL, "frontend" => frontend, "intent" => intent, "target" => target, "outcome" => outcome)
         .increment(1);
     histogram!(REQUEST_DURATION_SECONDS, "frontend" => frontend, "intent" => intent, "target" => target)
@@ -57,15 +64,26 @@ pub fn request(frontend: &'static str, intent: &'static str, target: &'static st
 }
 
 pub fn cross_region(from: &str, to: &str) {
-    counter!(CROSS_REGION_REQUESTS_TOTAL, "from" => from.to_string(), "to" => to.to_string()).increment(1);
+    counter!(CROSS_REGION_REQUESTS_TOTAL, "from" => from.to_string(), "to" => to.to_string())
+        .increment(1);
 }
 
 pub fn directory_lookup(source: &'static str) {
     counter!(DIRECTORY_LOOKUPS_TOTAL, "source" => source).increment(1);
 }
 
-pub fn endpoint_up(endpoint: &str, shard: &str, role: &'static str, up: bool, rtt: Option<Duration>) {
-    let labels = [("endpoint", endpoint.to_string()), ("shard", shard.to_string()), ("role", role.to_string())];
+pub fn endpoint_up(
+    endpoint: &str,
+    shard: &str,
+    role: &'static str,
+    up: bool,
+    rtt: Option<Duration>,
+) {
+    let labels = [
+        ("endpoint", endpoint.to_string()),
+        ("shard", shard.to_string()),
+        ("role", role.to_string()),
+    ];
     gauge!(ENDPOINT_UP, &labels).set(if up { 1.0 } else { 0.0 });
     if let Some(rtt) = rtt {
         gauge!(ENDPOINT_RTT_SECONDS, &labels).set(rtt.as_secs_f64());

@@ -56,7 +56,10 @@ pub enum RouteError {
 pub fn write_candidate(snapshot: &Snapshot, shard: &ShardId) -> Result<Candidate, RouteError> {
     snapshot
         .primary_of(shard)
-        .map(|p| Candidate { index: p.info.index, target: Target::Primary })
+        .map(|p| Candidate {
+            index: p.info.index,
+            target: Target::Primary,
+        })
         .ok_or_else(|| RouteError::NoPrimary(shard.clone()))
 }
 
@@ -72,18 +75,34 @@ pub fn read_candidates(
         .filter(|e| e.is_up() && e.status.role == Some(crate::types::Role::Replica))
         .collect();
     // Local replicas first, then by RTT; unmeasured RTTs sort last, ties keep config order.
-    replicas.sort_by_key(|e| (&e.info.region != local, e.status.rtt.is_none(), e.status.rtt));
+    replicas.sort_by_key(|e| {
+        (
+            &e.info.region != local,
+            e.status.rtt.is_none(),
+            e.status.rtt,
+        )
+    });
     let primary = snapshot.primary_of(shard);
 
     let mut out = Vec::with_capacity(replicas.len() + 1);
-    let (local_replicas, remote_replicas): (Vec<_>, Vec<_>) = replicas.into_iter().partition(|e| &e.info.region == local);
-    out.extend(local_replicas.iter().map(|e| Candidate { index: e.info.index, target: Target::LocalReplica }));
+    let (local_replicas, remote_replicas): (Vec<_>, Vec<_>) =
+        replicas.into_iter().partition(|e| &e.info.region == local);
+    out.extend(local_replicas.iter().map(|e| Candidate {
+        index: e.info.index,
+        target: Target::LocalReplica,
+    }));
     let primary_is_local = primary.is_some_and(|p| &p.info.region == local);
-    let primary_candidate = primary.map(|p| Candidate { index: p.info.index, target: Target::Primary });
+    let primary_candidate = primary.map(|p| Candidate {
+        index: p.info.index,
+        target: Target::Primary,
+    });
     if primary_is_local && primary_reads == PrimaryReads::Nearest {
         out.extend(primary_candidate);
     }
-    out.extend(remote_replicas.iter().map(|e| Candidate { index: e.info.index, target: Target::RemoteReplica }));
+    out.extend(remote_replicas.iter().map(|e| Candidate {
+        index: e.info.index,
+        target: Target::RemoteReplica,
+    }));
     if !(primary_is_local && primary_reads == PrimaryReads::Nearest) {
         out.extend(primary_candidate);
     }
@@ -120,10 +139,19 @@ mod tests {
                         name: format!("e{index}"),
                         shard: region(shard),
                         region: region(reg),
-                        configured: if *role == Role::Primary { Configured::PrimaryCandidate } else { Configured::Replica },
+                        configured: if *role == Role::Primary {
+                            Configured::PrimaryCandidate
+                        } else {
+                            Configured::Replica
+                        },
                         pg: tokio_postgres::Config::new(),
                     }),
-                    status: EndpointStatus { health, role: Some(*role), rtt: Some(Duration::from_millis(*rtt)), ..Default::default() },
+                    status: EndpointStatus {
+                        health,
+                        role: Some(*role),
+                        rtt: Some(Duration::from_millis(*rtt)),
+                        ..Default::default()
+                    },
                 }
             })
             .collect();
@@ -143,15 +171,28 @@ mod tests {
 
     #[test]
     fn write_for_remote_user_goes_to_home_primary() {
-        let s = snapshot(&[("eu", "eu", P, true, 1), ("eu", "us", R, true, 1), ("us", "us", P, true, 1)]);
-        assert_eq!(write_candidate(&s, &region("eu")).unwrap(), Candidate { index: 0, target: PT });
+        let s = snapshot(&[
+            ("eu", "eu", P, true, 1),
+            ("eu", "us", R, true, 1),
+            ("us", "us", P, true, 1),
+        ]);
+        assert_eq!(
+            write_candidate(&s, &region("eu")).unwrap(),
+            Candidate {
+                index: 0,
+                target: PT
+            }
+        );
         assert_eq!(write_candidate(&s, &region("us")).unwrap().index, 2);
     }
 
     #[test]
     fn write_without_healthy_primary_fails() {
         let s = snapshot(&[("eu", "eu", P, false, 1), ("eu", "us", R, true, 1)]);
-        assert_eq!(write_candidate(&s, &region("eu")), Err(RouteError::NoPrimary(region("eu"))));
+        assert_eq!(
+            write_candidate(&s, &region("eu")),
+            Err(RouteError::NoPrimary(region("eu")))
+        );
     }
 
     #[test]
@@ -163,19 +204,32 @@ mod tests {
     #[test]
     fn remote_user_reads_from_local_replica_of_their_shard() {
         let s = snapshot(&[("eu", "eu", P, true, 80), ("eu", "us", R, true, 1)]);
-        assert_eq!(order(&s, "eu", "us", PrimaryReads::Nearest), [(1, LR), (0, PT)]);
+        assert_eq!(
+            order(&s, "eu", "us", PrimaryReads::Nearest),
+            [(1, LR), (0, PT)]
+        );
     }
 
     #[test]
     fn local_user_prefers_local_replica_then_local_primary() {
-        let s = snapshot(&[("eu", "eu", P, true, 1), ("eu", "us", R, true, 90), ("eu", "eu", R, true, 2)]);
-        assert_eq!(order(&s, "eu", "eu", PrimaryReads::Nearest), [(2, LR), (0, PT), (1, RR)]);
+        let s = snapshot(&[
+            ("eu", "eu", P, true, 1),
+            ("eu", "us", R, true, 90),
+            ("eu", "eu", R, true, 2),
+        ]);
+        assert_eq!(
+            order(&s, "eu", "eu", PrimaryReads::Nearest),
+            [(2, LR), (0, PT), (1, RR)]
+        );
     }
 
     #[test]
     fn last_resort_keeps_primary_at_the_end() {
         let s = snapshot(&[("eu", "eu", P, true, 1), ("eu", "us", R, true, 90)]);
-        assert_eq!(order(&s, "eu", "eu", PrimaryReads::LastResort), [(1, RR), (0, PT)]);
+        assert_eq!(
+            order(&s, "eu", "eu", PrimaryReads::LastResort),
+            [(1, RR), (0, PT)]
+        );
     }
 
     #[test]
@@ -185,7 +239,10 @@ mod tests {
             ("eu", "ap", R, true, 150),
             ("eu", "sa", R, true, 50),
         ]);
-        assert_eq!(order(&s, "eu", "us", PrimaryReads::Nearest), [(2, RR), (1, RR), (0, PT)]);
+        assert_eq!(
+            order(&s, "eu", "us", PrimaryReads::Nearest),
+            [(2, RR), (1, RR), (0, PT)]
+        );
     }
 
     #[test]
@@ -201,7 +258,11 @@ mod tests {
 
     #[test]
     fn other_shards_are_never_candidates() {
-        let s = snapshot(&[("us", "us", P, true, 1), ("us", "eu", R, true, 1), ("eu", "eu", P, true, 1)]);
+        let s = snapshot(&[
+            ("us", "us", P, true, 1),
+            ("us", "eu", R, true, 1),
+            ("eu", "eu", P, true, 1),
+        ]);
         assert_eq!(order(&s, "eu", "eu", PrimaryReads::Nearest), [(2, PT)]);
     }
 }

@@ -16,7 +16,10 @@ use crate::{http, metrics, topology};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -25,7 +28,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let handle = metrics::install();
     let listen = config.http.listen;
     let grace = config.shutdown_grace;
-    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
     let app = Arc::new(App::new(config, handle));
     let probes = topology::probe::spawn_all(app.topology.clone(), app.config.probe.clone());
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
@@ -43,7 +51,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     app.start_draining();
     let _ = stop_tx.send(true);
     if tokio::time::timeout(grace, server).await.is_err() {
-        tracing::warn!(?grace, "in-flight requests did not finish within the grace period");
+        tracing::warn!(
+            ?grace,
+            "in-flight requests did not finish within the grace period"
+        );
     }
     for p in probes {
         p.abort();

@@ -15,10 +15,19 @@ async fn write_for_remote_user_runs_on_home_primary_and_reads_stay_local() {
 
     let placed = env.place("us", "alice", "eu").await;
     assert_eq!(placed.status, 201, "{:?}", placed.body);
-    assert_eq!(env.place("us", "alice", "eu").await.status, 200, "placing again is idempotent");
+    assert_eq!(
+        env.place("us", "alice", "eu").await.status,
+        200,
+        "placing again is idempotent"
+    );
 
     let w = env
-        .query("us", "alice", "INSERT INTO notes (user_id, body) VALUES ($1, $2) RETURNING id", json!(["alice", "written via us"]))
+        .query(
+            "us",
+            "alice",
+            "INSERT INTO notes (user_id, body) VALUES ($1, $2) RETURNING id",
+            json!(["alice", "written via us"]),
+        )
         .await;
     assert_eq!(w.status, 200, "{:?}", w.body);
     assert_eq!(w.served_by(), "eu/primary");
@@ -29,32 +38,81 @@ async fn write_for_remote_user_runs_on_home_primary_and_reads_stay_local() {
     // The row is on the eu primary, and was never written to the us primary.
     let eu = env.direct(env.primary_port("eu")).await;
     let us = env.direct(env.primary_port("us")).await;
-    let on_eu: i64 = eu.query_one("SELECT count(*) FROM notes WHERE id = $1 AND body = 'written via us'", &[&id]).await.unwrap().get(0);
-    let on_us: i64 = us.query_one("SELECT count(*) FROM notes WHERE body = 'written via us'", &[]).await.unwrap().get(0);
+    let on_eu: i64 = eu
+        .query_one(
+            "SELECT count(*) FROM notes WHERE id = $1 AND body = 'written via us'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let on_us: i64 = us
+        .query_one(
+            "SELECT count(*) FROM notes WHERE body = 'written via us'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!((on_eu, on_us), (1, 0));
 
     // An auto read through us runs on the replica of the eu shard located in us.
     wait_caught_up(&env, "eu", "us").await;
-    let r = env.query("us", "alice", "SELECT body FROM notes WHERE id = $1", json!([id])).await;
+    let r = env
+        .query(
+            "us",
+            "alice",
+            "SELECT body FROM notes WHERE id = $1",
+            json!([id]),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.served_by(), "us/replica");
     assert_eq!(r.body["rows"], json!([["written via us"]]));
 
     // Through eu, a user homed in eu reads from eu's primary: there is no eu replica of eu.
-    let r = env.query("eu", "alice", "SELECT body FROM notes WHERE id = $1", json!([id])).await;
+    let r = env
+        .query(
+            "eu",
+            "alice",
+            "SELECT body FROM notes WHERE id = $1",
+            json!([id]),
+        )
+        .await;
     assert_eq!(r.served_by(), "eu/primary");
 
     // A user homed in us writes to the us primary from either sidecar.
     assert_eq!(env.place("eu", "bob", "us").await.status, 201);
-    let w = env.query("eu", "bob", "INSERT INTO notes (user_id, body) VALUES ($1, 'bob') RETURNING id", json!(["bob"])).await;
+    let w = env
+        .query(
+            "eu",
+            "bob",
+            "INSERT INTO notes (user_id, body) VALUES ($1, 'bob') RETURNING id",
+            json!(["bob"]),
+        )
+        .await;
     assert_eq!(w.served_by(), "us/primary", "{:?}", w.body);
-    let r = env.query("eu", "bob", "SELECT count(*) FROM notes WHERE user_id = $1", json!(["bob"])).await;
+    let r = env
+        .query(
+            "eu",
+            "bob",
+            "SELECT count(*) FROM notes WHERE user_id = $1",
+            json!(["bob"]),
+        )
+        .await;
     assert_eq!(r.served_by(), "eu/replica");
 
     // The directory answers the same in both regions.
     for region in ["eu", "us"] {
-        let h = env.send(env.http.get(env.url(region, "/v1/users/alice/home"))).await;
-        assert_eq!((h.status, h.body["home_region"].as_str()), (200, Some("eu")), "{region}: {:?}", h.body);
+        let h = env
+            .send(env.http.get(env.url(region, "/v1/users/alice/home")))
+            .await;
+        assert_eq!(
+            (h.status, h.body["home_region"].as_str()),
+            (200, Some("eu")),
+            "{region}: {:?}",
+            h.body
+        );
     }
 }
 
@@ -65,17 +123,41 @@ async fn read_from_delayed_replica_does_not_see_the_write_yet() {
     let env = start(opts).await;
     assert_eq!(env.place("us", "carol", "eu").await.status, 201);
 
-    let w = env.query("us", "carol", "INSERT INTO notes (user_id, body) VALUES ($1, 'fresh') RETURNING id", json!(["carol"])).await;
+    let w = env
+        .query(
+            "us",
+            "carol",
+            "INSERT INTO notes (user_id, body) VALUES ($1, 'fresh') RETURNING id",
+            json!(["carol"]),
+        )
+        .await;
     assert_eq!(w.served_by(), "eu/primary", "{:?}", w.body);
-    let r = env.query("us", "carol", "SELECT count(*) FROM notes WHERE user_id = $1", json!(["carol"])).await;
+    let r = env
+        .query(
+            "us",
+            "carol",
+            "SELECT count(*) FROM notes WHERE user_id = $1",
+            json!(["carol"]),
+        )
+        .await;
     assert_eq!(r.served_by(), "us/replica");
-    assert_eq!(r.body["rows"][0][0], 0, "the replica applies commits 500 ms late, so the row is not there yet");
+    assert_eq!(
+        r.body["rows"][0][0], 0,
+        "the replica applies commits 500 ms late, so the row is not there yet"
+    );
 
     // Once the delay has passed, the same read sees the row: it was the replica all along.
     let mut seen = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let r = env.query("us", "carol", "SELECT count(*) FROM notes WHERE user_id = $1", json!(["carol"])).await;
+        let r = env
+            .query(
+                "us",
+                "carol",
+                "SELECT count(*) FROM notes WHERE user_id = $1",
+                json!(["carol"]),
+            )
+            .await;
         assert_eq!(r.served_by(), "us/replica");
         if r.body["rows"][0][0] == 1 {
             seen = true;
@@ -85,10 +167,22 @@ async fn read_from_delayed_replica_does_not_see_the_write_yet() {
     assert!(seen, "the delayed replica never showed the row");
 
     // A primary hint reads the fresh row at once.
-    let w = env.query("us", "carol", "INSERT INTO notes (user_id, body) VALUES ($1, 'again') RETURNING id", json!(["carol"])).await;
+    let w = env
+        .query(
+            "us",
+            "carol",
+            "INSERT INTO notes (user_id, body) VALUES ($1, 'again') RETURNING id",
+            json!(["carol"]),
+        )
+        .await;
     assert_eq!(w.status, 200);
     let r = env
-        .query("us", "carol", "SELECT count(*) FROM notes WHERE user_id = $1 /*homeport_route='primary'*/", json!(["carol"]))
+        .query(
+            "us",
+            "carol",
+            "SELECT count(*) FROM notes WHERE user_id = $1 /*homeport_route='primary'*/",
+            json!(["carol"]),
+        )
         .await;
     assert_eq!(r.served_by(), "eu/primary");
     assert_eq!(r.body["rows"][0][0], 2);
@@ -119,16 +213,28 @@ async fn transactions_are_atomic_on_one_shard() {
     assert_eq!(bad.status, 409, "{:?}", bad.body);
     assert_eq!(bad.body["sqlstate"], "23505");
     let us = env.direct(env.primary_port("us")).await;
-    let balance: String = us.query_one("SELECT balance::text FROM accounts WHERE user_id = 'dave'", &[]).await.unwrap().get(0);
+    let balance: String = us
+        .query_one(
+            "SELECT balance::text FROM accounts WHERE user_id = 'dave'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(balance, "70.00", "the failed transaction was rolled back");
 
     // A read-only transaction runs on the local replica.
     wait_caught_up(&env, "us", "eu").await;
     let r = env
-        .send(env.http.post(&url).header("homeport-user", "dave").json(&json!({"statements": [
-            {"sql": "SELECT balance FROM accounts WHERE user_id = $1", "params": ["dave"]},
-            {"sql": "SELECT count(*) FROM notes"},
-        ]})))
+        .send(
+            env.http
+                .post(&url)
+                .header("homeport-user", "dave")
+                .json(&json!({"statements": [
+                    {"sql": "SELECT balance FROM accounts WHERE user_id = $1", "params": ["dave"]},
+                    {"sql": "SELECT count(*) FROM notes"},
+                ]})),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.served_by(), "eu/replica");
@@ -162,6 +268,29 @@ async fn values_round_trip_as_json() {
             "2026-11-25T09:00:00Z", "AQID", [[1, 2], [3, null]], null, "P1DT2H", "10.1.2.3"
         ])
     );
-    let types: Vec<&str> = r.body["columns"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["int8", "float8", "numeric", "text", "bool", "jsonb", "uuid", "date", "timestamptz", "bytea", "_int4", "text", "interval", "inet"]);
+    let types: Vec<&str> = r.body["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "int8",
+            "float8",
+            "numeric",
+            "text",
+            "bool",
+            "jsonb",
+            "uuid",
+            "date",
+            "timestamptz",
+            "bytea",
+            "_int4",
+            "text",
+            "interval",
+            "inet"
+        ]
+    );
 }

@@ -150,7 +150,10 @@ impl Config {
             .map_err(|e| ConfigError::new("(file)", one_line(&e.to_string())))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::new(if path == "." { "(root)".into() } else { path }, one_line(&e.inner().to_string()))
+            ConfigError::new(
+                if path == "." { "(root)".into() } else { path },
+                one_line(&e.inner().to_string()),
+            )
         })?;
         validate(raw)
     }
@@ -158,7 +161,11 @@ impl Config {
     /// Every region named anywhere in the topology.
     pub fn regions(&self) -> BTreeSet<RegionName> {
         let mut out = BTreeSet::new();
-        for shard in self.shards.iter().chain(std::iter::once(&self.directory.shard)) {
+        for shard in self
+            .shards
+            .iter()
+            .chain(std::iter::once(&self.directory.shard))
+        {
             for e in shard.primaries.iter().chain(&shard.replicas) {
                 out.insert(e.region.clone());
             }
@@ -184,22 +191,40 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, shard) in raw.shards {
         let path = format!("shards.{name}");
         let shard_name = RegionName::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
-        let primaries = endpoints(&path, "primary", shard.primary.into_vec(), Some(&shard_name), &pg_defaults)?;
+        let primaries = endpoints(
+            &path,
+            "primary",
+            shard.primary.into_vec(),
+            Some(&shard_name),
+            &pg_defaults,
+        )?;
         let replicas = endpoints(&path, "replicas", shard.replicas, None, &pg_defaults)?;
-        shards.push(ShardConfig { name: shard_name, primaries, replicas });
+        shards.push(ShardConfig {
+            name: shard_name,
+            primaries,
+            replicas,
+        });
     }
     if shards.is_empty() {
         return Err(ConfigError::new("shards", "at least one shard is required"));
     }
 
     let dir = raw.directory;
-    let dir_primaries = endpoints("directory", "primary", dir.primary.into_vec(), None, &pg_defaults)?;
+    let dir_primaries = endpoints(
+        "directory",
+        "primary",
+        dir.primary.into_vec(),
+        None,
+        &pg_defaults,
+    )?;
     let dir_replicas = endpoints("directory", "replicas", dir.replicas, None, &pg_defaults)?;
     let table = dir.table.unwrap_or_else(|| "homeport.directory".into());
     if !is_qualified_identifier(&table) {
         return Err(ConfigError::new(
             "directory.table",
-            format!("{table:?} is not a plain `schema.table` name (lowercase letters, digits, '_')"),
+            format!(
+                "{table:?} is not a plain `schema.table` name (lowercase letters, digits, '_')"
+            ),
         ));
     }
     let placement = match dir.placement.as_deref().unwrap_or("reject") {
@@ -220,7 +245,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             replicas: dir_replicas,
         },
         table,
-        cache_ttl: dir.cache_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+        cache_ttl: dir
+            .cache_ttl
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(300)),
         cache_capacity: dir.cache_capacity.unwrap_or(100_000),
         placement,
     };
@@ -228,20 +256,27 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let http = raw.http;
     let listen_text = http.listen.unwrap_or_else(|| "127.0.0.1:7400".into());
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        ConfigError::new("http.listen", format!("{listen_text:?} is not an address like \"127.0.0.1:7400\""))
+        ConfigError::new(
+            "http.listen",
+            format!("{listen_text:?} is not an address like \"127.0.0.1:7400\""),
+        )
     })?;
     let max_body = http.max_body.map(|b| b.0).unwrap_or(1 << 20);
     let max_body = usize::try_from(max_body)
         .ok()
         .filter(|b| *b > 0)
-        .ok_or_else(|| ConfigError::new("http.max_body", "must be between 1 byte and the address space"))?;
+        .ok_or_else(|| {
+            ConfigError::new(
+                "http.max_body",
+                "must be between 1 byte and the address space",
+            )
+        })?;
     let auth = match http.auth.as_deref().unwrap_or("trusted-header") {
         "trusted-header" => AuthConfig::TrustedHeader,
         "jwt" => {
-            let jwt = raw
-                .jwt
-                .as_ref()
-                .ok_or_else(|| ConfigError::new("jwt", "http.auth = \"jwt\" needs a [jwt] table"))?;
+            let jwt = raw.jwt.as_ref().ok_or_else(|| {
+                ConfigError::new("jwt", "http.auth = \"jwt\" needs a [jwt] table")
+            })?;
             AuthConfig::Jwt(Box::new(secrets::jwt_config(jwt)?))
         }
         other => {
@@ -253,8 +288,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let probe = ProbeConfig {
-        interval: raw.probe.interval.map(|d| d.0).unwrap_or(Duration::from_millis(500)),
-        timeout: raw.probe.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+        interval: raw
+            .probe
+            .interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_millis(500)),
+        timeout: raw
+            .probe
+            .timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(1)),
         fall: raw.probe.fall.unwrap_or(2).max(1),
         rise: raw.probe.rise.unwrap_or(1).max(1),
     };
@@ -283,7 +326,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_body,
             auth,
             public_url: http.public_url,
-            header_timeout: http.header_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+            header_timeout: http
+                .header_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
         },
         postgres: pg_defaults.settings,
         probe,
@@ -291,7 +337,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         shards,
         directory,
         redis,
-        shutdown_grace: raw.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(20)),
+        shutdown_grace: raw
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(20)),
     };
     check_regions(&config)?;
     Ok(config)
@@ -313,7 +362,11 @@ fn check_regions(config: &Config) -> Result<(), ConfigError> {
             if !shard_names.contains(&r.region) && r.region != config.region {
                 return Err(ConfigError::new(
                     format!("shards.{}.replicas[{i}].region", shard.name),
-                    format!("{} is not a known region (shards: {})", r.region, join(&shard_names)),
+                    format!(
+                        "{} is not a known region (shards: {})",
+                        r.region,
+                        join(&shard_names)
+                    ),
                 ));
             }
         }
@@ -322,7 +375,11 @@ fn check_regions(config: &Config) -> Result<(), ConfigError> {
 }
 
 fn join(names: &BTreeSet<&RegionName>) -> String {
-    names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn endpoints(
@@ -333,7 +390,10 @@ fn endpoints(
     defaults: &secrets::PgDefaults,
 ) -> Result<Vec<EndpointConfig>, ConfigError> {
     if key == "primary" && raw.is_empty() {
-        return Err(ConfigError::new(format!("{parent}.{key}"), "at least one primary candidate is required"));
+        return Err(ConfigError::new(
+            format!("{parent}.{key}"),
+            "at least one primary candidate is required",
+        ));
     }
     raw.into_iter()
         .enumerate()
@@ -344,7 +404,8 @@ fn endpoints(
                 RawEndpoint::Full(t) => (t.url, t.region),
             };
             let region = match (region, default_region) {
-                (Some(r), _) => RegionName::parse(&r).map_err(|m| ConfigError::new(format!("{path}.region"), m))?,
+                (Some(r), _) => RegionName::parse(&r)
+                    .map_err(|m| ConfigError::new(format!("{path}.region"), m))?,
                 (None, Some(d)) => d.clone(),
                 (None, None) => {
                     return Err(ConfigError::new(
@@ -353,8 +414,14 @@ fn endpoints(
                     ));
                 }
             };
-            let pg = defaults.connection(&url).map_err(|m| ConfigError::new(&path, m))?;
-            Ok(EndpointConfig { name: endpoint_name(&pg), region, pg })
+            let pg = defaults
+                .connection(&url)
+                .map_err(|m| ConfigError::new(&path, m))?;
+            Ok(EndpointConfig {
+                name: endpoint_name(&pg),
+                region,
+                pg,
+            })
         })
         .collect()
 }
@@ -376,7 +443,8 @@ fn is_qualified_identifier(s: &str) -> bool {
         !p.is_empty()
             && p.len() <= 63
             && p.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     };
     matches!(s.split_once('.'), Some((schema, table)) if ident(schema) && ident(table))
 }

@@ -20,22 +20,41 @@ pub struct PgDefaults {
 }
 
 pub fn pg_defaults(raw: &RawPostgres) -> Result<PgDefaults, ConfigError> {
-    let password = secret("postgres", raw.password_file.as_deref(), raw.password_env.as_deref())?;
+    let password = secret(
+        "postgres",
+        raw.password_file.as_deref(),
+        raw.password_env.as_deref(),
+    )?;
     let pool_size = raw.pool_size.unwrap_or(16);
     if pool_size == 0 || pool_size > 10_000 {
-        return Err(ConfigError::new("postgres.pool_size", "must be between 1 and 10000"));
+        return Err(ConfigError::new(
+            "postgres.pool_size",
+            "must be between 1 and 10000",
+        ));
     }
     Ok(PgDefaults {
         settings: PostgresConfig {
             password,
-            connect_timeout: raw.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
-            statement_timeout: raw.statement_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
-            acquire_timeout: raw.acquire_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+            connect_timeout: raw
+                .connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(2)),
+            statement_timeout: raw
+                .statement_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
+            acquire_timeout: raw
+                .acquire_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(1)),
             pool_size,
         },
         user: raw.user.clone().unwrap_or_else(|| "postgres".into()),
         dbname: raw.dbname.clone(),
-        application_name: raw.application_name.clone().unwrap_or_else(|| "homeport".into()),
+        application_name: raw
+            .application_name
+            .clone()
+            .unwrap_or_else(|| "homeport".into()),
     })
 }
 
@@ -53,15 +72,15 @@ impl PgDefaults {
         if pg.get_user().is_none() {
             pg.user(&self.user);
         }
-        if pg.get_dbname().is_none() {
-            if let Some(db) = &self.dbname {
-                pg.dbname(db);
-            }
+        if pg.get_dbname().is_none()
+            && let Some(db) = &self.dbname
+        {
+            pg.dbname(db);
         }
-        if pg.get_password().is_none() {
-            if let Some(p) = &self.settings.password {
-                pg.password(p);
-            }
+        if pg.get_password().is_none()
+            && let Some(p) = &self.settings.password
+        {
+            pg.password(p);
         }
         if pg.get_application_name().is_none() {
             pg.application_name(&self.application_name);
@@ -76,7 +95,11 @@ impl PgDefaults {
 }
 
 /// Reads a secret from a file (trailing newline removed) or an environment variable.
-fn secret(table: &str, file: Option<&str>, env: Option<&str>) -> Result<Option<String>, ConfigError> {
+fn secret(
+    table: &str,
+    file: Option<&str>,
+    env: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
     match (file, env) {
         (Some(_), Some(_)) => Err(ConfigError::new(
             format!("{table}.password_file"),
@@ -84,22 +107,40 @@ fn secret(table: &str, file: Option<&str>, env: Option<&str>) -> Result<Option<S
         )),
         (Some(path), None) => std::fs::read_to_string(path)
             .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
-            .map_err(|e| ConfigError::new(format!("{table}.password_file"), format!("cannot read {path}: {e}"))),
-        (None, Some(var)) => std::env::var(var)
-            .map(Some)
-            .map_err(|_| ConfigError::new(format!("{table}.password_env"), format!("environment variable {var} is not set"))),
+            .map_err(|e| {
+                ConfigError::new(
+                    format!("{table}.password_file"),
+                    format!("cannot read {path}: {e}"),
+                )
+            }),
+        (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
+            ConfigError::new(
+                format!("{table}.password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        }),
         (None, None) => Ok(None),
     }
 }
 
 pub fn redis_config(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
     if !(raw.url.starts_with("redis://") || raw.url.starts_with("rediss://")) {
-        return Err(ConfigError::new("redis.url", "must be a redis:// or rediss:// URL"));
+        return Err(ConfigError::new(
+            "redis.url",
+            "must be a redis:// or rediss:// URL",
+        ));
     }
     Ok(RedisConfig {
         url: raw.url,
-        password: secret("redis", raw.password_file.as_deref(), raw.password_env.as_deref())?,
-        timeout: raw.timeout.map(|d| d.0).unwrap_or(Duration::from_millis(100)),
+        password: secret(
+            "redis",
+            raw.password_file.as_deref(),
+            raw.password_env.as_deref(),
+        )?,
+        timeout: raw
+            .timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_millis(100)),
     })
 }
 
@@ -121,7 +162,10 @@ impl fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtConfig")
             .field("algorithm", &self.algorithm)
-            .field("keys", &format_args!("{} key(s), redacted", self.keys.len()))
+            .field(
+                "keys",
+                &format_args!("{} key(s), redacted", self.keys.len()),
+            )
             .field("user_claim", &self.user_claim)
             .field("region_claim", &self.region_claim)
             .finish()
@@ -142,12 +186,19 @@ pub fn jwt_config(raw: &RawJwt) -> Result<JwtConfig, ConfigError> {
     };
     let keys = match algorithm {
         Algorithm::HS256 => {
-            let path = if raw.secret_file.is_some() { "jwt.secret_file" } else { "jwt.secret_env" };
+            let path = if raw.secret_file.is_some() {
+                "jwt.secret_file"
+            } else {
+                "jwt.secret_env"
+            };
             let secret = secret("jwt", raw.secret_file.as_deref(), raw.secret_env.as_deref())
                 .map_err(|e| ConfigError::new(path, e.message))?
                 .ok_or_else(|| ConfigError::new("jwt", "HS256 needs secret_file or secret_env"))?;
             if secret.len() < 32 {
-                return Err(ConfigError::new(path, "HS256 secret must be at least 32 bytes"));
+                return Err(ConfigError::new(
+                    path,
+                    "HS256 secret must be at least 32 bytes",
+                ));
             }
             vec![(None, DecodingKey::from_secret(secret.as_bytes()))]
         }
@@ -164,15 +215,24 @@ pub fn jwt_config(raw: &RawJwt) -> Result<JwtConfig, ConfigError> {
     })
 }
 
-fn asymmetric_keys(algorithm: Algorithm, raw: &RawJwt) -> Result<Vec<(Option<String>, DecodingKey)>, ConfigError> {
+fn asymmetric_keys(
+    algorithm: Algorithm,
+    raw: &RawJwt,
+) -> Result<Vec<(Option<String>, DecodingKey)>, ConfigError> {
     if let Some(path) = &raw.public_key_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| ConfigError::new("jwt.public_key_file", format!("cannot read {path}: {e}")))?;
+        let pem = std::fs::read(path).map_err(|e| {
+            ConfigError::new("jwt.public_key_file", format!("cannot read {path}: {e}"))
+        })?;
         let key = match algorithm {
             Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
             _ => DecodingKey::from_ec_pem(&pem),
         }
-        .map_err(|e| ConfigError::new("jwt.public_key_file", format!("not a usable PEM public key: {e}")))?;
+        .map_err(|e| {
+            ConfigError::new(
+                "jwt.public_key_file",
+                format!("not a usable PEM public key: {e}"),
+            )
+        })?;
         return Ok(vec![(None, key)]);
     }
     let path = raw
@@ -186,10 +246,17 @@ fn asymmetric_keys(algorithm: Algorithm, raw: &RawJwt) -> Result<Vec<(Option<Str
     let keys: Vec<_> = set
         .keys
         .iter()
-        .filter_map(|jwk| DecodingKey::from_jwk(jwk).ok().map(|k| (jwk.common.key_id.clone(), k)))
+        .filter_map(|jwk| {
+            DecodingKey::from_jwk(jwk)
+                .ok()
+                .map(|k| (jwk.common.key_id.clone(), k))
+        })
         .collect();
     if keys.is_empty() {
-        return Err(ConfigError::new("jwt.jwks_file", "no usable keys in the JWKS document"));
+        return Err(ConfigError::new(
+            "jwt.jwks_file",
+            "no usable keys in the JWKS document",
+        ));
     }
     Ok(keys)
 }

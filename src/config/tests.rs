@@ -19,7 +19,8 @@ fn shipped_examples_parse() {
     assert_eq!(eu.primaries[0].region.as_str(), "eu");
     assert_eq!(eu.replicas[1].region.as_str(), "us");
     assert_eq!(eu.primaries[0].name, "pg-eu-primary.eu.internal:5432/app");
-    let us_text = include_str!("../../config/us.toml").replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
+    let us_text = include_str!("../../config/us.toml")
+        .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
     assert_eq!(Config::parse(&us_text).unwrap().region.as_str(), "us");
 }
 
@@ -33,7 +34,10 @@ fn unknown_key_is_reported_with_its_path() {
 
 #[test]
 fn unknown_key_inside_an_endpoint_is_reported_with_its_path() {
-    let text = example().replace("{ url = \"postgresql://pg-eu-replica.us.internal:5432\", region = \"us\" }", "{ url = \"postgresql://x:5432\", regoin = \"us\" }");
+    let text = example().replace(
+        "{ url = \"postgresql://pg-eu-replica.us.internal:5432\", region = \"us\" }",
+        "{ url = \"postgresql://x:5432\", regoin = \"us\" }",
+    );
     let e = err(&text);
     assert!(e.path.starts_with("shards.eu.replicas"), "{e}");
 }
@@ -53,7 +57,10 @@ fn wrong_type_names_the_key() {
 
 #[test]
 fn unknown_replica_region_is_rejected() {
-    let e = err(&example().replace("region = \"us\" },\n]\n\n[shards.us]", "region = \"mars\" },\n]\n\n[shards.us]"));
+    let e = err(&example().replace(
+        "region = \"us\" },\n]\n\n[shards.us]",
+        "region = \"mars\" },\n]\n\n[shards.us]",
+    ));
     assert_eq!(e.path, "shards.eu.replicas[1].region");
     assert!(e.message.contains("mars"), "{e}");
 }
@@ -66,7 +73,10 @@ fn own_region_must_exist() {
 
 #[test]
 fn missing_secret_is_reported() {
-    let text = example().replace("[postgres]\n", "[postgres]\npassword_env = \"HOMEPORT_TEST_SURELY_UNSET_VAR\"\n");
+    let text = example().replace(
+        "[postgres]\n",
+        "[postgres]\npassword_env = \"HOMEPORT_TEST_SURELY_UNSET_VAR\"\n",
+    );
     let e = err(&text);
     assert_eq!(e.path, "postgres.password_env");
 }
@@ -75,7 +85,8 @@ fn missing_secret_is_reported() {
 fn jwt_mode_needs_keys() {
     let e = err(&example().replace("auth = \"trusted-header\"", "auth = \"jwt\""));
     assert_eq!(e.path, "jwt");
-    let text = example().replace("auth = \"trusted-header\"", "auth = \"jwt\"") + "\n[jwt]\nalgorithm = \"none\"\n";
+    let text = example().replace("auth = \"trusted-header\"", "auth = \"jwt\"")
+        + "\n[jwt]\nalgorithm = \"none\"\n";
     assert_eq!(err(&text).path, "jwt.algorithm");
 }
 

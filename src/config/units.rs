@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A duration written as text, e.g. `"250ms"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,9 +14,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Dur)
-            .map_err(|e| de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"50ms\" or \"5s\"")))
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. \"50ms\" or \"5s\""
+            ))
+        })
     }
 }
 
@@ -36,7 +38,11 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "KiB" | "KB" | "kB" => 1024,
         "MiB" | "MB" => 1024 * 1024,
         "GiB" | "GB" => 1024 * 1024 * 1024,
-        other => return Err(format!("invalid size unit {other:?} in {text:?}; use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {text:?}; use B, KiB, MiB or GiB"
+            ));
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {text:?} is too large"))

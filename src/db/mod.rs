@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
@@ -33,9 +35,18 @@ impl DbError {
             // A server error with a SQLSTATE is the server's verdict on the statement, except the
             // ones that mean the server is going away.
             Some(code) if !is_unavailable(code) => DbError::Server(e),
-            Some(_) => DbError::Unavailable { endpoint: endpoint.to_string(), reason: e.to_string() },
-            None if e.is_closed() => DbError::Lost { endpoint: endpoint.to_string(), reason: e.to_string() },
-            None => DbError::Lost { endpoint: endpoint.to_string(), reason: e.to_string() },
+            Some(_) => DbError::Unavailable {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            },
+            None if e.is_closed() => DbError::Lost {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            },
+            None => DbError::Lost {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -73,7 +84,9 @@ impl Pools {
                 let manager = Manager::from_config(
                     e.info.pg.clone(),
                     NoTls,
-                    ManagerConfig { recycling_method: RecyclingMethod::Fast },
+                    ManagerConfig {
+                        recycling_method: RecyclingMethod::Fast,
+                    },
                 );
                 let pool = Pool::builder(manager)
                     .max_size(settings.pool_size)
@@ -107,22 +120,46 @@ impl Pools {
     }
 
     /// One text column of at most one row, for small internal lookups.
-    pub async fn query_opt_text(&self, index: usize, sql: &str, params: &[&str]) -> Result<Option<String>, DbError> {
+    pub async fn query_opt_text(
+        &self,
+        index: usize,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Option<String>, DbError> {
         let client = self.get(index).await?;
         let name = self.endpoint_name(index);
-        let stmt = client.prepare_cached(sql).await.map_err(|e| DbError::from_pg(name, e))?;
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let row = client.query_opt(&stmt, &params).await.map_err(|e| DbError::from_pg(name, e))?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| DbError::from_pg(name, e))?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        let row = client
+            .query_opt(&stmt, &params)
+            .await
+            .map_err(|e| DbError::from_pg(name, e))?;
         Ok(row.map(|r| r.get(0)))
     }
 
     /// One row of (text, bool), for the directory's insert-or-read.
-    pub async fn query_one_text_bool(&self, index: usize, sql: &str, params: &[&str]) -> Result<(String, bool), DbError> {
+    pub async fn query_one_text_bool(
+        &self,
+        index: usize,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<(String, bool), DbError> {
         let client = self.get(index).await?;
         let name = self.endpoint_name(index);
-        let stmt = client.prepare_cached(sql).await.map_err(|e| DbError::from_pg(name, e))?;
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let row = client.query_one(&stmt, &params).await.map_err(|e| DbError::from_pg(name, e))?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| DbError::from_pg(name, e))?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        let row = client
+            .query_one(&stmt, &params)
+            .await
+            .map_err(|e| DbError::from_pg(name, e))?;
         Ok((row.get(0), row.get(1)))
     }
 }

@@ -69,7 +69,10 @@ impl SandboxOptions {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         SandboxOptions {
             dir: std::env::temp_dir().join(format!("homeport-test-{}-{n}", std::process::id())),
-            regions: regions.iter().map(|r| RegionName::parse(r).expect("valid test region")).collect(),
+            regions: regions
+                .iter()
+                .map(|r| RegionName::parse(r).expect("valid test region"))
+                .collect(),
             replica_delay: Duration::ZERO,
             schema: None,
             base_port: None,
@@ -141,16 +144,17 @@ impl Sandbox {
         let dir = options.dir.clone();
         clean_previous(&pg, &dir);
         let pg_dir = dir.join("pg");
-        std::fs::create_dir_all(&pg_dir).map_err(|e| DevError::Setup(format!("{}: {e}", pg_dir.display())))?;
+        std::fs::create_dir_all(&pg_dir)
+            .map_err(|e| DevError::Setup(format!("{}: {e}", pg_dir.display())))?;
         set_mode(&dir, 0o755)?;
         pg.hand_over(&pg_dir)?;
         if pg.runs_as_postgres() {
             let ok = std::process::Command::new("runuser")
-                    .args(["-u", "postgres", "--", "test", "-w"])
-                    .arg(&pg_dir)
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
+                .args(["-u", "postgres", "--", "test", "-w"])
+                .arg(&pg_dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
             if !ok {
                 return Err(DevError::Setup(format!(
                     "running as root: the postgres user cannot write {}; choose a --dir it can reach (e.g. under /tmp)",
@@ -158,7 +162,15 @@ impl Sandbox {
                 )));
             }
         }
-        let mut sandbox = Sandbox { dir: dir.clone(), regions: Vec::new(), pg, servers: Vec::new(), sidecars: Vec::new(), redis: Vec::new(), options };
+        let mut sandbox = Sandbox {
+            dir: dir.clone(),
+            regions: Vec::new(),
+            pg,
+            servers: Vec::new(),
+            sidecars: Vec::new(),
+            redis: Vec::new(),
+            options,
+        };
         sandbox.start_databases()?;
         sandbox.start_sidecars()?;
         sandbox.write_endpoints()?;
@@ -182,10 +194,18 @@ impl Sandbox {
                 .map(|(region, &port)| {
                     let (pg, pg_dir, schema) = (&pg, &pg_dir, &schema);
                     let with_directory = *region == first;
-                    s.spawn(move || setup_primary(pg, pg_dir, region, port, with_directory, schema.as_deref()))
+                    s.spawn(move || {
+                        setup_primary(pg, pg_dir, region, port, with_directory, schema.as_deref())
+                    })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(DevError::Setup("setup thread panicked".into())))).collect()
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(DevError::Setup("setup thread panicked".into())))
+                })
+                .collect()
         });
         for (region, _) in regions.iter().zip(&primary_ports) {
             self.servers.push(pg_dir.join(format!("{region}-primary")));
@@ -208,21 +228,39 @@ impl Sandbox {
                 .map(|(si, shard, located, port)| {
                     let (pg, pg_dir) = (&pg, &pg_dir);
                     let primary_port = primary_ports[*si];
-                    s.spawn(move || setup_replica(pg, pg_dir, shard, located, primary_port, *port, delay))
+                    s.spawn(move || {
+                        setup_replica(pg, pg_dir, shard, located, primary_port, *port, delay)
+                    })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(DevError::Setup("setup thread panicked".into())))).collect()
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(DevError::Setup("setup thread panicked".into())))
+                })
+                .collect()
         });
         for (_, shard, located, _) in &replica_jobs {
-            self.servers.insert(0, pg_dir.join(format!("{shard}-replica-{located}")));
+            self.servers
+                .insert(0, pg_dir.join(format!("{shard}-replica-{located}")));
         }
         results.into_iter().collect::<Result<Vec<_>, _>>()?;
 
         let sidecar_ports = match self.options.base_port {
-            Some(base) => (0..regions.len()).map(|k| (base + 10 * k as u16, base + 10 * k as u16 + 1)).collect::<Vec<_>>(),
-            None => pick_ports(regions.len() * 2)?.chunks(2).map(|c| (c[0], c[1])).collect(),
+            Some(base) => (0..regions.len())
+                .map(|k| (base + 10 * k as u16, base + 10 * k as u16 + 1))
+                .collect::<Vec<_>>(),
+            None => pick_ports(regions.len() * 2)?
+                .chunks(2)
+                .map(|c| (c[0], c[1]))
+                .collect(),
         };
-        let redis_bin = if self.options.redis { sidecar::find_redis() } else { None };
+        let redis_bin = if self.options.redis {
+            sidecar::find_redis()
+        } else {
+            None
+        };
         for (k, region) in regions.iter().enumerate() {
             let replica_ports = replica_jobs
                 .iter()
@@ -234,7 +272,8 @@ impl Sandbox {
             let redis_port = match &redis_bin {
                 Some(bin) => {
                     let port = pick_ports(1)?[0];
-                    self.redis.push(sidecar::spawn_redis(bin, port, &region_dir)?);
+                    self.redis
+                        .push(sidecar::spawn_redis(bin, port, &region_dir)?);
                     Some(port)
                 }
                 None => None,
@@ -267,12 +306,23 @@ impl Sandbox {
                 .regions
                 .iter()
                 .map(|r| {
-                    let replicas = r.replica_ports.iter().map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB))).collect();
+                    let replicas = r
+                        .replica_ports
+                        .iter()
+                        .map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB)))
+                        .collect();
                     (r.name.to_string(), pg_url(r.primary_port, APP_DB), replicas)
                 })
                 .collect(),
-            directory_primary: (first.name.to_string(), pg_url(first.primary_port, DIRECTORY_DB)),
-            directory_replicas: first.replica_ports.iter().map(|(loc, port)| (loc.to_string(), pg_url(*port, DIRECTORY_DB))).collect(),
+            directory_primary: (
+                first.name.to_string(),
+                pg_url(first.primary_port, DIRECTORY_DB),
+            ),
+            directory_replicas: first
+                .replica_ports
+                .iter()
+                .map(|(loc, port)| (loc.to_string(), pg_url(*port, DIRECTORY_DB)))
+                .collect(),
             redis: region.redis_port,
         }
     }
@@ -281,7 +331,8 @@ impl Sandbox {
         for k in 0..self.regions.len() {
             let text = sidecar::render_config(&self.plan(k));
             let path = self.regions[k].config_path.clone();
-            std::fs::write(&path, text).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))?;
+            std::fs::write(&path, text)
+                .map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))?;
             self.sidecars.push(None);
             self.start_sidecar(k)?;
         }
@@ -293,7 +344,8 @@ impl Sandbox {
         let log = self.dir.join(region.name.as_str()).join("homeport.log");
         let mut cmd = std::process::Command::new(&self.options.homeport_exe);
         cmd.arg("serve").arg("--config").arg(&region.config_path);
-        let mut child = Managed::spawn(&format!("homeport sidecar {}", region.name), &mut cmd, &log)?;
+        let mut child =
+            Managed::spawn(&format!("homeport sidecar {}", region.name), &mut cmd, &log)?;
         sidecar::wait_ready(&mut child, region.http_port, &log, Duration::from_secs(30))?;
         self.sidecars[k] = Some(child);
         Ok(())
@@ -301,16 +353,18 @@ impl Sandbox {
 
     /// Stops one region's sidecar (SIGTERM, then SIGKILL after `grace`).
     pub fn stop_sidecar(&mut self, region: &str, grace: Duration) {
-        if let Some(k) = self.index(region) {
-            if let Some(mut c) = self.sidecars[k].take() {
-                c.stop(grace);
-            }
+        if let Some(k) = self.index(region)
+            && let Some(mut c) = self.sidecars[k].take()
+        {
+            c.stop(grace);
         }
     }
 
     /// Starts a stopped sidecar again with the same config.
     pub fn restart_sidecar(&mut self, region: &str) -> Result<(), DevError> {
-        let k = self.index(region).ok_or_else(|| DevError::Argument(format!("no region {region}")))?;
+        let k = self
+            .index(region)
+            .ok_or_else(|| DevError::Argument(format!("no region {region}")))?;
         self.stop_sidecar(region, Duration::from_secs(5));
         self.start_sidecar(k)
     }
@@ -324,12 +378,14 @@ impl Sandbox {
     /// Starts a server stopped with [`Sandbox::stop_server`] again.
     pub fn start_server(&self, name: &str) -> Result<(), DevError> {
         let pg_dir = self.dir.join("pg");
-        self.pg.start(&pg_dir.join(name), &pg_dir.join(format!("{name}.log")))
+        self.pg
+            .start(&pg_dir.join(name), &pg_dir.join(format!("{name}.log")))
     }
 
     /// Process id of a region's sidecar, for tests that signal it.
     pub fn sidecar_pid(&self, region: &str) -> Option<u32> {
-        self.index(region).and_then(|k| self.sidecars[k].as_ref().map(|c| c.pid()))
+        self.index(region)
+            .and_then(|k| self.sidecars[k].as_ref().map(|c| c.pid()))
     }
 
     fn index(&self, region: &str) -> Option<usize> {
@@ -337,7 +393,9 @@ impl Sandbox {
     }
 
     pub fn region(&self, name: &str) -> &RegionInfo {
-        &self.regions[self.index(name).unwrap_or_else(|| panic!("no region {name} in the sandbox"))]
+        &self.regions[self
+            .index(name)
+            .unwrap_or_else(|| panic!("no region {name} in the sandbox"))]
     }
 
     pub fn endpoints_json(&self) -> serde_json::Value {
@@ -345,8 +403,11 @@ impl Sandbox {
             .regions
             .iter()
             .map(|r| {
-                let replicas: serde_json::Map<String, serde_json::Value> =
-                    r.replica_ports.iter().map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB).into())).collect();
+                let replicas: serde_json::Map<String, serde_json::Value> = r
+                    .replica_ports
+                    .iter()
+                    .map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB).into()))
+                    .collect();
                 json!({
                     "name": r.name,
                     "http": r.http_url(),
@@ -401,45 +462,86 @@ impl Drop for Sandbox {
     }
 }
 
-fn setup_primary(pg: &PgTools, pg_dir: &Path, region: &RegionName, port: u16, with_directory: bool, schema: Option<&Path>) -> Result<(), DevError> {
+fn setup_primary(
+    pg: &PgTools,
+    pg_dir: &Path,
+    region: &RegionName,
+    port: u16,
+    with_directory: bool,
+    schema: Option<&Path>,
+) -> Result<(), DevError> {
     let data = pg_dir.join(format!("{region}-primary"));
     pg.initdb(&data)?;
     append(&data.join("postgresql.conf"), &postgres::server_conf(port))?;
     pg.start(&data, &pg_dir.join(format!("{region}-primary.log")))?;
-    pg.psql(port, "postgres", &["CREATE ROLE app LOGIN", &format!("CREATE DATABASE {APP_DB} OWNER app")])?;
+    pg.psql(
+        port,
+        "postgres",
+        &[
+            "CREATE ROLE app LOGIN",
+            &format!("CREATE DATABASE {APP_DB} OWNER app"),
+        ],
+    )?;
     match schema {
         Some(file) => pg.psql_file(port, APP_DB, "app", file)?,
-        None => pg.psql(port, APP_DB, &[&format!("SET ROLE app; {}", include_str!("../../config/demo-schema.sql"))])?,
+        None => pg.psql(
+            port,
+            APP_DB,
+            &[&format!(
+                "SET ROLE app; {}",
+                include_str!("../../config/demo-schema.sql")
+            )],
+        )?,
     }
     if with_directory {
-        pg.psql(port, "postgres", &[&format!("CREATE DATABASE {DIRECTORY_DB} OWNER app")])?;
+        pg.psql(
+            port,
+            "postgres",
+            &[&format!("CREATE DATABASE {DIRECTORY_DB} OWNER app")],
+        )?;
         let ddl = crate::directory::table_ddl("homeport.directory");
         pg.psql(port, DIRECTORY_DB, &[&format!("SET ROLE app; {ddl}")])?;
     }
     Ok(())
 }
 
-fn setup_replica(pg: &PgTools, pg_dir: &Path, shard: &RegionName, located: &RegionName, primary_port: u16, port: u16, delay: Duration) -> Result<(), DevError> {
+fn setup_replica(
+    pg: &PgTools,
+    pg_dir: &Path,
+    shard: &RegionName,
+    located: &RegionName,
+    primary_port: u16,
+    port: u16,
+    delay: Duration,
+) -> Result<(), DevError> {
     let name = format!("{shard}-replica-{located}");
     let data = pg_dir.join(&name);
     let slot = format!("{shard}_in_{located}").replace('-', "_");
     pg.basebackup(primary_port, &data, &slot)?;
     append(
         &data.join("postgresql.auto.conf"),
-        &format!("port = {port}\nrecovery_min_apply_delay = '{}ms'\n", delay.as_millis()),
+        &format!(
+            "port = {port}\nrecovery_min_apply_delay = '{}ms'\n",
+            delay.as_millis()
+        ),
     )?;
     pg.start(&data, &pg_dir.join(format!("{name}.log")))
 }
 
 fn append(path: &Path, text: &str) -> Result<(), DevError> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))?;
-    f.write_all(text.as_bytes()).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))
 }
 
 fn set_mode(dir: &Path, mode: u32) -> Result<(), DevError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| DevError::Setup(format!("{}: {e}", dir.display())))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| DevError::Setup(format!("{}: {e}", dir.display())))
 }
 
 /// Stops servers left by an earlier run in the same directory, then wipes it.
@@ -458,14 +560,23 @@ pub fn pick_ports(n: usize) -> Result<Vec<u16>, DevError> {
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
         .map_err(|e| DevError::Setup(format!("cannot find free ports: {e}")))?;
-    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| DevError::Setup(e.to_string()))).collect()
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(|e| DevError::Setup(e.to_string()))
+        })
+        .collect()
 }
 
 fn wait_port(port: u16, timeout: Duration) -> Result<(), DevError> {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
-            return Err(DevError::Setup(format!("nothing listens on port {port} after {timeout:?}")));
+            return Err(DevError::Setup(format!(
+                "nothing listens on port {port} after {timeout:?}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -479,17 +590,29 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         .iter()
         .map(|r| RegionName::parse(r.trim()).map_err(DevError::Argument))
         .collect::<Result<Vec<_>, _>>()?;
-    if args.base_port.checked_add(10 * regions.len() as u16 + 1).is_none() {
-        return Err(DevError::Argument("--base-port is too high for that many regions".into()));
+    if args
+        .base_port
+        .checked_add(10 * regions.len() as u16 + 1)
+        .is_none()
+    {
+        return Err(DevError::Argument(
+            "--base-port is too high for that many regions".into(),
+        ));
     }
-    if let Some(schema) = &args.schema {
-        if !schema.is_file() {
-            return Err(DevError::Argument(format!("--schema {}: no such file", schema.display())));
-        }
+    if let Some(schema) = &args.schema
+        && !schema.is_file()
+    {
+        return Err(DevError::Argument(format!(
+            "--schema {}: no such file",
+            schema.display()
+        )));
     }
-    let exe = std::env::current_exe().map_err(|e| DevError::Setup(format!("cannot find the homeport binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| DevError::Setup(format!("cannot find the homeport binary: {e}")))?;
     let options = SandboxOptions {
-        dir: args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("homeport-dev-{}", args.base_port))),
+        dir: args.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("homeport-dev-{}", args.base_port))
+        }),
         regions,
         replica_delay: args.replica_delay,
         schema: args.schema.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
@@ -502,15 +625,27 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))
         .await
         .map_err(|e| DevError::Setup(format!("sandbox setup failed: {e}")))??;
-    println!("homeport dev: {} region(s) ready in {:.1}s", sandbox.regions.len(), started.elapsed().as_secs_f64());
+    println!(
+        "homeport dev: {} region(s) ready in {:.1}s",
+        sandbox.regions.len(),
+        started.elapsed().as_secs_f64()
+    );
     for r in &sandbox.regions {
-        println!("  {:<8} http {}   config {}", r.name.as_str(), r.http_url(), r.config_path.display());
+        println!(
+            "  {:<8} http {}   config {}",
+            r.name.as_str(),
+            r.http_url(),
+            r.config_path.display()
+        );
         println!("  {:<8} primary {}", "", pg_url(r.primary_port, APP_DB));
         for (loc, port) in &r.replica_ports {
             println!("  {:<8} replica in {loc}: {}", "", pg_url(*port, APP_DB));
         }
     }
-    println!("endpoints: {}", sandbox.dir.join("endpoints.json").display());
+    println!(
+        "endpoints: {}",
+        sandbox.dir.join("endpoints.json").display()
+    );
     println!("Ctrl-C stops everything.");
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| DevError::Setup(e.to_string()))?;
@@ -520,6 +655,8 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         _ = int.recv() => {}
     }
     println!("homeport dev: stopping");
-    tokio::task::spawn_blocking(move || drop(sandbox)).await.map_err(|e| DevError::Setup(e.to_string()))?;
+    tokio::task::spawn_blocking(move || drop(sandbox))
+        .await
+        .map_err(|e| DevError::Setup(e.to_string()))?;
     Ok(())
 }

@@ -19,7 +19,10 @@ impl PgTools {
         let bindir = find_bindir().ok_or_else(|| {
             DevError::Setup("PostgreSQL server binaries not found: install postgresql-15 (apt-get install postgresql-15)".into())
         })?;
-        Ok(PgTools { bindir, as_postgres: is_root() })
+        Ok(PgTools {
+            bindir,
+            as_postgres: is_root(),
+        })
     }
 
     pub fn runs_as_postgres(&self) -> bool {
@@ -43,17 +46,28 @@ impl PgTools {
     /// Gives a directory to the user the servers run as.
     pub fn hand_over(&self, dir: &Path) -> Result<(), DevError> {
         if self.as_postgres {
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir), "chown")?;
+            run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir),
+                "chown",
+            )?;
         }
         Ok(())
     }
 
     pub fn initdb(&self, data: &Path) -> Result<(), DevError> {
         run(
-            self.command("initdb")
-                .arg("-D")
-                .arg(data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]),
+            self.command("initdb").arg("-D").arg(data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ]),
             "initdb",
         )
     }
@@ -63,10 +77,26 @@ impl PgTools {
     pub fn basebackup(&self, primary_port: u16, data: &Path, slot: &str) -> Result<(), DevError> {
         run(
             self.command("pg_basebackup")
-                .args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary_port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .arg("-D")
                 .arg(data)
-                .args(["-R", "-X", "stream", "-C", "-S", slot, "--checkpoint=fast", "--no-sync"]),
+                .args([
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-C",
+                    "-S",
+                    slot,
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ]),
             "pg_basebackup",
         )
     }
@@ -101,15 +131,22 @@ impl PgTools {
     /// DATABASE cannot run in one); stops at the first error.
     pub fn psql(&self, port: u16, db: &str, commands: &[&str]) -> Result<(), DevError> {
         let mut cmd = Command::new(self.bindir.join("psql"));
-        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", db])
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
         for c in commands {
             cmd.arg("-c").arg(c);
         }
         run(
-            cmd
-                .env("PGCONNECT_TIMEOUT", "10")
-                .stdin(Stdio::null()),
+            cmd.env("PGCONNECT_TIMEOUT", "10").stdin(Stdio::null()),
             "psql",
         )
     }
@@ -118,7 +155,16 @@ impl PgTools {
     pub fn psql_file(&self, port: u16, db: &str, user: &str, file: &Path) -> Result<(), DevError> {
         run(
             Command::new(self.bindir.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", db])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    user,
+                    "-d",
+                    db,
+                ])
                 .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
                 .arg(file)
                 .stdin(Stdio::null()),
@@ -151,29 +197,42 @@ pub fn server_conf(port: u16) -> String {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), DevError> {
-    let out = cmd.output().map_err(|e| DevError::Setup(format!("{what}: cannot run: {e}")))?;
+    let out = cmd
+        .output()
+        .map_err(|e| DevError::Setup(format!("{what}: cannot run: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").to_string();
-    Err(DevError::Setup(format!("{what} failed ({}): {last}", out.status)))
+    let last = stderr
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string();
+    Err(DevError::Setup(format!(
+        "{what} failed ({}): {last}",
+        out.status
+    )))
 }
 
 fn find_bindir() -> Option<PathBuf> {
     let from_env = std::env::var_os("HOMEPORT_PG_BINDIR").map(PathBuf::from);
     let mut dirs: Vec<PathBuf> = from_env.into_iter().collect();
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        if out.status.success() {
-            dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
     }
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect();
+        let mut versions: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .collect();
         versions.sort();
         dirs.extend(versions.into_iter().rev());
     }
-    dirs.into_iter().find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
+    dirs.into_iter()
+        .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
 }
 
 /// Whether this process runs as root (PostgreSQL refuses to).

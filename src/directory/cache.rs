@@ -16,12 +16,18 @@ pub struct TtlCache {
 
 impl TtlCache {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        TtlCache { ttl, capacity: capacity.max(1), map: Mutex::new(HashMap::new()) }
+        TtlCache {
+            ttl,
+            capacity: capacity.max(1),
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn get(&self, user: &UserId, now: Instant) -> Option<RegionName> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(user).filter(|(_, expires)| *expires > now).map(|(r, _)| r.clone())
+        map.get(user)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(r, _)| r.clone())
     }
 
     pub fn insert(&self, user: UserId, region: RegionName, now: Instant) {

@@ -22,11 +22,15 @@ pub use placement::rendezvous;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
-    #[error("user {0} has no home region (placement policy is reject); place the user with PUT /v1/users/{0}/home")]
+    #[error(
+        "user {0} has no home region (placement policy is reject); place the user with PUT /v1/users/{0}/home"
+    )]
     UnknownUser(UserId),
     #[error("region {0} is not a region of this deployment")]
     UnknownRegion(String),
-    #[error("user {user} already lives in {existing}; moving a user between regions is not supported")]
+    #[error(
+        "user {user} already lives in {existing}; moving a user between regions is not supported"
+    )]
     AlreadyPlaced { user: UserId, existing: RegionName },
     #[error("the directory is unreachable: {0}")]
     Unavailable(String),
@@ -89,7 +93,10 @@ impl Directory {
                  SELECT home_region, false FROM {table} WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
             ),
             cache: TtlCache::new(config.directory.cache_ttl, config.directory.cache_capacity),
-            redis: config.redis.as_ref().map(|r| redis_cache::RedisCache::new(r, config.directory.cache_ttl)),
+            redis: config
+                .redis
+                .as_ref()
+                .map(|r| redis_cache::RedisCache::new(r, config.directory.cache_ttl)),
             topology,
             pools,
         }
@@ -100,26 +107,36 @@ impl Directory {
     }
 
     /// The user's home region. `claim` is the verified JWT region claim, if any.
-    pub async fn home_of(&self, user: &UserId, claim: Option<&str>) -> Result<(RegionName, Source), DirectoryError> {
+    pub async fn home_of(
+        &self,
+        user: &UserId,
+        claim: Option<&str>,
+    ) -> Result<(RegionName, Source), DirectoryError> {
         let (region, source) = self.lookup(user, claim).await?;
         metrics::directory_lookup(source.label());
         Ok((region, source))
     }
 
-    async fn lookup(&self, user: &UserId, claim: Option<&str>) -> Result<(RegionName, Source), DirectoryError> {
+    async fn lookup(
+        &self,
+        user: &UserId,
+        claim: Option<&str>,
+    ) -> Result<(RegionName, Source), DirectoryError> {
         if let Some(claim) = claim {
-            let region = self.is_known_region(claim).ok_or_else(|| DirectoryError::UnknownRegion(claim.to_string()))?;
+            let region = self
+                .is_known_region(claim)
+                .ok_or_else(|| DirectoryError::UnknownRegion(claim.to_string()))?;
             return Ok((region, Source::Claim));
         }
         let now = Instant::now();
         if let Some(region) = self.cache.get(user, now) {
             return Ok((region, Source::Cache));
         }
-        if let Some(redis) = &self.redis {
-            if let Some(region) = redis.get(user).await.and_then(|r| self.is_known_region(&r)) {
-                self.cache.insert(user.clone(), region.clone(), now);
-                return Ok((region, Source::Redis));
-            }
+        if let Some(redis) = &self.redis
+            && let Some(region) = redis.get(user).await.and_then(|r| self.is_known_region(&r))
+        {
+            self.cache.insert(user.clone(), region.clone(), now);
+            return Ok((region, Source::Redis));
         }
         match self.read_table(user).await? {
             Some(region) => {
@@ -139,7 +156,8 @@ impl Directory {
     }
 
     async fn remember(&self, user: &UserId, region: &RegionName) {
-        self.cache.insert(user.clone(), region.clone(), Instant::now());
+        self.cache
+            .insert(user.clone(), region.clone(), Instant::now());
         if let Some(redis) = &self.redis {
             redis.set(user, region).await;
         }
@@ -150,11 +168,16 @@ impl Directory {
     async fn read_table(&self, user: &UserId) -> Result<Option<RegionName>, DirectoryError> {
         let snapshot = self.topology.snapshot();
         let shard = RegionName::parse("directory").expect("valid name");
-        let candidates = routing::read_candidates(&snapshot, &shard, &self.local, PrimaryReads::LastResort)
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        let candidates =
+            routing::read_candidates(&snapshot, &shard, &self.local, PrimaryReads::LastResort)
+                .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
         let mut last_error = None;
         for c in &candidates {
-            match self.pools.query_opt_text(c.index, &self.select_sql, &[user.as_str()]).await {
+            match self
+                .pools
+                .query_opt_text(c.index, &self.select_sql, &[user.as_str()])
+                .await
+            {
                 Ok(Some(region)) => return self.known(&region).map(Some),
                 Ok(None) if c.target == routing::Target::Primary => return Ok(None),
                 Ok(None) => break,
@@ -162,7 +185,11 @@ impl Directory {
             }
         }
         if let Ok(primary) = routing::write_candidate(&snapshot, &shard) {
-            match self.pools.query_opt_text(primary.index, &self.select_sql, &[user.as_str()]).await {
+            match self
+                .pools
+                .query_opt_text(primary.index, &self.select_sql, &[user.as_str()])
+                .await
+            {
                 Ok(found) => return found.map(|r| self.known(&r)).transpose(),
                 Err(e) => last_error = Some(e),
             }
@@ -174,26 +201,43 @@ impl Directory {
     }
 
     fn known(&self, region: &str) -> Result<RegionName, DirectoryError> {
-        self.is_known_region(region).ok_or_else(|| DirectoryError::UnknownRegion(region.to_string()))
+        self.is_known_region(region)
+            .ok_or_else(|| DirectoryError::UnknownRegion(region.to_string()))
     }
 
     /// Places (signs up) a user. Idempotent for the same region; a different region is refused,
     /// because moving a user means moving their data.
-    pub async fn place(&self, user: &UserId, region: &RegionName) -> Result<PlaceOutcome, DirectoryError> {
+    pub async fn place(
+        &self,
+        user: &UserId,
+        region: &RegionName,
+    ) -> Result<PlaceOutcome, DirectoryError> {
         let snapshot = self.topology.snapshot();
         let shard = RegionName::parse("directory").expect("valid name");
-        let primary = routing::write_candidate(&snapshot, &shard).map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        let primary = routing::write_candidate(&snapshot, &shard)
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
         let row = self
             .pools
-            .query_one_text_bool(primary.index, &self.insert_sql, &[user.as_str(), region.as_str()])
+            .query_one_text_bool(
+                primary.index,
+                &self.insert_sql,
+                &[user.as_str(), region.as_str()],
+            )
             .await?;
         let (existing, created) = row;
         let existing = self.known(&existing)?;
         if &existing != region {
-            return Err(DirectoryError::AlreadyPlaced { user: user.clone(), existing });
+            return Err(DirectoryError::AlreadyPlaced {
+                user: user.clone(),
+                existing,
+            });
         }
         self.remember(user, region).await;
-        Ok(if created { PlaceOutcome::Created } else { PlaceOutcome::Unchanged })
+        Ok(if created {
+            PlaceOutcome::Created
+        } else {
+            PlaceOutcome::Unchanged
+        })
     }
 }
 

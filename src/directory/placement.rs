@@ -34,7 +34,10 @@ mod tests {
     use super::*;
 
     fn regions(names: &[&str]) -> Vec<RegionName> {
-        names.iter().map(|n| RegionName::parse(n).unwrap()).collect()
+        names
+            .iter()
+            .map(|n| RegionName::parse(n).unwrap())
+            .collect()
     }
 
     #[test]

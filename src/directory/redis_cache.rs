@@ -24,7 +24,12 @@ impl RedisCache {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| tracing::warn!(error = %e, "redis URL rejected; running without the Redis cache"))
             .ok();
-        RedisCache { client, conn: ArcSwapOption::empty(), timeout: config.timeout, ttl_secs: ttl.as_secs().max(1) }
+        RedisCache {
+            client,
+            conn: ArcSwapOption::empty(),
+            timeout: config.timeout,
+            ttl_secs: ttl.as_secs().max(1),
+        }
     }
 
     fn key(user: &UserId) -> String {
@@ -38,14 +43,21 @@ impl RedisCache {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let conn = self.client.as_ref()?.get_multiplexed_async_connection_with_config(&config).await.ok()?;
+        let conn = self
+            .client
+            .as_ref()?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .ok()?;
         self.conn.store(Some(Arc::new(conn.clone())));
         Some(conn)
     }
 
     pub async fn get(&self, user: &UserId) -> Option<String> {
         let mut conn = self.connection().await?;
-        match tokio::time::timeout(self.timeout, conn.get::<_, Option<String>>(Self::key(user))).await {
+        match tokio::time::timeout(self.timeout, conn.get::<_, Option<String>>(Self::key(user)))
+            .await
+        {
             Ok(Ok(v)) => v,
             _ => {
                 self.conn.store(None);
@@ -55,7 +67,9 @@ impl RedisCache {
     }
 
     pub async fn set(&self, user: &UserId, region: &RegionName) {
-        let Some(mut conn) = self.connection().await else { return };
+        let Some(mut conn) = self.connection().await else {
+            return;
+        };
         let op = conn.set_ex::<_, _, ()>(Self::key(user), region.as_str(), self.ttl_secs);
         if !matches!(tokio::time::timeout(self.timeout, op).await, Ok(Ok(()))) {
             self.conn.store(None);

@@ -47,26 +47,45 @@ pub async fn run<C: GenericClient>(
     params: &[Value],
     command: &str,
 ) -> Result<QueryResult, DbError> {
-    let stmt = client.prepare_cached(sql).await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    let stmt = client
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
     let types = stmt.params();
     if types.len() != params.len() {
         return Err(DbError::Param {
             index: params.len().min(types.len()) + 1,
-            message: format!("the statement takes {} parameter(s), {} given", types.len(), params.len()),
+            message: format!(
+                "the statement takes {} parameter(s), {} given",
+                types.len(),
+                params.len()
+            ),
         });
     }
     let bound: Vec<TextParam> = params
         .iter()
         .zip(types)
         .enumerate()
-        .map(|(i, (v, ty))| param_to_text(v, ty).map_err(|message| DbError::Param { index: i + 1, message }))
+        .map(|(i, (v, ty))| {
+            param_to_text(v, ty).map_err(|message| DbError::Param {
+                index: i + 1,
+                message,
+            })
+        })
         .collect::<Result<_, _>>()?;
 
-    let stream = client.query_raw(&stmt, bound.iter()).await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    let stream = client
+        .query_raw(&stmt, bound.iter())
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
     pin_mut!(stream);
     let columns = stmt.columns();
     let mut rows = Vec::new();
-    while let Some(row) = stream.try_next().await.map_err(|e| DbError::from_pg(endpoint, e))? {
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?
+    {
         let mut out = Vec::with_capacity(columns.len());
         for (i, col) in columns.iter().enumerate() {
             let cell: RawCell = row.try_get(i).map_err(|e| DbError::from_pg(endpoint, e))?;
@@ -78,7 +97,10 @@ pub async fn run<C: GenericClient>(
     Ok(QueryResult {
         command: command.to_string(),
         row_count,
-        columns: columns.iter().map(|c| column_json(c.name(), c.type_())).collect(),
+        columns: columns
+            .iter()
+            .map(|c| column_json(c.name(), c.type_()))
+            .collect(),
         rows,
     })
 }

@@ -11,8 +11,8 @@ use super::problem::Problem;
 use super::{Reply, parse_json};
 use crate::app::{App, ServeError, Served};
 use crate::auth::{self, Identity};
-use crate::directory::PlaceOutcome;
 use crate::db::DbError;
+use crate::directory::PlaceOutcome;
 use crate::sql::{Classification, RouteHint, classify};
 use crate::types::{Intent, UserId};
 
@@ -79,7 +79,12 @@ fn resolve_intent(field: IntentField, all_read_only: bool) -> Intent {
     }
 }
 
-pub async fn query(app: &App, headers: &HeaderMap, body: &[u8], outcome: &mut Outcome) -> Result<Reply, Problem> {
+pub async fn query(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    outcome: &mut Outcome,
+) -> Result<Reply, Problem> {
     let q: QueryBody = parse_json(body)?;
     let identity = auth::identify(&app.config.http.auth, headers)?;
     let class = classify(&q.sql);
@@ -105,27 +110,49 @@ pub async fn query(app: &App, headers: &HeaderMap, body: &[u8], outcome: &mut Ou
     let (result, served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
-        match run_one(client, &served.endpoint, sql, &q.params, command, guard_reads).await {
+        match run_one(
+            client,
+            &served.endpoint,
+            sql,
+            &q.params,
+            command,
+            guard_reads,
+        )
+        .await
+        {
             Ok(r) => break (r, served),
             Err(e) => attempts.failed(e).map_err(serve_problem)?,
         }
     };
     outcome.served = Some(served.clone());
-    Ok(Reply::json(StatusCode::OK, serde_json::to_value(result).unwrap_or(Value::Null)).served(&served))
+    Ok(Reply::json(
+        StatusCode::OK,
+        serde_json::to_value(result).unwrap_or(Value::Null),
+    )
+    .served(&served))
 }
 
-pub async fn transaction(app: &App, headers: &HeaderMap, body: &[u8], outcome: &mut Outcome) -> Result<Reply, Problem> {
+pub async fn transaction(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    outcome: &mut Outcome,
+) -> Result<Reply, Problem> {
     let t: TransactionBody = parse_json(body)?;
     let identity = auth::identify(&app.config.http.auth, headers)?;
     if t.statements.is_empty() {
         return Err(Problem::bad_request("statements is empty"));
     }
     if t.statements.len() > MAX_STATEMENTS {
-        return Err(Problem::bad_request(format!("at most {MAX_STATEMENTS} statements per transaction")));
+        return Err(Problem::bad_request(format!(
+            "at most {MAX_STATEMENTS} statements per transaction"
+        )));
     }
     let classes: Vec<_> = t.statements.iter().map(|s| classify(&s.sql)).collect();
     if let Some(i) = classes.iter().position(|c| c.statements != 1) {
-        return Err(Problem::bad_request(format!("statements[{i}] must hold exactly one statement")));
+        return Err(Problem::bad_request(format!(
+            "statements[{i}] must hold exactly one statement"
+        )));
     }
     let intent = resolve_intent(t.intent, classes.iter().all(|c| c.read_only));
     outcome.intent = intent;
@@ -157,9 +184,16 @@ async fn run_one(
     if !guard {
         return execute::run(&client, endpoint, sql, params, command).await;
     }
-    let tx = client.build_transaction().read_only(true).start().await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
     let r = execute::run(&tx, endpoint, sql, params, command).await?;
-    tx.commit().await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    tx.commit()
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
     Ok(r)
 }
 
@@ -179,10 +213,14 @@ async fn run_transaction(
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, c)) in statements.iter().zip(classes).enumerate() {
-        let r = execute::run(&tx, endpoint, &s.sql, &s.params, &c.command).await.map_err(|e| StatementFailed(i, e))?;
+        let r = execute::run(&tx, endpoint, &s.sql, &s.params, &c.command)
+            .await
+            .map_err(|e| StatementFailed(i, e))?;
         results.push(r);
     }
-    tx.commit().await.map_err(|e| DbError::from_pg(endpoint, e))?;
+    tx.commit()
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
     Ok(results)
 }
 
@@ -192,9 +230,10 @@ struct StatementFailed(usize, DbError);
 impl From<StatementFailed> for DbError {
     fn from(f: StatementFailed) -> Self {
         match f.1 {
-            DbError::Param { index, message } => {
-                DbError::Param { index, message: format!("statements[{}]: {message}", f.0) }
-            }
+            DbError::Param { index, message } => DbError::Param {
+                index,
+                message: format!("statements[{}]: {message}", f.0),
+            },
             other => other,
         }
     }
@@ -210,28 +249,41 @@ pub async fn get_home(app: &App, headers: &HeaderMap, raw_id: &str) -> Result<Re
     ))
 }
 
-pub async fn put_home(app: &App, headers: &HeaderMap, raw_id: &str, body: &[u8]) -> Result<Reply, Problem> {
+pub async fn put_home(
+    app: &App,
+    headers: &HeaderMap,
+    raw_id: &str,
+    body: &[u8],
+) -> Result<Reply, Problem> {
     let user = path_user(raw_id)?;
     let p: PlaceBody = parse_json(body)?;
     check_self(app, headers, &user)?;
-    let region = app.directory.is_known_region(&p.home_region).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown-region",
-            "Unknown region",
-            format!("{:?} is not a region of this deployment", p.home_region),
-        )
-    })?;
+    let region = app
+        .directory
+        .is_known_region(&p.home_region)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-region",
+                "Unknown region",
+                format!("{:?} is not a region of this deployment", p.home_region),
+            )
+        })?;
     let outcome = app.directory.place(&user, &region).await?;
     let status = match outcome {
         PlaceOutcome::Created => StatusCode::CREATED,
         PlaceOutcome::Unchanged => StatusCode::OK,
     };
-    Ok(Reply::json(status, json!({ "user": user.as_str(), "home_region": region.as_str() })))
+    Ok(Reply::json(
+        status,
+        json!({ "user": user.as_str(), "home_region": region.as_str() }),
+    ))
 }
 
 fn path_user(raw: &str) -> Result<UserId, Problem> {
-    let decoded = crate::types::percent_decode(raw).ok_or_else(|| Problem::bad_request("user id in the path is not valid percent-encoded UTF-8"))?;
+    let decoded = crate::types::percent_decode(raw).ok_or_else(|| {
+        Problem::bad_request("user id in the path is not valid percent-encoded UTF-8")
+    })?;
     UserId::parse(&decoded).map_err(Problem::bad_request)
 }
 
@@ -257,10 +309,19 @@ fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Option<St
 }
 
 async fn home_of(app: &App, identity: &Identity) -> Result<crate::types::RegionName, Problem> {
-    Ok(app.directory.home_of(&identity.user, identity.region_claim.as_deref()).await?.0)
+    Ok(app
+        .directory
+        .home_of(&identity.user, identity.region_claim.as_deref())
+        .await?
+        .0)
 }
 
-fn candidates(app: &App, home: &crate::types::RegionName, intent: Intent, on_primary: bool) -> Result<Vec<crate::routing::Candidate>, Problem> {
+fn candidates(
+    app: &App,
+    home: &crate::types::RegionName,
+    intent: Intent,
+    on_primary: bool,
+) -> Result<Vec<crate::routing::Candidate>, Problem> {
     let effective = if on_primary { Intent::Write } else { intent };
     Ok(app.candidates(home, effective)?)
 }

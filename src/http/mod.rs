@@ -70,7 +70,8 @@ impl Reply {
 
 /// Parses a JSON body strictly; the serde message says which field is wrong and where.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// Serves HTTP on `listener` until `shutdown` flips to true, then stops accepting and waits for
@@ -116,16 +117,44 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let mut outcome = Outcome { intent: Intent::Write, served: None };
+    let mut outcome = Outcome {
+        intent: Intent::Write,
+        served: None,
+    };
     let is_data = matches!(path.as_str(), "/v1/query" | "/v1/transaction");
-    let reply = match route(app, &parts.method, &path, &parts.headers, body, &mut outcome).await {
+    let reply = match route(
+        app,
+        &parts.method,
+        &path,
+        &parts.headers,
+        body,
+        &mut outcome,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(p) => Reply::problem(&p),
     };
     if is_data {
-        let target = outcome.served.as_ref().map(|s| s.target.as_str()).unwrap_or("none");
-        let result = if reply.status.is_success() { "ok" } else if reply.status.is_client_error() { "client_error" } else { "error" };
-        metrics::request("http", outcome.intent.as_str(), target, result, started.elapsed());
+        let target = outcome
+            .served
+            .as_ref()
+            .map(|s| s.target.as_str())
+            .unwrap_or("none");
+        let result = if reply.status.is_success() {
+            "ok"
+        } else if reply.status.is_client_error() {
+            "client_error"
+        } else {
+            "error"
+        };
+        metrics::request(
+            "http",
+            outcome.intent.as_str(),
+            target,
+            result,
+            started.elapsed(),
+        );
     }
     into_response(reply, app)
 }
@@ -151,14 +180,23 @@ fn into_response(reply: Reply, app: &App) -> Response<Full<Bytes>> {
     resp
 }
 
-async fn route(app: &App, method: &Method, path: &str, headers: &HeaderMap, body: Incoming, outcome: &mut Outcome) -> Result<Reply, Problem> {
+async fn route(
+    app: &App,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Incoming,
+    outcome: &mut Outcome,
+) -> Result<Reply, Problem> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(Reply::json(StatusCode::OK, json!({"status": "ok"}))),
         (&Method::GET, ["readyz"]) => Ok(if app.is_ready() {
             Reply::json(StatusCode::OK, json!({"status": "ready"}))
         } else {
-            Reply::problem(&Problem::unavailable("not ready: draining, or local endpoints not reachable yet"))
+            Reply::problem(&Problem::unavailable(
+                "not ready: draining, or local endpoints not reachable yet",
+            ))
         }),
         (&Method::GET, ["metrics"]) => Ok(Reply {
             status: StatusCode::OK,
@@ -168,7 +206,10 @@ async fn route(app: &App, method: &Method, path: &str, headers: &HeaderMap, body
         }),
         (&Method::GET, ["v1", "topology"]) => {
             let snapshot = app.topology.snapshot();
-            Ok(Reply::json(StatusCode::OK, json!({ "region": app.config.region, "endpoints": snapshot.report() })))
+            Ok(Reply::json(
+                StatusCode::OK,
+                json!({ "region": app.config.region, "endpoints": snapshot.report() }),
+            ))
         }
         (&Method::POST, ["v1", "query"]) => {
             let body = read_body(app, headers, body).await?;
@@ -183,10 +224,20 @@ async fn route(app: &App, method: &Method, path: &str, headers: &HeaderMap, body
             let body = read_body(app, headers, body).await?;
             handlers::put_home(app, headers, id, &body).await
         }
-        (_, ["healthz" | "readyz" | "metrics"]) | (_, ["v1", "topology" | "query" | "transaction"]) | (_, ["v1", "users", _, "home"]) => {
-            Err(Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("{method} is not allowed on {path}")))
-        }
-        _ => Err(Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no endpoint at {path}"))),
+        (_, ["healthz" | "readyz" | "metrics"])
+        | (_, ["v1", "topology" | "query" | "transaction"])
+        | (_, ["v1", "users", _, "home"]) => Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no endpoint at {path}"),
+        )),
     }
 }
 
@@ -205,9 +256,16 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
     }
     let limit = app.config.http.max_body;
     let too_large = || {
-        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large", format!("the body limit is {limit} bytes"))
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            format!("the body limit is {limit} bytes"),
+        )
     };
-    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > DISCARD_CAP as u64) {
         return Err(too_large());
     }
@@ -216,13 +274,27 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
-    let deadline = tokio::time::Instant::now() + app.config.http.header_timeout.max(std::time::Duration::from_secs(1)) * 3;
+    let deadline = tokio::time::Instant::now()
+        + app
+            .config
+            .http
+            .header_timeout
+            .max(std::time::Duration::from_secs(1))
+            * 3;
     loop {
-        let next = tokio::time::timeout_at(deadline, body.frame()).await.map_err(|_| {
-            Problem::new(StatusCode::REQUEST_TIMEOUT, "body-timeout", "Request timeout", "the request body did not arrive in time")
-        })?;
+        let next = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "Request timeout",
+                    "the request body did not arrive in time",
+                )
+            })?;
         let Some(frame) = next else { break };
-        let frame = frame.map_err(|e| Problem::bad_request(format!("could not read the body: {e}")))?;
+        let frame =
+            frame.map_err(|e| Problem::bad_request(format!("could not read the body: {e}")))?;
         if let Some(data) = frame.data_ref() {
             seen += data.len();
             if seen <= limit {

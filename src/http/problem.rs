@@ -24,18 +24,40 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Problem { status, kind, title, detail: detail.into(), sqlstate: None, retry_after: None }
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            sqlstate: None,
+            retry_after: None,
+        }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Problem {
             retry_after: Some(RETRY_AFTER_SECS),
-            ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                detail,
+            )
         }
     }
 
@@ -85,7 +107,12 @@ impl From<DbError> for Problem {
                     format!("{e}; the statement may or may not have been applied"),
                 )
             },
-            DbError::Param { .. } => Problem::new(StatusCode::BAD_REQUEST, "bad-parameter", "Bad parameter", e.to_string()),
+            DbError::Param { .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-parameter",
+                "Bad parameter",
+                e.to_string(),
+            ),
             DbError::Server(pg) => {
                 let (code, detail) = match pg.as_db_error() {
                     Some(db) => {
@@ -101,8 +128,14 @@ impl From<DbError> for Problem {
                 let status = status_for_sqlstate(&code);
                 Problem {
                     sqlstate: Some(code),
-                    retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS),
-                    ..Problem::new(status, "statement-error", "The database rejected the statement", detail)
+                    retry_after: (status == StatusCode::SERVICE_UNAVAILABLE)
+                        .then_some(RETRY_AFTER_SECS),
+                    ..Problem::new(
+                        status,
+                        "statement-error",
+                        "The database rejected the statement",
+                        detail,
+                    )
                 }
             }
         }
@@ -119,7 +152,12 @@ impl From<AuthError> for Problem {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::InvalidUser(_) => Problem::bad_request(e.to_string()),
-            _ => Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", e.to_string()),
+            _ => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -127,11 +165,24 @@ impl From<AuthError> for Problem {
 impl From<DirectoryError> for Problem {
     fn from(e: DirectoryError) -> Self {
         match e {
-            DirectoryError::UnknownUser(_) => Problem::new(StatusCode::NOT_FOUND, "unknown-user", "Unknown user", e.to_string()),
-            DirectoryError::UnknownRegion(_) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-region", "Unknown region", e.to_string())
-            }
-            DirectoryError::AlreadyPlaced { .. } => Problem::new(StatusCode::CONFLICT, "already-placed", "User already placed", e.to_string()),
+            DirectoryError::UnknownUser(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-user",
+                "Unknown user",
+                e.to_string(),
+            ),
+            DirectoryError::UnknownRegion(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-region",
+                "Unknown region",
+                e.to_string(),
+            ),
+            DirectoryError::AlreadyPlaced { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "already-placed",
+                "User already placed",
+                e.to_string(),
+            ),
             DirectoryError::Unavailable(_) => Problem::unavailable(e.to_string()),
             DirectoryError::Db(db) => db.into(),
         }

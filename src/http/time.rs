@@ -34,7 +34,13 @@ fn write_date(out: &mut String, pg_days: i64) {
 fn write_time(out: &mut String, usecs: i64) {
     let secs = usecs / 1_000_000;
     let frac = usecs % 1_000_000;
-    let _ = write!(out, "{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    let _ = write!(
+        out,
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
     if frac != 0 {
         let f = format!("{frac:06}");
         out.push('.');

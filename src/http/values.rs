@@ -21,7 +21,11 @@ use tokio_postgres::types::{Format, IsNull, Kind, ToSql, Type, to_sql_checked};
 pub struct TextParam(pub Option<String>);
 
 impl ToSql for TextParam {
-    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match &self.0 {
             None => Ok(IsNull::Yes),
             Some(s) => {
@@ -56,7 +60,12 @@ pub fn param_to_text(value: &Value, ty: &Type) -> Result<TextParam, String> {
             Kind::Array(elem) => Some(array_literal(items, elem)?),
             _ => return Err(format!("a JSON array cannot bind to type {}", ty.name())),
         },
-        Value::Object(_) => return Err(format!("a JSON object can only bind to json or jsonb, not {}", ty.name())),
+        Value::Object(_) => {
+            return Err(format!(
+                "a JSON object can only bind to json or jsonb, not {}",
+                ty.name()
+            ));
+        }
         other => Some(scalar_text(other, ty)?),
     }))
 }
@@ -81,7 +90,9 @@ fn bytea_text(s: &str) -> Result<String, String> {
     if s.starts_with("\\x") {
         return Ok(s.to_string());
     }
-    let bytes = B64.decode(s).map_err(|_| "bytea values must be base64 (or \\x hex)".to_string())?;
+    let bytes = B64
+        .decode(s)
+        .map_err(|_| "bytea values must be base64 (or \\x hex)".to_string())?;
     let mut out = String::with_capacity(2 + bytes.len() * 2);
     out.push_str("\\x");
     for b in bytes {
@@ -100,8 +111,15 @@ fn array_literal(items: &[Value], elem: &Type) -> Result<String, String> {
         match item {
             Value::Null => out.push_str("NULL"),
             Value::Array(inner) => out.push_str(&array_literal(inner, elem)?),
-            Value::Object(_) if *elem == Type::JSON || *elem == Type::JSONB => quote_into(&mut out, &item.to_string()),
-            Value::Object(_) => return Err(format!("a JSON object cannot be an element of {}[]", elem.name())),
+            Value::Object(_) if *elem == Type::JSON || *elem == Type::JSONB => {
+                quote_into(&mut out, &item.to_string())
+            }
+            Value::Object(_) => {
+                return Err(format!(
+                    "a JSON object cannot be an element of {}[]",
+                    elem.name()
+                ));
+            }
             other => quote_into(&mut out, &scalar_text(other, elem)?),
         }
     }
@@ -124,7 +142,9 @@ fn quote_into(out: &mut String, s: &str) {
 pub fn decode(ty: &Type, raw: Option<&[u8]>) -> Value {
     match raw {
         None => Value::Null,
-        Some(raw) => decode_value(ty, raw).unwrap_or_else(|| Value::String(format!("\\x{}", hex(raw)))),
+        Some(raw) => {
+            decode_value(ty, raw).unwrap_or_else(|| Value::String(format!("\\x{}", hex(raw))))
+        }
     }
 }
 
@@ -138,18 +158,32 @@ fn decode_value(ty: &Type, raw: &[u8]) -> Option<Value> {
         Type::FLOAT4 => float(f64::from(f32::from_be_bytes(raw.try_into().ok()?))),
         Type::FLOAT8 => float(f64::from_be_bytes(raw.try_into().ok()?)),
         Type::NUMERIC => Value::String(numeric_text(raw)?),
-        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::XML | Type::CHAR => {
-            Value::String(std::str::from_utf8(raw).ok()?.to_string())
-        }
+        Type::TEXT
+        | Type::VARCHAR
+        | Type::BPCHAR
+        | Type::NAME
+        | Type::UNKNOWN
+        | Type::XML
+        | Type::CHAR => Value::String(std::str::from_utf8(raw).ok()?.to_string()),
         Type::UUID => Value::String(uuid_text(raw)?),
         Type::JSON => serde_json::from_slice(raw).ok()?,
         Type::JSONB => serde_json::from_slice(raw.strip_prefix(&[1])?).ok()?,
         Type::BYTEA => Value::String(B64.encode(raw)),
-        Type::DATE => Value::String(super::time::date_text(i32::from_be_bytes(raw.try_into().ok()?))),
-        Type::TIME => Value::String(super::time::time_text(i64::from_be_bytes(raw.try_into().ok()?))),
+        Type::DATE => Value::String(super::time::date_text(i32::from_be_bytes(
+            raw.try_into().ok()?,
+        ))),
+        Type::TIME => Value::String(super::time::time_text(i64::from_be_bytes(
+            raw.try_into().ok()?,
+        ))),
         Type::TIMETZ => Value::String(super::time::timetz_text(raw)?),
-        Type::TIMESTAMP => Value::String(super::time::timestamp_text(i64::from_be_bytes(raw.try_into().ok()?), false)),
-        Type::TIMESTAMPTZ => Value::String(super::time::timestamp_text(i64::from_be_bytes(raw.try_into().ok()?), true)),
+        Type::TIMESTAMP => Value::String(super::time::timestamp_text(
+            i64::from_be_bytes(raw.try_into().ok()?),
+            false,
+        )),
+        Type::TIMESTAMPTZ => Value::String(super::time::timestamp_text(
+            i64::from_be_bytes(raw.try_into().ok()?),
+            true,
+        )),
         Type::INTERVAL => Value::String(super::time::interval_text(raw)?),
         Type::INET | Type::CIDR => Value::String(inet_text(raw)?),
         _ => match ty.kind() {
@@ -168,14 +202,23 @@ fn decode_value(ty: &Type, raw: &[u8]) -> Option<Value> {
 fn float(f: f64) -> Value {
     serde_json::Number::from_f64(f)
         .map(Value::Number)
-        .unwrap_or_else(|| Value::String(if f.is_nan() { "NaN".into() } else if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }))
+        .unwrap_or_else(|| {
+            Value::String(if f.is_nan() {
+                "NaN".into()
+            } else if f > 0.0 {
+                "Infinity".into()
+            } else {
+                "-Infinity".into()
+            })
+        })
 }
 
 fn hex(raw: &[u8]) -> String {
-    raw.iter().fold(String::with_capacity(raw.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    raw.iter()
+        .fold(String::with_capacity(raw.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn uuid_text(raw: &[u8]) -> Option<String> {
@@ -183,7 +226,14 @@ fn uuid_text(raw: &[u8]) -> Option<String> {
         return None;
     }
     let h = hex(raw);
-    Some(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
 }
 
 fn be_u16(raw: &[u8], at: usize) -> Option<u16> {
@@ -208,8 +258,15 @@ pub fn numeric_text(raw: &[u8]) -> Option<String> {
         0x0000 | 0x4000 => {}
         _ => return None,
     }
-    let digits: Vec<u16> = (0..ndigits).map(|i| be_u16(raw, 8 + 2 * i)).collect::<Option<_>>()?;
-    let digit = |k: i32| -> u16 { usize::try_from(k).ok().and_then(|k| digits.get(k).copied()).unwrap_or(0) };
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|i| be_u16(raw, 8 + 2 * i))
+        .collect::<Option<_>>()?;
+    let digit = |k: i32| -> u16 {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| digits.get(k).copied())
+            .unwrap_or(0)
+    };
     let mut s = String::new();
     if sign == 0x4000 {
         s.push('-');
@@ -244,11 +301,21 @@ fn inet_text(raw: &[u8]) -> Option<String> {
     let (family, bits, len) = (*raw.first()?, *raw.get(1)?, usize::from(*raw.get(3)?));
     let addr = raw.get(4..4 + len)?;
     let (text, full) = match family {
-        2 => (std::net::Ipv4Addr::from(<[u8; 4]>::try_from(addr).ok()?).to_string(), 32),
-        3 => (std::net::Ipv6Addr::from(<[u8; 16]>::try_from(addr).ok()?).to_string(), 128),
+        2 => (
+            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(addr).ok()?).to_string(),
+            32,
+        ),
+        3 => (
+            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(addr).ok()?).to_string(),
+            128,
+        ),
         _ => return None,
     };
-    Some(if bits == full && raw[2] == 0 { text } else { format!("{text}/{bits}") })
+    Some(if bits == full && raw[2] == 0 {
+        text
+    } else {
+        format!("{text}/{bits}")
+    })
 }
 
 /// Binary arrays: ndim, has-nulls flag, element OID, (length, lower bound) per dimension, then
@@ -261,7 +328,9 @@ fn decode_array(elem: &Type, raw: &[u8]) -> Option<Value> {
     if ndim > 6 {
         return None;
     }
-    let dims: Vec<usize> = (0..ndim).map(|d| be_i32(raw, 12 + 8 * d).and_then(|n| usize::try_from(n).ok())).collect::<Option<_>>()?;
+    let dims: Vec<usize> = (0..ndim)
+        .map(|d| be_i32(raw, 12 + 8 * d).and_then(|n| usize::try_from(n).ok()))
+        .collect::<Option<_>>()?;
     let mut at = 12 + 8 * ndim;
     let total = dims.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d))?;
     if total > raw.len() {
@@ -304,17 +373,53 @@ mod tests {
 
     #[test]
     fn params_become_text_input() {
-        assert_eq!(param_to_text(&json!(42), &Type::INT4).unwrap().0.as_deref(), Some("42"));
-        assert_eq!(param_to_text(&json!(true), &Type::BOOL).unwrap().0.as_deref(), Some("true"));
-        assert_eq!(param_to_text(&json!(null), &Type::TEXT).unwrap().0, None);
-        assert_eq!(param_to_text(&json!("x"), &Type::JSONB).unwrap().0.as_deref(), Some("\"x\""));
-        assert_eq!(param_to_text(&json!({"a": [1]}), &Type::JSON).unwrap().0.as_deref(), Some("{\"a\":[1]}"));
-        assert_eq!(param_to_text(&json!("AQI="), &Type::BYTEA).unwrap().0.as_deref(), Some("\\x0102"));
         assert_eq!(
-            param_to_text(&json!(["a\"b", null, "c\\d"]), &Type::TEXT_ARRAY).unwrap().0.as_deref(),
+            param_to_text(&json!(42), &Type::INT4).unwrap().0.as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            param_to_text(&json!(true), &Type::BOOL)
+                .unwrap()
+                .0
+                .as_deref(),
+            Some("true")
+        );
+        assert_eq!(param_to_text(&json!(null), &Type::TEXT).unwrap().0, None);
+        assert_eq!(
+            param_to_text(&json!("x"), &Type::JSONB)
+                .unwrap()
+                .0
+                .as_deref(),
+            Some("\"x\"")
+        );
+        assert_eq!(
+            param_to_text(&json!({"a": [1]}), &Type::JSON)
+                .unwrap()
+                .0
+                .as_deref(),
+            Some("{\"a\":[1]}")
+        );
+        assert_eq!(
+            param_to_text(&json!("AQI="), &Type::BYTEA)
+                .unwrap()
+                .0
+                .as_deref(),
+            Some("\\x0102")
+        );
+        assert_eq!(
+            param_to_text(&json!(["a\"b", null, "c\\d"]), &Type::TEXT_ARRAY)
+                .unwrap()
+                .0
+                .as_deref(),
             Some("{\"a\\\"b\",NULL,\"c\\\\d\"}")
         );
-        assert_eq!(param_to_text(&json!([[1, 2], [3, 4]]), &Type::INT4_ARRAY).unwrap().0.as_deref(), Some("{{\"1\",\"2\"},{\"3\",\"4\"}}"));
+        assert_eq!(
+            param_to_text(&json!([[1, 2], [3, 4]]), &Type::INT4_ARRAY)
+                .unwrap()
+                .0
+                .as_deref(),
+            Some("{{\"1\",\"2\"},{\"3\",\"4\"}}")
+        );
     }
 
     #[test]
@@ -335,9 +440,18 @@ mod tests {
 
     #[test]
     fn numeric_decodes_without_precision_loss() {
-        assert_eq!(numeric_text(&numeric(2, 0, 0, 2, &[12, 3400])).unwrap(), "12.34");
-        assert_eq!(numeric_text(&numeric(3, 2, 0x4000, 0, &[1, 2, 3])).unwrap(), "-100020003");
-        assert_eq!(numeric_text(&numeric(1, -2, 0, 6, &[12])).unwrap(), "0.000012");
+        assert_eq!(
+            numeric_text(&numeric(2, 0, 0, 2, &[12, 3400])).unwrap(),
+            "12.34"
+        );
+        assert_eq!(
+            numeric_text(&numeric(3, 2, 0x4000, 0, &[1, 2, 3])).unwrap(),
+            "-100020003"
+        );
+        assert_eq!(
+            numeric_text(&numeric(1, -2, 0, 6, &[12])).unwrap(),
+            "0.000012"
+        );
         assert_eq!(numeric_text(&numeric(0, 0, 0, 0, &[])).unwrap(), "0");
         assert_eq!(numeric_text(&numeric(1, 0, 0, 3, &[7])).unwrap(), "7.000");
         assert_eq!(numeric_text(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
@@ -352,13 +466,28 @@ mod tests {
     fn scalars_decode() {
         assert_eq!(decode(&Type::INT8, Some(&(-5i64).to_be_bytes())), json!(-5));
         assert_eq!(decode(&Type::BOOL, Some(&[1])), json!(true));
-        assert_eq!(decode(&Type::FLOAT8, Some(&f64::NAN.to_be_bytes())), json!("NaN"));
-        assert_eq!(decode(&Type::JSONB, Some(b"\x01{\"a\":1}")), json!({"a": 1}));
+        assert_eq!(
+            decode(&Type::FLOAT8, Some(&f64::NAN.to_be_bytes())),
+            json!("NaN")
+        );
+        assert_eq!(
+            decode(&Type::JSONB, Some(b"\x01{\"a\":1}")),
+            json!({"a": 1})
+        );
         assert_eq!(decode(&Type::BYTEA, Some(&[1, 2])), json!("AQI="));
         assert_eq!(decode(&Type::TEXT, None), json!(null));
-        assert_eq!(decode(&Type::UUID, Some(&[0xab; 16])), json!("abababab-abab-abab-abab-abababababab"));
-        assert_eq!(decode(&Type::INET, Some(&[2, 32, 0, 4, 10, 0, 0, 1])), json!("10.0.0.1"));
-        assert_eq!(decode(&Type::CIDR, Some(&[2, 8, 1, 4, 10, 0, 0, 0])), json!("10.0.0.0/8"));
+        assert_eq!(
+            decode(&Type::UUID, Some(&[0xab; 16])),
+            json!("abababab-abab-abab-abab-abababababab")
+        );
+        assert_eq!(
+            decode(&Type::INET, Some(&[2, 32, 0, 4, 10, 0, 0, 1])),
+            json!("10.0.0.1")
+        );
+        assert_eq!(
+            decode(&Type::CIDR, Some(&[2, 8, 1, 4, 10, 0, 0, 0])),
+            json!("10.0.0.0/8")
+        );
         // A malformed value never panics: it is shown as hex.
         assert_eq!(decode(&Type::INT4, Some(&[1, 2])), json!("\\x0102"));
     }
@@ -379,7 +508,10 @@ mod tests {
                 None => raw.extend_from_slice(&(-1i32).to_be_bytes()),
             }
         }
-        assert_eq!(decode(&Type::INT4_ARRAY, Some(&raw)), json!([[1, null], [3, 4]]));
+        assert_eq!(
+            decode(&Type::INT4_ARRAY, Some(&raw)),
+            json!([[1, null], [3, 4]])
+        );
         // A length prefix claiming more than the buffer holds is rejected, not trusted.
         let mut lying = raw.clone();
         lying[12..16].copy_from_slice(&i32::MAX.to_be_bytes());

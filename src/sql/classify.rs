@@ -30,16 +30,27 @@ pub struct Classification {
 pub fn classify(sql: &str) -> Classification {
     let tokens = tokenize(sql);
     let (route, user) = hints(&tokens);
-    let code: Vec<&Token> = tokens.iter().filter(|t| !matches!(t, Token::BlockComment(_))).collect();
+    let code: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::BlockComment(_)))
+        .collect();
     let statements = count_statements(&code);
     let command = command_tag(&code);
     let complete = !code.iter().any(|t| matches!(t, Token::Unterminated));
     let read_only = complete && statements == 1 && is_read_only(&code);
-    Classification { read_only, command, statements, route, user }
+    Classification {
+        read_only,
+        command,
+        statements,
+        route,
+        user,
+    }
 }
 
 fn count_statements(code: &[&Token]) -> usize {
-    code.split(|t| matches!(t, Token::Semicolon)).filter(|s| !s.is_empty()).count()
+    code.split(|t| matches!(t, Token::Semicolon))
+        .filter(|s| !s.is_empty())
+        .count()
 }
 
 fn word<'t>(t: &'t Token) -> Option<&'t str> {
@@ -56,11 +67,22 @@ fn command_tag(code: &[&Token]) -> String {
         return "EMPTY".into();
     };
     match first {
-        "with" => main_verb_after_with(code).unwrap_or("SELECT").to_ascii_uppercase(),
+        "with" => main_verb_after_with(code)
+            .unwrap_or("SELECT")
+            .to_ascii_uppercase(),
         "create" | "alter" | "drop" => {
             let mut tag = vec![first];
             for w in &words[1..] {
-                if matches!(*w, "or" | "replace" | "unique" | "temporary" | "temp" | "unlogged" | "materialized" | "if") {
+                if matches!(
+                    *w,
+                    "or" | "replace"
+                        | "unique"
+                        | "temporary"
+                        | "temp"
+                        | "unlogged"
+                        | "materialized"
+                        | "if"
+                ) {
                     if *w == "materialized" {
                         tag.push(w);
                     }
@@ -86,8 +108,18 @@ fn main_verb_after_with<'t>(code: &'t [&Token]) -> Option<&'t str> {
         match t {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
-            Token::Word(w) if depth == 0 && matches!(w.as_str(), "select" | "insert" | "update" | "delete" | "merge" | "values" | "table") => {
-                return Some(if matches!(w.as_str(), "values" | "table") { "select" } else { w.as_str() });
+            Token::Word(w)
+                if depth == 0
+                    && matches!(
+                        w.as_str(),
+                        "select" | "insert" | "update" | "delete" | "merge" | "values" | "table"
+                    ) =>
+            {
+                return Some(if matches!(w.as_str(), "values" | "table") {
+                    "select"
+                } else {
+                    w.as_str()
+                });
             }
             _ => {}
         }
@@ -99,8 +131,14 @@ fn is_read_only(code: &[&Token]) -> bool {
     let mut start = 0;
     // EXPLAIN without ANALYZE only plans; EXPLAIN ANALYZE runs the statement.
     if code.first().and_then(|t| word(t)) == Some("explain") {
-        if code.iter().any(|t| word(t) == Some("analyze") || word(t) == Some("analyse")) {
-            start = 1 + code[1..].iter().position(|t| matches!(word(t), Some("select" | "with" | "values" | "table"))).unwrap_or(code.len());
+        if code
+            .iter()
+            .any(|t| word(t) == Some("analyze") || word(t) == Some("analyse"))
+        {
+            start = 1 + code[1..]
+                .iter()
+                .position(|t| matches!(word(t), Some("select" | "with" | "values" | "table")))
+                .unwrap_or(code.len());
             if start >= code.len() {
                 return false;
             }
@@ -122,10 +160,16 @@ fn is_read_only(code: &[&Token]) -> bool {
                     return false;
                 }
                 // Row-locking clauses need the primary: FOR UPDATE / SHARE / NO KEY UPDATE / KEY SHARE.
-                if w == "for" && next.and_then(|n| word(n)).is_some_and(|n| matches!(n, "update" | "share" | "no" | "key")) {
+                if w == "for"
+                    && next
+                        .and_then(|n| word(n))
+                        .is_some_and(|n| matches!(n, "update" | "share" | "no" | "key"))
+                {
                     return false;
                 }
-                if matches!(next, Some(Token::LParen)) && !callable_is_safe(w, code.get(i.wrapping_sub(1)).copied()) {
+                if matches!(next, Some(Token::LParen))
+                    && !callable_is_safe(w, code.get(i.wrapping_sub(1)).copied())
+                {
                     return false;
                 }
             }
@@ -154,27 +198,156 @@ fn callable_is_safe(w: &str, prev: Option<&Token>) -> bool {
 /// Sorted, for binary search. Keywords that take a parenthesis plus built-in functions that only
 /// compute (no `pg_*` functions: several of them lock, signal or change server state).
 const SAFE_CALLABLES: &[&str] = &[
-    "abs", "age", "all", "and", "any", "array", "array_agg", "array_length", "array_position",
-    "array_to_string", "as", "avg", "between", "bit", "bool_and", "bool_or", "btrim", "by",
-    "cardinality", "case", "cast", "ceil", "ceiling", "char", "char_length", "character",
-    "clock_timestamp", "coalesce", "concat", "concat_ws", "count", "cross", "date_part",
-    "date_trunc", "decimal", "decode", "dense_rank", "distinct", "else", "encode", "every",
-    "exists", "extract", "filter", "first_value", "float", "floor", "format", "from",
-    "gen_random_uuid", "generate_series", "greatest", "group", "having", "ilike", "in",
-    "initcap", "interval", "is", "join", "json_agg", "json_array_elements", "json_build_array",
-    "json_build_object", "json_extract_path_text", "jsonb_agg", "jsonb_array_elements",
-    "jsonb_build_array", "jsonb_build_object", "jsonb_each", "jsonb_extract_path",
-    "jsonb_extract_path_text", "lag", "last_value", "lateral", "lead", "least", "left",
-    "length", "like", "limit", "lower", "lpad", "ltrim", "make_date", "make_interval", "max",
-    "md5", "min", "mod", "not", "now", "nullif", "numeric", "offset", "on", "or", "order",
-    "over", "partition", "position", "power", "random", "rank", "regexp_matches",
-    "regexp_replace", "regexp_split_to_array", "replace", "reverse", "right", "round", "row",
-    "row_number", "row_to_json", "rpad", "rtrim", "select", "some", "split_part", "sqrt",
-    "starts_with", "statement_timestamp", "string_agg", "string_to_array", "strpos",
-    "substr", "substring", "sum", "then", "time", "timestamp", "timestamptz", "timezone",
-    "to_char", "to_date", "to_json", "to_jsonb", "to_timestamp", "transaction_timestamp",
-    "trim", "union", "unnest", "upper", "using", "values", "varchar", "when", "where",
-    "with", "within",
+    "abs",
+    "age",
+    "all",
+    "and",
+    "any",
+    "array",
+    "array_agg",
+    "array_length",
+    "array_position",
+    "array_to_string",
+    "as",
+    "avg",
+    "between",
+    "bit",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "by",
+    "cardinality",
+    "case",
+    "cast",
+    "ceil",
+    "ceiling",
+    "char",
+    "char_length",
+    "character",
+    "clock_timestamp",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "cross",
+    "date_part",
+    "date_trunc",
+    "decimal",
+    "decode",
+    "dense_rank",
+    "distinct",
+    "else",
+    "encode",
+    "every",
+    "exists",
+    "extract",
+    "filter",
+    "first_value",
+    "float",
+    "floor",
+    "format",
+    "from",
+    "gen_random_uuid",
+    "generate_series",
+    "greatest",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initcap",
+    "interval",
+    "is",
+    "join",
+    "json_agg",
+    "json_array_elements",
+    "json_build_array",
+    "json_build_object",
+    "json_extract_path_text",
+    "jsonb_agg",
+    "jsonb_array_elements",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_each",
+    "jsonb_extract_path",
+    "jsonb_extract_path_text",
+    "lag",
+    "last_value",
+    "lateral",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "like",
+    "limit",
+    "lower",
+    "lpad",
+    "ltrim",
+    "make_date",
+    "make_interval",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "not",
+    "now",
+    "nullif",
+    "numeric",
+    "offset",
+    "on",
+    "or",
+    "order",
+    "over",
+    "partition",
+    "position",
+    "power",
+    "random",
+    "rank",
+    "regexp_matches",
+    "regexp_replace",
+    "regexp_split_to_array",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "row",
+    "row_number",
+    "row_to_json",
+    "rpad",
+    "rtrim",
+    "select",
+    "some",
+    "split_part",
+    "sqrt",
+    "starts_with",
+    "statement_timestamp",
+    "string_agg",
+    "string_to_array",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "then",
+    "time",
+    "timestamp",
+    "timestamptz",
+    "timezone",
+    "to_char",
+    "to_date",
+    "to_json",
+    "to_jsonb",
+    "to_timestamp",
+    "transaction_timestamp",
+    "trim",
+    "union",
+    "unnest",
+    "upper",
+    "using",
+    "values",
+    "varchar",
+    "when",
+    "where",
+    "with",
+    "within",
 ];
 
 /// sqlcommenter-style hints: `/*homeport_route='primary',homeport_user='u1'*/`.
@@ -183,11 +356,17 @@ fn hints(tokens: &[Token]) -> (Option<RouteHint>, Option<String>) {
     let mut route = None;
     let mut user = None;
     for t in tokens {
-        let Token::BlockComment(text) = t else { continue };
+        let Token::BlockComment(text) = t else {
+            continue;
+        };
         for pair in text.split(',') {
-            let Some((k, v)) = pair.trim().split_once('=') else { continue };
+            let Some((k, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
             let v = v.trim();
-            let Some(v) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else { continue };
+            let Some(v) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else {
+                continue;
+            };
             match k.trim() {
                 "homeport_route" => {
                     route = match v {
@@ -210,7 +389,10 @@ mod tests {
 
     #[test]
     fn safe_callables_are_sorted() {
-        assert!(SAFE_CALLABLES.windows(2).all(|w| w[0] < w[1]), "SAFE_CALLABLES must stay sorted");
+        assert!(
+            SAFE_CALLABLES.windows(2).all(|w| w[0] < w[1]),
+            "SAFE_CALLABLES must stay sorted"
+        );
     }
 
     #[test]
@@ -286,11 +468,15 @@ mod tests {
 
     #[test]
     fn sqlcommenter_hints() {
-        let c = classify("SELECT 1 /*homeport_route='primary',homeport_user='alice%40example.com'*/");
+        let c =
+            classify("SELECT 1 /*homeport_route='primary',homeport_user='alice%40example.com'*/");
         assert_eq!(c.route, Some(RouteHint::Primary));
         assert_eq!(c.user.as_deref(), Some("alice@example.com"));
         assert!(c.read_only);
-        assert_eq!(classify("select 1 /*homeport_route='nowhere'*/").route, None);
+        assert_eq!(
+            classify("select 1 /*homeport_route='nowhere'*/").route,
+            None
+        );
         assert_eq!(classify("select 1 /*homeport_user='%zz'*/").user, None);
     }
 }

@@ -45,15 +45,13 @@ pub fn tokenize(sql: &str) -> Vec<Token<'_>> {
                     i += 1;
                 }
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                match block_comment_end(b, i) {
-                    Some((end, inner_end)) => {
-                        out.push(Token::BlockComment(&sql[i + 2..inner_end]));
-                        i = end;
-                    }
-                    None => return unterminated(out),
+            b'/' if b.get(i + 1) == Some(&b'*') => match block_comment_end(b, i) {
+                Some((end, inner_end)) => {
+                    out.push(Token::BlockComment(&sql[i + 2..inner_end]));
+                    i = end;
                 }
-            }
+                None => return unterminated(out),
+            },
             b'\'' => {
                 let Some(end) = quoted_end(b, i + 1, b'\'', is_escape_string(b, i)) else {
                     return unterminated(out);
@@ -87,9 +85,12 @@ pub fn tokenize(sql: &str) -> Vec<Token<'_>> {
             b')' => push1(&mut out, &mut i, Token::RParen),
             b';' => push1(&mut out, &mut i, Token::Semicolon),
             b',' => push1(&mut out, &mut i, Token::Comma),
-            b'.' if !b.get(i + 1).is_some_and(u8::is_ascii_digit) => push1(&mut out, &mut i, Token::Dot),
+            b'.' if !b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                push1(&mut out, &mut i, Token::Dot)
+            }
             b'0'..=b'9' | b'.' => {
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
                     i += 1;
                 }
                 out.push(Token::Number);
@@ -101,7 +102,9 @@ pub fn tokenize(sql: &str) -> Vec<Token<'_>> {
                 }
                 // E'...', B'...', X'...', U&'...' prefixes make the following quote a literal.
                 let word = &sql[start..i];
-                if b.get(i) == Some(&b'\'') && matches!(word, "e" | "E" | "b" | "B" | "x" | "X" | "n" | "N") {
+                if b.get(i) == Some(&b'\'')
+                    && matches!(word, "e" | "E" | "b" | "B" | "x" | "X" | "n" | "N")
+                {
                     let Some(end) = quoted_end(b, i + 1, b'\'', matches!(word, "e" | "E")) else {
                         return unterminated(out);
                     };
@@ -199,7 +202,12 @@ fn dollar_quote_end(b: &[u8], i: usize) -> Option<Option<usize>> {
     }
     let tag = &b[i..=j];
     let body = j + 1;
-    Some(b[body..].windows(tag.len()).position(|w| w == tag).map(|p| body + p + tag.len()))
+    Some(
+        b[body..]
+            .windows(tag.len())
+            .position(|w| w == tag)
+            .map(|p| body + p + tag.len()),
+    )
 }
 
 #[cfg(test)]
@@ -218,11 +226,23 @@ mod tests {
 
     #[test]
     fn words_inside_literals_and_comments_are_not_words() {
-        assert_eq!(words("SELECT 'insert into x' -- delete\n FROM t"), ["select", "from", "t"]);
-        assert_eq!(words("select $$ update t $$, $x$ drop $x$ from t"), ["select", "from", "t"]);
+        assert_eq!(
+            words("SELECT 'insert into x' -- delete\n FROM t"),
+            ["select", "from", "t"]
+        );
+        assert_eq!(
+            words("select $$ update t $$, $x$ drop $x$ from t"),
+            ["select", "from", "t"]
+        );
         assert_eq!(words("select \"update\" from t"), ["select", "from", "t"]);
-        assert_eq!(words("select E'it\\'s delete' from t"), ["select", "from", "t"]);
-        assert_eq!(words("select 'it''s delete' from t"), ["select", "from", "t"]);
+        assert_eq!(
+            words("select E'it\\'s delete' from t"),
+            ["select", "from", "t"]
+        );
+        assert_eq!(
+            words("select 'it''s delete' from t"),
+            ["select", "from", "t"]
+        );
         assert_eq!(words("select /* a /* nested */ delete */ 1"), ["select"]);
     }
 
@@ -236,7 +256,13 @@ mod tests {
 
     #[test]
     fn unterminated_input_never_panics() {
-        for sql in ["select 'abc", "select \"abc", "select $a$ abc", "/* abc", "select E'\\"] {
+        for sql in [
+            "select 'abc",
+            "select \"abc",
+            "select $a$ abc",
+            "/* abc",
+            "select E'\\",
+        ] {
             assert_eq!(tokenize(sql).last(), Some(&Token::Unterminated), "{sql:?}");
         }
     }

@@ -70,14 +70,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn shard_copies<'s>(&'s self, shard: &'s ShardId) -> impl Iterator<Item = &'s EndpointView> + 's {
-        self.endpoints.iter().filter(move |e| &e.info.shard == shard)
+    pub fn shard_copies<'s>(
+        &'s self,
+        shard: &'s ShardId,
+    ) -> impl Iterator<Item = &'s EndpointView> + 's {
+        self.endpoints
+            .iter()
+            .filter(move |e| &e.info.shard == shard)
     }
 
     /// The healthy endpoint of `shard` whose probe says it is not in recovery. With more than one
     /// (a split brain during failover), the first configured candidate wins.
     pub fn primary_of<'s>(&'s self, shard: &'s ShardId) -> Option<&'s EndpointView> {
-        self.shard_copies(shard).find(|e| e.is_up() && e.is_primary())
+        self.shard_copies(shard)
+            .find(|e| e.is_up() && e.is_primary())
     }
 
     /// Replication lag in bytes of a replica behind its shard's primary, as last probed.
@@ -99,11 +105,16 @@ pub struct Topology {
 impl Topology {
     pub fn from_config(config: &Config) -> Topology {
         let mut endpoints = Vec::new();
-        let shards = config.shards.iter().chain(std::iter::once(&config.directory.shard));
+        let shards = config
+            .shards
+            .iter()
+            .chain(std::iter::once(&config.directory.shard));
         for shard in shards {
             add_shard(&mut endpoints, shard);
         }
-        Topology { current: ArcSwap::from_pointee(Snapshot { endpoints }) }
+        Topology {
+            current: ArcSwap::from_pointee(Snapshot { endpoints }),
+        }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -173,7 +184,11 @@ impl Snapshot {
                 probed: e.status.health.probed,
                 rtt_ms: e.status.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 wal_lsn: e.status.wal_lsn.map(|l| l.to_string()),
-                lag_bytes: if e.status.role == Some(Role::Replica) { self.lag_bytes(e) } else { None },
+                lag_bytes: if e.status.role == Some(Role::Replica) {
+                    self.lag_bytes(e)
+                } else {
+                    None
+                },
                 last_error: e.status.last_error.clone(),
             })
             .collect()

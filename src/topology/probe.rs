@@ -58,7 +58,10 @@ async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConf
 }
 
 /// Runs the probe query once, connecting first if needed.
-pub async fn probe_once(info: &EndpointInfo, client: &mut Option<Client>) -> Result<ProbeResult, String> {
+pub async fn probe_once(
+    info: &EndpointInfo,
+    client: &mut Option<Client>,
+) -> Result<ProbeResult, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         *client = Some(connect(&info.pg).await?);
     }
@@ -90,7 +93,12 @@ pub async fn connect(pg: &tokio_postgres::Config) -> Result<Client, String> {
     Ok(client)
 }
 
-fn publish(topology: &Topology, info: &EndpointInfo, config: &ProbeConfig, outcome: Result<ProbeResult, String>) {
+fn publish(
+    topology: &Topology,
+    info: &EndpointInfo,
+    config: &ProbeConfig,
+    outcome: Result<ProbeResult, String>,
+) {
     let ok = outcome.is_ok();
     topology.update(info.index, |s| {
         s.health = s.health.observe(ok, config.rise, config.fall);
@@ -108,11 +116,22 @@ fn publish(topology: &Topology, info: &EndpointInfo, config: &ProbeConfig, outco
     let snapshot = topology.snapshot();
     let view = snapshot.get(info.index);
     let role = view.status.role.map(Role::as_str).unwrap_or("unknown");
-    metrics::endpoint_up(&info.name, info.shard.as_str(), role, view.is_up(), view.status.rtt);
-    if view.status.role == Some(Role::Replica) {
-        if let Some(bytes) = snapshot.lag_bytes(view) {
-            metrics::replication_lag_bytes(info.shard.as_str(), &info.name, info.region.as_str(), bytes);
-        }
+    metrics::endpoint_up(
+        &info.name,
+        info.shard.as_str(),
+        role,
+        view.is_up(),
+        view.status.rtt,
+    );
+    if view.status.role == Some(Role::Replica)
+        && let Some(bytes) = snapshot.lag_bytes(view)
+    {
+        metrics::replication_lag_bytes(
+            info.shard.as_str(),
+            &info.name,
+            info.region.as_str(),
+            bytes,
+        );
     }
     if let Err(e) = &outcome {
         tracing::debug!(endpoint = %info.name, error = %e, "probe failed");

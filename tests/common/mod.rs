@@ -24,7 +24,10 @@ pub async fn start(options: SandboxOptions) -> Env {
         .await
         .expect("sandbox thread")
         .unwrap_or_else(|e| panic!("sandbox failed to start: {e}"));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client");
     Env { sandbox, http }
 }
 
@@ -36,7 +39,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn served_by(&self) -> &str {
-        self.headers.get("homeport-served-by").and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get("homeport-served-by")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -54,8 +60,13 @@ impl Env {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.expect("body");
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Resp { status, headers, body }
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// `POST /v1/query` as `user` through `region`'s sidecar.
@@ -70,14 +81,20 @@ impl Env {
     }
 
     pub async fn place(&self, region: &str, user: &str, home: &str) -> Resp {
-        self.send(self.http.put(self.url(region, &format!("/v1/users/{user}/home"))).json(&json!({ "home_region": home }))).await
+        self.send(
+            self.http
+                .put(self.url(region, &format!("/v1/users/{user}/home")))
+                .json(&json!({ "home_region": home })),
+        )
+        .await
     }
 
     /// A superuser connection straight to a sandbox server, bypassing homeport.
     pub async fn direct(&self, port: u16) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&superuser_url(port, "app"), tokio_postgres::NoTls)
-            .await
-            .expect("direct connection");
+        let (client, conn) =
+            tokio_postgres::connect(&superuser_url(port, "app"), tokio_postgres::NoTls)
+                .await
+                .expect("direct connection");
         tokio::spawn(conn);
         client
     }
@@ -89,7 +106,11 @@ impl Env {
     /// Port of the replica of `shard` located in `located`.
     pub fn replica_port(&self, shard: &str, located: &str) -> u16 {
         let r = self.sandbox.region(shard);
-        *r.replica_ports.iter().find(|(k, _)| k.as_str() == located).expect("replica exists").1
+        *r.replica_ports
+            .iter()
+            .find(|(k, _)| k.as_str() == located)
+            .expect("replica exists")
+            .1
     }
 }
 
@@ -97,10 +118,17 @@ impl Env {
 pub async fn wait_caught_up(env: &Env, shard: &str, located: &str) {
     let primary = env.direct(env.primary_port(shard)).await;
     let replica = env.direct(env.replica_port(shard, located)).await;
-    let target: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let target: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     for _ in 0..500 {
         let row = replica
-            .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&target],
+            )
             .await
             .unwrap();
         if row.get::<_, Option<bool>>(0) == Some(true) {

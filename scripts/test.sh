@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs homeport's whole test suite on a fresh machine: installs what the tests need (PostgreSQL
+# 15 server and client, Redis), then runs every unit and integration test against real servers.
+#
+#   ./scripts/test.sh            # everything
+#   ./scripts/test.sh http_      # only tests whose name contains "http_" (passed to cargo test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test.sh: installing ${need[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    # PostgreSQL refuses to run as root; the sandbox runs it as this unprivileged user.
+    useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+cargo test --all-targets "$@"
