@@ -17,7 +17,8 @@ use serde_json::json;
 
 use crate::types::RegionName;
 pub use postgres::{PgTools, is_root};
-use sidecar::{Managed, SidecarPlan};
+pub use sidecar::Managed;
+use sidecar::SidecarPlan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -367,6 +368,21 @@ impl Sandbox {
             .ok_or_else(|| DevError::Argument(format!("no region {region}")))?;
         self.stop_sidecar(region, Duration::from_secs(5));
         self.start_sidecar(k)
+    }
+
+    /// Starts one more `homeport serve` with the given config text (tests use this for JWT mode
+    /// and other variants of a region's generated config). Stopped when the handle is dropped.
+    pub fn spawn_sidecar(&self, name: &str, config: &str, http_port: u16) -> Result<Managed, DevError> {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| DevError::Setup(e.to_string()))?;
+        let path = dir.join("homeport.toml");
+        std::fs::write(&path, config).map_err(|e| DevError::Setup(e.to_string()))?;
+        let log = dir.join("homeport.log");
+        let mut cmd = std::process::Command::new(&self.options.homeport_exe);
+        cmd.arg("serve").arg("--config").arg(&path);
+        let mut child = Managed::spawn(name, &mut cmd, &log)?;
+        sidecar::wait_ready(&mut child, http_port, &log, Duration::from_secs(30))?;
+        Ok(child)
     }
 
     /// Stops one PostgreSQL server of the sandbox, by name: `eu-primary`, `eu-replica-us`
