@@ -11,7 +11,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::Config;
 use crate::db::{DbError, Pools};
 use crate::directory::Directory;
-use crate::metrics;
+use crate::metrics::{CrossRegionMetrics, RequestMetrics};
+use crate::sql::ClassifyCache;
 use crate::routing::{self, Candidate, RouteError, Target};
 use crate::topology::Topology;
 use crate::types::{Intent, RegionName};
@@ -22,6 +23,9 @@ pub struct App {
     pub pools: Arc<Pools>,
     pub directory: Directory,
     pub metrics: PrometheusHandle,
+    pub http_metrics: RequestMetrics,
+    pub classifier: ClassifyCache,
+    cross_region: CrossRegionMetrics,
     draining: AtomicBool,
 }
 
@@ -53,12 +57,17 @@ impl App {
         let topology = Arc::new(Topology::from_config(&config));
         let pools = Arc::new(Pools::new(&topology.snapshot(), &config.postgres));
         let directory = Directory::new(&config, topology.clone(), pools.clone());
+        let regions = config.regions().into_iter().map(|r| r.to_string());
+        let cross_region = CrossRegionMetrics::new(config.region.as_str(), regions);
         App {
             config,
             topology,
             pools,
             directory,
             metrics,
+            http_metrics: RequestMetrics::new("http"),
+            classifier: ClassifyCache::new(10_000),
+            cross_region,
             draining: AtomicBool::new(false),
         }
     }
@@ -154,7 +163,7 @@ impl Attempts<'_> {
             let snapshot = app.topology.snapshot();
             let region = snapshot.get(c.index).info.region.clone();
             if region != app.config.region {
-                metrics::cross_region(app.config.region.as_str(), region.as_str());
+                app.cross_region.record(region.as_str());
             }
             let endpoint = app.pools.endpoint_name(c.index).to_string();
             return Ok((

@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REPLICATION_LAG_SECONDS: &str = "homeport_replication_lag_seconds";
@@ -50,26 +50,89 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-pub fn request(
-    frontend: &'static str,
-    intent: &'static str,
-    target: &'static str,
-    outcome: &'static str,
-    took: Duration,
-) {
-    counter!(REQUESTS_TOTAL, "frontend" => frontend, "intent" => intent, "target" => target, "outcome" => outcome)
-        .increment(1);
-    histogram!(REQUEST_DURATION_SECONDS, "frontend" => frontend, "intent" => intent, "target" => target)
-        .record(took.as_secs_f64());
+const INTENTS: [&str; 2] = ["read", "write"];
+const TARGETS: [&str; 4] = ["local_replica", "remote_replica", "primary", "none"];
+const OUTCOMES: [&str; 3] = ["ok", "client_error", "error"];
+const DIRECTORY_SOURCES: [&str; 5] = ["claim", "cache", "redis", "table", "placement"];
+
+fn position(list: &[&str], label: &str) -> usize {
+    list.iter().position(|l| *l == label).unwrap_or(list.len() - 1)
 }
 
-pub fn cross_region(from: &str, to: &str) {
-    counter!(CROSS_REGION_REQUESTS_TOTAL, "from" => from.to_string(), "to" => to.to_string())
-        .increment(1);
+/// Request counters and histograms of one front end, registered once so the hot path only bumps
+/// atomics (building a labelled key per request costs allocations and hashing).
+pub struct RequestMetrics {
+    counters: Vec<Counter>,
+    durations: Vec<Histogram>,
 }
 
-pub fn directory_lookup(source: &'static str) {
-    counter!(DIRECTORY_LOOKUPS_TOTAL, "source" => source).increment(1);
+impl RequestMetrics {
+    pub fn new(frontend: &'static str) -> Self {
+        let mut counters = Vec::new();
+        let mut durations = Vec::new();
+        for intent in INTENTS {
+            for target in TARGETS {
+                for outcome in OUTCOMES {
+                    counters.push(counter!(REQUESTS_TOTAL, "frontend" => frontend, "intent" => intent, "target" => target, "outcome" => outcome));
+                }
+                durations.push(histogram!(REQUEST_DURATION_SECONDS, "frontend" => frontend, "intent" => intent, "target" => target));
+            }
+        }
+        RequestMetrics { counters, durations }
+    }
+
+    /// `target` is a `routing::Target` label or `"none"`; `outcome` one of ok, client_error, error.
+    pub fn record(&self, intent: &str, target: &str, outcome: &str, took: Duration) {
+        let (i, t, o) = (position(&INTENTS, intent), position(&TARGETS, target), position(&OUTCOMES, outcome));
+        self.counters[(i * TARGETS.len() + t) * OUTCOMES.len() + o].increment(1);
+        self.durations[i * TARGETS.len() + t].record(took.as_secs_f64());
+    }
+}
+
+/// Directory lookups by source, registered once.
+pub struct DirectoryMetrics {
+    lookups: Vec<Counter>,
+}
+
+impl DirectoryMetrics {
+    pub fn new() -> Self {
+        DirectoryMetrics { lookups: DIRECTORY_SOURCES.iter().map(|s| counter!(DIRECTORY_LOOKUPS_TOTAL, "source" => *s)).collect() }
+    }
+
+    pub fn lookup(&self, source: &str) {
+        self.lookups[position(&DIRECTORY_SOURCES, source)].increment(1);
+    }
+}
+
+impl Default for DirectoryMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Requests that ran in another region, by destination, registered once per region pair.
+pub struct CrossRegionMetrics {
+    to: Vec<(String, Counter)>,
+}
+
+impl CrossRegionMetrics {
+    pub fn new(from: &str, regions: impl IntoIterator<Item = String>) -> Self {
+        let to = regions
+            .into_iter()
+            .filter(|r| r != from)
+            .map(|r| {
+                let c = counter!(CROSS_REGION_REQUESTS_TOTAL, "from" => from.to_string(), "to" => r.clone());
+                (r, c)
+            })
+            .collect();
+        CrossRegionMetrics { to }
+    }
+
+    pub fn record(&self, to: &str) {
+        if let Some((_, c)) = self.to.iter().find(|(r, _)| r == to) {
+            c.increment(1);
+        }
+    }
 }
 
 pub fn endpoint_up(

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use crate::config::{Config, Placement, PrimaryReads};
 use crate::db::{DbError, Pools};
-use crate::metrics;
+use crate::metrics::DirectoryMetrics;
 use crate::routing;
 use crate::topology::Topology;
 use crate::types::{RegionName, UserId};
@@ -76,6 +76,7 @@ pub struct Directory {
     redis: Option<redis_cache::RedisCache>,
     topology: Arc<Topology>,
     pools: Arc<Pools>,
+    metrics: DirectoryMetrics,
 }
 
 impl Directory {
@@ -99,6 +100,7 @@ impl Directory {
                 .map(|r| redis_cache::RedisCache::new(r, config.directory.cache_ttl)),
             topology,
             pools,
+            metrics: DirectoryMetrics::new(),
         }
     }
 
@@ -113,7 +115,7 @@ impl Directory {
         claim: Option<&str>,
     ) -> Result<(RegionName, Source), DirectoryError> {
         let (region, source) = self.lookup(user, claim).await?;
-        metrics::directory_lookup(source.label());
+        self.metrics.lookup(source.label());
         Ok((region, source))
     }
 

@@ -13,7 +13,7 @@ use crate::app::{App, ServeError, Served};
 use crate::auth::{self, Identity};
 use crate::db::DbError;
 use crate::directory::PlaceOutcome;
-use crate::sql::{Classification, RouteHint, classify};
+use crate::sql::{Classification, RouteHint};
 use crate::types::{Intent, UserId};
 
 /// Most statements accepted in one `/v1/transaction`.
@@ -87,7 +87,7 @@ pub async fn query(
 ) -> Result<Reply, Problem> {
     let q: QueryBody = parse_json(body)?;
     let identity = auth::identify(&app.config.http.auth, headers)?;
-    let class = classify(&q.sql);
+    let class = app.classifier.classify(&q.sql);
     if class.statements == 0 {
         return Err(Problem::bad_request("sql is empty"));
     }
@@ -125,11 +125,7 @@ pub async fn query(
         }
     };
     outcome.served = Some(served.clone());
-    Ok(Reply::json(
-        StatusCode::OK,
-        serde_json::to_value(result).unwrap_or(Value::Null),
-    )
-    .served(&served))
+    Ok(Reply::serialize(StatusCode::OK, &result).served(&served))
 }
 
 pub async fn transaction(
@@ -148,7 +144,7 @@ pub async fn transaction(
             "at most {MAX_STATEMENTS} statements per transaction"
         )));
     }
-    let classes: Vec<_> = t.statements.iter().map(|s| classify(&s.sql)).collect();
+    let classes: Vec<_> = t.statements.iter().map(|s| app.classifier.classify(&s.sql)).collect();
     if let Some(i) = classes.iter().position(|c| c.statements != 1) {
         return Err(Problem::bad_request(format!(
             "statements[{i}] must hold exactly one statement"
@@ -169,7 +165,11 @@ pub async fn transaction(
         }
     };
     outcome.served = Some(served.clone());
-    Ok(Reply::json(StatusCode::OK, json!({ "results": results })).served(&served))
+    #[derive(serde::Serialize)]
+    struct Results {
+        results: Vec<QueryResult>,
+    }
+    Ok(Reply::serialize(StatusCode::OK, &Results { results }).served(&served))
 }
 
 /// One statement; in a READ ONLY transaction when `guard` is set.
@@ -202,7 +202,7 @@ async fn run_transaction(
     mut client: deadpool_postgres::Object,
     endpoint: &str,
     statements: &[StatementBody],
-    classes: &[Classification],
+    classes: &[std::sync::Arc<Classification>],
     intent: Intent,
 ) -> Result<Vec<QueryResult>, DbError> {
     let tx = client

@@ -25,7 +25,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::{App, Served};
-use crate::metrics;
 use crate::types::Intent;
 use handlers::Outcome;
 use problem::Problem;
@@ -44,6 +43,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Serializes straight to bytes, without an intermediate `Value`.
+    pub fn serialize<T: serde::Serialize>(status: StatusCode, body: &T) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
+            headers: Vec::new(),
+        }
+    }
+
     pub fn json(status: StatusCode, body: Value) -> Reply {
         Reply {
             status,
@@ -148,13 +157,7 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         } else {
             "error"
         };
-        metrics::request(
-            "http",
-            outcome.intent.as_str(),
-            target,
-            result,
-            started.elapsed(),
-        );
+        app.http_metrics.record(outcome.intent.as_str(), target, result, started.elapsed());
     }
     into_response(reply, app)
 }
