@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::db::{DbError, Pools};
 use crate::directory::Directory;
 use crate::metrics::{CrossRegionMetrics, RequestMetrics};
-use crate::sql::ClassifyCache;
 use crate::routing::{self, Candidate, RouteError, Target};
+use crate::sql::ClassifyCache;
 use crate::topology::Topology;
 use crate::types::{Intent, RegionName};
 

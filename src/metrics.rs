@@ -56,7 +56,9 @@ const OUTCOMES: [&str; 3] = ["ok", "client_error", "error"];
 const DIRECTORY_SOURCES: [&str; 5] = ["claim", "cache", "redis", "table", "placement"];
 
 fn position(list: &[&str], label: &str) -> usize {
-    list.iter().position(|l| *l == label).unwrap_or(list.len() - 1)
+    list.iter()
+        .position(|l| *l == label)
+        .unwrap_or(list.len() - 1)
 }
 
 /// Request counters and histograms of one front end, registered once so the hot path only bumps
@@ -78,12 +80,19 @@ impl RequestMetrics {
                 durations.push(histogram!(REQUEST_DURATION_SECONDS, "frontend" => frontend, "intent" => intent, "target" => target));
             }
         }
-        RequestMetrics { counters, durations }
+        RequestMetrics {
+            counters,
+            durations,
+        }
     }
 
     /// `target` is a `routing::Target` label or `"none"`; `outcome` one of ok, client_error, error.
     pub fn record(&self, intent: &str, target: &str, outcome: &str, took: Duration) {
-        let (i, t, o) = (position(&INTENTS, intent), position(&TARGETS, target), position(&OUTCOMES, outcome));
+        let (i, t, o) = (
+            position(&INTENTS, intent),
+            position(&TARGETS, target),
+            position(&OUTCOMES, outcome),
+        );
         self.counters[(i * TARGETS.len() + t) * OUTCOMES.len() + o].increment(1);
         self.durations[i * TARGETS.len() + t].record(took.as_secs_f64());
     }
@@ -96,7 +105,12 @@ pub struct DirectoryMetrics {
 
 impl DirectoryMetrics {
     pub fn new() -> Self {
-        DirectoryMetrics { lookups: DIRECTORY_SOURCES.iter().map(|s| counter!(DIRECTORY_LOOKUPS_TOTAL, "source" => *s)).collect() }
+        DirectoryMetrics {
+            lookups: DIRECTORY_SOURCES
+                .iter()
+                .map(|s| counter!(DIRECTORY_LOOKUPS_TOTAL, "source" => *s))
+                .collect(),
+        }
     }
 
     pub fn lookup(&self, source: &str) {

@@ -12,11 +12,20 @@ use serde_json::{Value, json};
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 fn token(claims: Value, alg: Algorithm, secret: &str) -> String {
-    encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 fn exp(offset: i64) -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 + offset
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + offset
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,11 +35,17 @@ async fn jwt_mode_verifies_tokens() {
     let secret_file = env.sandbox.dir.join("jwt-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
     let base = std::fs::read_to_string(&env.sandbox.region("us").config_path).unwrap();
-    let listen = format!("listen = \"127.0.0.1:{}\"", env.sandbox.region("us").http_port);
+    let listen = format!(
+        "listen = \"127.0.0.1:{}\"",
+        env.sandbox.region("us").http_port
+    );
     let config = base
         .replace(&listen, &format!("listen = \"127.0.0.1:{port}\""))
         .replace("auth = \"trusted-header\"", "auth = \"jwt\"")
-        + &format!("\n[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n", secret_file.display());
+        + &format!(
+            "\n[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
+            secret_file.display()
+        );
     let _sidecar = env.sandbox.spawn_sidecar("us-jwt", &config, port).unwrap();
     let url = format!("http://127.0.0.1:{port}/v1/query");
     let ask = |auth: Option<String>| {
@@ -42,17 +57,59 @@ async fn jwt_mode_verifies_tokens() {
     };
 
     // A token with a region claim needs no directory entry.
-    let good = token(json!({"sub": "ivy", "region": "eu", "exp": exp(60)}), Algorithm::HS256, SECRET);
+    let good = token(
+        json!({"sub": "ivy", "region": "eu", "exp": exp(60)}),
+        Algorithm::HS256,
+        SECRET,
+    );
     let r = env.send(ask(Some(format!("Bearer {good}")))).await;
-    assert_eq!((r.status, r.served_by()), (200, "us/replica"), "{:?}", r.body);
+    assert_eq!(
+        (r.status, r.served_by()),
+        (200, "us/replica"),
+        "{:?}",
+        r.body
+    );
 
     for (name, auth) in [
         ("no token", None),
         ("not bearer", Some(format!("Basic {good}"))),
-        ("forged", Some(format!("Bearer {}", token(json!({"sub": "ivy", "exp": exp(60)}), Algorithm::HS256, "another-secret-another-secret-xx!")))),
-        ("expired", Some(format!("Bearer {}", token(json!({"sub": "ivy", "exp": exp(-3600)}), Algorithm::HS256, SECRET)))),
-        ("other algorithm", Some(format!("Bearer {}", token(json!({"sub": "ivy", "exp": exp(60)}), Algorithm::HS512, SECRET)))),
-        ("alg none", Some("Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJpdnkiLCJyZWdpb24iOiJldSJ9.".into())),
+        (
+            "forged",
+            Some(format!(
+                "Bearer {}",
+                token(
+                    json!({"sub": "ivy", "exp": exp(60)}),
+                    Algorithm::HS256,
+                    "another-secret-another-secret-xx!"
+                )
+            )),
+        ),
+        (
+            "expired",
+            Some(format!(
+                "Bearer {}",
+                token(
+                    json!({"sub": "ivy", "exp": exp(-3600)}),
+                    Algorithm::HS256,
+                    SECRET
+                )
+            )),
+        ),
+        (
+            "other algorithm",
+            Some(format!(
+                "Bearer {}",
+                token(
+                    json!({"sub": "ivy", "exp": exp(60)}),
+                    Algorithm::HS512,
+                    SECRET
+                )
+            )),
+        ),
+        (
+            "alg none",
+            Some("Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJpdnkiLCJyZWdpb24iOiJldSJ9.".into()),
+        ),
         ("garbage", Some("Bearer not.a-token".into())),
     ] {
         let r = env.send(ask(auth)).await;
@@ -61,13 +118,37 @@ async fn jwt_mode_verifies_tokens() {
     }
 
     // A region claim naming no region of the deployment is refused, not guessed.
-    let bad_region = token(json!({"sub": "ivy", "region": "mars", "exp": exp(60)}), Algorithm::HS256, SECRET);
-    assert_eq!(env.send(ask(Some(format!("Bearer {bad_region}")))).await.status, 422);
+    let bad_region = token(
+        json!({"sub": "ivy", "region": "mars", "exp": exp(60)}),
+        Algorithm::HS256,
+        SECRET,
+    );
+    assert_eq!(
+        env.send(ask(Some(format!("Bearer {bad_region}"))))
+            .await
+            .status,
+        422
+    );
 
     // A token may only read or place its own user.
     let home = |user: &str| format!("http://127.0.0.1:{port}/v1/users/{user}/home");
-    let r = env.send(env.http.get(home("someone-else")).header("authorization", format!("Bearer {good}"))).await;
+    let r = env
+        .send(
+            env.http
+                .get(home("someone-else"))
+                .header("authorization", format!("Bearer {good}")),
+        )
+        .await;
     assert_eq!(r.status, 403);
-    let r = env.send(env.http.get(home("ivy")).header("authorization", format!("Bearer {good}"))).await;
-    assert_eq!((r.status, r.body["home_region"].as_str()), (200, Some("eu")));
+    let r = env
+        .send(
+            env.http
+                .get(home("ivy"))
+                .header("authorization", format!("Bearer {good}")),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["home_region"].as_str()),
+        (200, Some("eu"))
+    );
 }

@@ -372,7 +372,12 @@ impl Sandbox {
 
     /// Starts one more `homeport serve` with the given config text (tests use this for JWT mode
     /// and other variants of a region's generated config). Stopped when the handle is dropped.
-    pub fn spawn_sidecar(&self, name: &str, config: &str, http_port: u16) -> Result<Managed, DevError> {
+    pub fn spawn_sidecar(
+        &self,
+        name: &str,
+        config: &str,
+        http_port: u16,
+    ) -> Result<Managed, DevError> {
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| DevError::Setup(e.to_string()))?;
         let path = dir.join("homeport.toml");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::{FromSql, Type};
 
-use super::values::{TextParam, column_json, decode, param_to_text};
+use super::values::{TextParam, decode, param_to_text};
 use crate::db::DbError;
 
 /// The result of one statement, as the API returns it.
@@ -17,8 +17,16 @@ use crate::db::DbError;
 pub struct QueryResult {
     pub command: String,
     pub row_count: u64,
-    pub columns: Vec<Value>,
+    pub columns: Vec<Column>,
     pub rows: Vec<Vec<Value>>,
+}
+
+/// A result column as `{"name": ..., "type": ...}`.
+#[derive(Debug, Serialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
 }
 
 /// A result cell's raw binary bytes, decoded by [`decode`] according to the column type.
@@ -99,7 +107,10 @@ pub async fn run<C: GenericClient>(
         row_count,
         columns: columns
             .iter()
-            .map(|c| column_json(c.name(), c.type_()))
+            .map(|c| Column {
+                name: c.name().to_string(),
+                type_name: c.type_().name().to_string(),
+            })
             .collect(),
         rows,
     })

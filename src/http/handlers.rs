@@ -144,7 +144,11 @@ pub async fn transaction(
             "at most {MAX_STATEMENTS} statements per transaction"
         )));
     }
-    let classes: Vec<_> = t.statements.iter().map(|s| app.classifier.classify(&s.sql)).collect();
+    let classes: Vec<_> = t
+        .statements
+        .iter()
+        .map(|s| app.classifier.classify(&s.sql))
+        .collect();
     if let Some(i) = classes.iter().position(|c| c.statements != 1) {
         return Err(Problem::bad_request(format!(
             "statements[{i}] must hold exactly one statement"

@@ -157,7 +157,8 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         } else {
             "error"
         };
-        app.http_metrics.record(outcome.intent.as_str(), target, result, started.elapsed());
+        app.http_metrics
+            .record(outcome.intent.as_str(), target, result, started.elapsed());
     }
     into_response(reply, app)
 }

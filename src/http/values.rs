@@ -13,7 +13,7 @@ use std::fmt::Write;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::BytesMut;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::types::{Format, IsNull, Kind, ToSql, Type, to_sql_checked};
 
 /// A parameter value in PostgreSQL's text input syntax (`None` is SQL NULL).
@@ -356,14 +356,6 @@ fn nest(flat: &mut impl Iterator<Item = Value>, dims: &[usize]) -> Value {
         [] => flat.next().unwrap_or(Value::Null),
         [n, rest @ ..] => Value::Array((0..*n).map(|_| nest(flat, rest)).collect()),
     }
-}
-
-/// A result column as `{"name": ..., "type": ...}`.
-pub fn column_json(name: &str, ty: &Type) -> Value {
-    let mut m = Map::new();
-    m.insert("name".into(), Value::String(name.into()));
-    m.insert("type".into(), Value::String(ty.name().into()));
-    Value::Object(m)
 }
 
 #[cfg(test)]

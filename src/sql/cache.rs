@@ -17,7 +17,10 @@ pub struct ClassifyCache {
 
 impl ClassifyCache {
     pub fn new(capacity: usize) -> Self {
-        ClassifyCache { capacity: capacity.max(1), map: Mutex::new(HashMap::new()) }
+        ClassifyCache {
+            capacity: capacity.max(1),
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn classify(&self, sql: &str) -> Arc<Classification> {
@@ -46,7 +49,12 @@ mod tests {
     #[test]
     fn cached_answers_match_and_size_is_bounded() {
         let cache = ClassifyCache::new(2);
-        for sql in ["select 1", "insert into t values (1)", "select 2", "select 1"] {
+        for sql in [
+            "select 1",
+            "insert into t values (1)",
+            "select 2",
+            "select 1",
+        ] {
             assert_eq!(*cache.classify(sql), classify(sql));
         }
         assert!(cache.map.lock().unwrap().len() <= 2);
