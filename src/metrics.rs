@@ -167,6 +167,11 @@ pub fn endpoint_up(
     }
 }
 
+pub fn replication_lag_seconds(shard: &str, replica: &str, replica_region: &str, lag: Duration) {
+    gauge!(REPLICATION_LAG_SECONDS, "shard" => shard.to_string(), "replica" => replica.to_string(), "replica_region" => replica_region.to_string())
+        .set(lag.as_secs_f64());
+}
+
 pub fn replication_lag_bytes(shard: &str, replica: &str, replica_region: &str, bytes: u64) {
     gauge!(REPLICATION_LAG_BYTES, "shard" => shard.to_string(), "replica" => replica.to_string(), "replica_region" => replica_region.to_string())
         .set(bytes as f64);

@@ -6,13 +6,14 @@ Supports exactly the Go-template subset the chart uses, with Helm's semantics:
   {{- ... -}} whitespace trimming, {{/* comments */}}
   {{ if X }} ... {{ else }} ... {{ end }}
   {{ range LIST_OR_MAP }} ... {{ end }}   {{ range $k, $v := MAP }} ... {{ end }}  (maps in key order)
-  functions: quote, int, toYaml, nindent N, indent N, not, eq
+  functions: quote, int, toYaml, toJson, sha256sum, nindent N, indent N, not, eq
 Anything else is an error, so a template that uses more fails here instead of rendering wrongly.
 A missing value printed by {{ }} is an error too (helm would print nothing).
 
 Usage: render.py CHART_DIR [-f VALUES.yaml ...] [--name RELEASE] [--namespace NS] [--notes]
 """
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -92,6 +93,8 @@ FUNCS = {
     "quote": lambda v: json.dumps("" if v is None else fmt(v), ensure_ascii=False),
     "int": lambda v: int(float(v)),
     "toYaml": to_yaml,
+    "toJson": lambda v: json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+    "sha256sum": lambda s: hashlib.sha256(str(s).encode()).hexdigest(),
     "indent": indent,
     "nindent": lambda n, text: "\n" + indent(n, text),
     "not": lambda v: not v,

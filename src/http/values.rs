@@ -441,8 +441,12 @@ mod tests {
             "-100020003"
         );
         assert_eq!(
-            numeric_text(&numeric(1, -2, 0, 6, &[12])).unwrap(),
-            "0.000012"
+            numeric_text(&numeric(1, -2, 0, 8, &[12])).unwrap(),
+            "0.00000012"
+        );
+        assert_eq!(
+            numeric_text(&numeric(1, -1, 0, 4, &[12])).unwrap(),
+            "0.0012"
         );
         assert_eq!(numeric_text(&numeric(0, 0, 0, 0, &[])).unwrap(), "0");
         assert_eq!(numeric_text(&numeric(1, 0, 0, 3, &[7])).unwrap(), "7.000");

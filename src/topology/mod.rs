@@ -3,6 +3,7 @@
 //! atomic pointer swap and never wait on a lock; probe tasks (`probe`) publish new snapshots.
 
 pub mod health;
+pub mod lag;
 pub mod probe;
 
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct EndpointStatus {
     /// `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a replica.
     pub wal_lsn: Option<Lsn>,
     pub rtt: Option<Duration>,
+    /// Replication lag in seconds on this sidecar's clock (replicas only), see `lag`.
+    pub lag: Option<Duration>,
     pub last_ok: Option<Instant>,
     pub last_error: Option<String>,
 }
@@ -100,6 +103,8 @@ impl Snapshot {
 /// Shared handle to the current snapshot.
 pub struct Topology {
     current: ArcSwap<Snapshot>,
+    /// WAL position history of each shard's primary, fed and read only by probe tasks.
+    lag: std::sync::Mutex<std::collections::HashMap<ShardId, lag::LagTracker>>,
 }
 
 impl Topology {
@@ -114,7 +119,22 @@ impl Topology {
         }
         Topology {
             current: ArcSwap::from_pointee(Snapshot { endpoints }),
+            lag: Default::default(),
         }
+    }
+
+    /// Feeds a primary's position into its shard's lag history.
+    pub fn observe_primary(&self, shard: &ShardId, lsn: Lsn, at: Instant) {
+        let mut map = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(shard.clone())
+            .or_default()
+            .observe_primary(lsn, at);
+    }
+
+    /// Lag of a replica of `shard` that had replayed `replay` at `at`.
+    pub fn replica_lag(&self, shard: &ShardId, replay: Lsn, at: Instant) -> Option<Duration> {
+        let map = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(shard)?.lag(replay, at)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -167,6 +187,7 @@ pub struct EndpointReport {
     pub rtt_ms: Option<f64>,
     pub wal_lsn: Option<String>,
     pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
     pub last_error: Option<String>,
 }
 
@@ -184,6 +205,7 @@ impl Snapshot {
                 probed: e.status.health.probed,
                 rtt_ms: e.status.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 wal_lsn: e.status.wal_lsn.map(|l| l.to_string()),
+                lag_seconds: e.status.lag.map(|d| d.as_secs_f64()),
                 lag_bytes: if e.status.role == Some(Role::Replica) {
                     self.lag_bytes(e)
                 } else {

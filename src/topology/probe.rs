@@ -26,6 +26,8 @@ pub struct ProbeResult {
     pub role: Role,
     pub wal_lsn: Option<Lsn>,
     pub rtt: Duration,
+    /// When the server answered, estimated as the middle of the round trip.
+    pub at: Instant,
 }
 
 /// Starts a probe task for every endpoint of the topology.
@@ -82,7 +84,12 @@ pub async fn probe_once(
         other => return Err(format!("unexpected pg_is_in_recovery() value {other:?}")),
     };
     let wal_lsn = row.get(1).and_then(|s| s.parse().ok());
-    Ok(ProbeResult { role, wal_lsn, rtt })
+    Ok(ProbeResult {
+        role,
+        wal_lsn,
+        rtt,
+        at: started + rtt / 2,
+    })
 }
 
 pub async fn connect(pg: &tokio_postgres::Config) -> Result<Client, String> {
@@ -100,6 +107,24 @@ fn publish(
     outcome: Result<ProbeResult, String>,
 ) {
     let ok = outcome.is_ok();
+    let lag = match &outcome {
+        Ok(ProbeResult {
+            role: Role::Primary,
+            wal_lsn: Some(lsn),
+            at,
+            ..
+        }) => {
+            topology.observe_primary(&info.shard, *lsn, *at);
+            None
+        }
+        Ok(ProbeResult {
+            role: Role::Replica,
+            wal_lsn: Some(lsn),
+            at,
+            ..
+        }) => topology.replica_lag(&info.shard, *lsn, *at),
+        _ => None,
+    };
     topology.update(info.index, |s| {
         s.health = s.health.observe(ok, config.rise, config.fall);
         match &outcome {
@@ -107,6 +132,7 @@ fn publish(
                 s.role = Some(r.role);
                 s.wal_lsn = r.wal_lsn.or(s.wal_lsn);
                 s.rtt = Some(smooth_rtt(s.rtt, r.rtt));
+                s.lag = lag.or(if r.role == Role::Replica { s.lag } else { None });
                 s.last_ok = Some(Instant::now());
                 s.last_error = None;
             }
@@ -123,6 +149,16 @@ fn publish(
         view.is_up(),
         view.status.rtt,
     );
+    if view.status.role == Some(Role::Replica)
+        && let Some(lag) = view.status.lag
+    {
+        metrics::replication_lag_seconds(
+            info.shard.as_str(),
+            &info.name,
+            info.region.as_str(),
+            lag,
+        );
+    }
     if view.status.role == Some(Role::Replica)
         && let Some(bytes) = snapshot.lag_bytes(view)
     {
