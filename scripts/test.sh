@@ -24,3 +24,9 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 
 cargo test --all-targets "$@"
+
+# Deployment artifacts: Helm chart values and rendered manifests against their schemas, alert
+# rules through promtool (check + unit tests), the Grafana dashboard's structure and metric names.
+if [ $# -eq 0 ]; then
+    ./k8s/tests/run.sh
+fi

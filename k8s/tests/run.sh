@@ -84,6 +84,7 @@ for region in "${regions[@]}"; do
     check "configmap $region: homeport.toml" checks configmap "$region" "$out"
     check "homeport check accepts the $region config" checks homeport-accepts "$region" "$out"
 done
+check "resources sized from the README benchmark" checks resources-vs-benchmark
 check "servicemonitor selects the metrics Service" checks servicemonitor "$out"
 check "applicationset" checks applicationset
 
