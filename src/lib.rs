@@ -23,6 +23,7 @@ pub mod dev;
 pub mod directory;
 pub mod http;
 pub mod metrics;
+pub mod pgwire;
 pub mod routing;
 pub mod serve;
 pub mod sql;

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::{http, metrics, topology};
+use crate::{http, metrics, pgwire, topology};
 
 /// Why the sidecar could not start; printed as one line by `main`.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let wire = match app.config.pg.clone() {
+        Some(pg) => {
+            let wire_listener =
+                TcpListener::bind(pg.listen)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: pg.listen,
+                        source,
+                    })?;
+            let pools = Arc::new(pgwire::WirePools::new(
+                &app.topology.snapshot(),
+                pg.pool_size,
+                app.config.postgres.acquire_timeout,
+                app.config.postgres.connect_timeout,
+            ));
+            Some(tokio::spawn(pgwire::serve(
+                app.clone(),
+                pools,
+                wire_listener,
+                pg.max_client_conn,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let server = tokio::spawn(http::serve(app.clone(), listener, stop_rx));
     tracing::info!(region = %app.config.region, %listen, "homeport serving");
 
@@ -55,6 +80,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             ?grace,
             "in-flight requests did not finish within the grace period"
         );
+    }
+    if let Some(w) = wire {
+        w.abort();
     }
     for p in probes {
         p.abort();

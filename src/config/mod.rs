@@ -38,6 +38,8 @@ impl ConfigError {
 pub struct Config {
     pub region: RegionName,
     pub http: HttpConfig,
+    /// The PostgreSQL wire-protocol listener; absent when `[pg]` is not configured.
+    pub pg: Option<PgConfig>,
     pub postgres: PostgresConfig,
     pub probe: ProbeConfig,
     pub routing: RoutingConfig,
@@ -54,6 +56,15 @@ pub struct HttpConfig {
     pub auth: AuthConfig,
     pub public_url: Option<String>,
     pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub listen: SocketAddr,
+    /// Client sessions accepted at once; more are refused with SQLSTATE 53300.
+    pub max_client_conn: usize,
+    /// Server connections per endpoint for the wire front end.
+    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -319,8 +330,37 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(r) => Some(secrets::redis_config(r)?),
     };
 
+    let pg = match raw.pg {
+        None => None,
+        Some(p) => {
+            let text = p.listen.unwrap_or_else(|| "127.0.0.1:7401".into());
+            let listen: SocketAddr = text.parse().map_err(|_| {
+                ConfigError::new(
+                    "pg.listen",
+                    format!("{text:?} is not an address like \"127.0.0.1:7401\""),
+                )
+            })?;
+            let max_client_conn = p.max_client_conn.unwrap_or(1000);
+            if max_client_conn == 0 {
+                return Err(ConfigError::new("pg.max_client_conn", "must be at least 1"));
+            }
+            let pool_size = p.pool_size.unwrap_or(20);
+            if pool_size == 0 || pool_size > 10_000 {
+                return Err(ConfigError::new(
+                    "pg.pool_size",
+                    "must be between 1 and 10000",
+                ));
+            }
+            Some(PgConfig {
+                listen,
+                max_client_conn,
+                pool_size,
+            })
+        }
+    };
     let config = Config {
         region,
+        pg,
         http: HttpConfig {
             listen,
             max_body,

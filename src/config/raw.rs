@@ -15,6 +15,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub http: RawHttp,
     pub jwt: Option<RawJwt>,
+    pub pg: Option<RawPg>,
     #[serde(default)]
     pub postgres: RawPostgres,
     #[serde(default)]
@@ -35,6 +36,14 @@ pub struct RawHttp {
     pub auth: Option<String>,
     pub public_url: Option<String>,
     pub header_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPg {
+    pub listen: Option<String>,
+    pub max_client_conn: Option<usize>,
+    pub pool_size: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -303,6 +303,7 @@ impl Sandbox {
         SidecarPlan {
             region: region.name.as_str(),
             http_port: region.http_port,
+            pg_port: region.pg_port,
             shards: self
                 .regions
                 .iter()
@@ -432,6 +433,7 @@ impl Sandbox {
                 json!({
                     "name": r.name,
                     "http": r.http_url(),
+                    "pg": format!("postgresql://app@127.0.0.1:{}/app", r.pg_port),
                     "config": r.config_path,
                     "primary": pg_url(r.primary_port, APP_DB),
                     "replicas": replicas,

@@ -115,6 +115,7 @@ pub type ShardPlan = (String, String, Vec<(String, String)>);
 pub struct SidecarPlan<'a> {
     pub region: &'a str,
     pub http_port: u16,
+    pub pg_port: u16,
     pub shards: Vec<ShardPlan>,
     pub directory_primary: (String, String),
     pub directory_replicas: Vec<(String, String)>,
@@ -141,6 +142,11 @@ pub fn render_config(p: &SidecarPlan) -> String {
         "auth = \"trusted-header\"   # identity from the Homeport-User header"
     );
     let _ = writeln!(s, "public_url = \"http://127.0.0.1:{}\"\n", p.http_port);
+    let _ = writeln!(
+        s,
+        "[pg]   # the PostgreSQL wire-protocol endpoint\nlisten = \"127.0.0.1:{}\"\nmax_client_conn = 1000\npool_size = 20\n",
+        p.pg_port
+    );
     let _ = writeln!(
         s,
         "[postgres]\nuser = \"app\"\ndbname = \"app\"\nconnect_timeout = \"1s\"\nstatement_timeout = \"5s\"\nacquire_timeout = \"1s\"\npool_size = 16\n"

@@ -141,7 +141,12 @@ fn publish(
     });
     let snapshot = topology.snapshot();
     let view = snapshot.get(info.index);
-    let role = view.status.role.map(Role::as_str).unwrap_or("unknown");
+    // The configured role, not the probed one: a label that changed on failover would leave a
+    // stale series stuck at 0 and a false "endpoint down" alert.
+    let role = match info.configured {
+        super::Configured::PrimaryCandidate => "primary",
+        super::Configured::Replica => "replica",
+    };
     metrics::endpoint_up(
         &info.name,
         info.shard.as_str(),

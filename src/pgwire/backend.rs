@@ -1,0 +1,189 @@
+//! Server connections for the wire front end: homeport connects to PostgreSQL itself, speaks the
+//! startup and authentication exchange with its own credentials (trust, cleartext, md5 or
+//! SCRAM-SHA-256 through `postgres-protocol`), and keeps the server's parameter statuses, backend
+//! key and the statements it has prepared on that connection.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_postgres::config::Host;
+
+use super::codec::{Message, ProtocolError, Reader, read_message};
+
+/// One authenticated server connection, idle at ReadyForQuery when in a pool.
+pub struct ServerConn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    pub params: Vec<(String, String)>,
+    /// Process id and secret key, for cancel requests.
+    pub key: (i32, i32),
+    /// Server-side names of statements prepared on this connection.
+    pub prepared: HashSet<String>,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("server refused the connection: {0}")]
+    Refused(String),
+    #[error("server asks for a password and none is configured")]
+    NoPassword,
+}
+
+impl ServerConn {
+    pub async fn connect(
+        pg: &tokio_postgres::Config,
+        timeout: Duration,
+    ) -> Result<ServerConn, ConnectError> {
+        let host = match pg.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            _ => "localhost".into(),
+        };
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let addr = format!("{host}:{port}");
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| {
+                ConnectError::Connect(addr.clone(), format!("timed out after {timeout:?}"))
+            })?
+            .map_err(|e| ConnectError::Connect(addr.clone(), e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut conn = ServerConn {
+            reader: BufReader::with_capacity(16 * 1024, r),
+            writer: w,
+            params: Vec::new(),
+            key: (0, 0),
+            prepared: HashSet::new(),
+            host,
+            port,
+        };
+        tokio::time::timeout(timeout, conn.startup(pg))
+            .await
+            .map_err(|_| ConnectError::Connect(addr, "startup timed out".into()))??;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, pg: &tokio_postgres::Config) -> Result<(), ConnectError> {
+        let user = pg.get_user().unwrap_or("postgres").to_string();
+        let mut params = vec![("user", user.as_str()), ("client_encoding", "UTF8")];
+        if let Some(db) = pg.get_dbname() {
+            params.push(("database", db));
+        }
+        if let Some(app) = pg.get_application_name() {
+            params.push(("application_name", app));
+        }
+        if let Some(o) = pg.get_options() {
+            params.push(("options", o));
+        }
+        let mut buf = BytesMut::new();
+        frontend::startup_message(params.iter().copied(), &mut buf).map_err(ProtocolError::Io)?;
+        self.send_raw(&buf).await?;
+        let password = pg.get_password().map(|p| p.to_vec());
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let m = self.recv().await?;
+            match m.tag {
+                b'R' => {
+                    let mut r = Reader::new(&m.body, "authentication");
+                    match r.i32()? {
+                        0 => {}
+                        3 => {
+                            let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
+                            let mut buf = BytesMut::new();
+                            frontend::password_message(pw, &mut buf).map_err(ProtocolError::Io)?;
+                            self.send_raw(&buf).await?;
+                        }
+                        5 => {
+                            let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
+                            let salt: [u8; 4] = r
+                                .rest()
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or(ProtocolError::Malformed("md5"))?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                pw,
+                                salt,
+                            );
+                            let mut buf = BytesMut::new();
+                            frontend::password_message(hash.as_bytes(), &mut buf)
+                                .map_err(ProtocolError::Io)?;
+                            self.send_raw(&buf).await?;
+                        }
+                        10 => {
+                            let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
+                            let s = ScramSha256::new(pw, ChannelBinding::unsupported());
+                            let mut buf = BytesMut::new();
+                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)
+                                .map_err(ProtocolError::Io)?;
+                            self.send_raw(&buf).await?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or(ProtocolError::Malformed("sasl"))?;
+                            s.update(r.rest())
+                                .map_err(|e| ConnectError::Refused(e.to_string()))?;
+                            let mut buf = BytesMut::new();
+                            frontend::sasl_response(s.message(), &mut buf)
+                                .map_err(ProtocolError::Io)?;
+                            self.send_raw(&buf).await?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or(ProtocolError::Malformed("sasl"))?;
+                            s.finish(r.rest())
+                                .map_err(|e| ConnectError::Refused(e.to_string()))?;
+                        }
+                        other => {
+                            return Err(ConnectError::Refused(format!(
+                                "unsupported authentication method {other}"
+                            )));
+                        }
+                    }
+                }
+                b'S' => {
+                    let mut r = Reader::new(&m.body, "parameter status");
+                    let (k, v) = (r.cstr()?.to_string(), r.cstr()?.to_string());
+                    self.params.push((k, v));
+                }
+                b'K' => {
+                    let mut r = Reader::new(&m.body, "backend key");
+                    self.key = (r.i32()?, r.i32()?);
+                }
+                b'E' => {
+                    let msg = super::codec::field(&m.body, b'M').unwrap_or_default();
+                    return Err(ConnectError::Refused(msg));
+                }
+                b'N' => {}
+                b'Z' => return Ok(()),
+                other => {
+                    return Err(ProtocolError::Unsupported(format!(
+                        "unexpected message '{}' during startup",
+                        other as char
+                    ))
+                    .into());
+                }
+            }
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        self.writer.write_all(bytes).await?;
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> Result<Message, ProtocolError> {
+        read_message(&mut self.reader).await
+    }
+}

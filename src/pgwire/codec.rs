@@ -1,0 +1,328 @@
+//! PostgreSQL protocol framing (v3): reading length-prefixed messages with bounds, and building
+//! the backend messages homeport writes itself (errors, parameter statuses, synthesized results
+//! for `SHOW homeport.*`). See <https://www.postgresql.org/docs/15/protocol-message-formats.html>.
+//!
+//! A length prefix is never trusted before it is checked against a limit: a client claiming a
+//! 2 GiB message gets an error, not an allocation.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Largest message accepted from a client or a server (PostgreSQL's own limit is 1 GiB; a
+/// sidecar has no business buffering more than this).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest startup packet (PostgreSQL uses 10000 bytes).
+pub const MAX_STARTUP: usize = 10_000;
+
+pub const SSL_REQUEST: i32 = 80_877_103;
+pub const GSSENC_REQUEST: i32 = 80_877_104;
+pub const CANCEL_REQUEST: i32 = 80_877_102;
+pub const PROTOCOL_3: i32 = 196_608;
+
+/// One tagged protocol message: the tag byte and the body (without the length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn new(tag: u8, body: impl Into<Bytes>) -> Message {
+        Message {
+            tag,
+            body: body.into(),
+        }
+    }
+
+    /// Appends the message in wire form.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        out.reserve(5 + self.body.len());
+        out.put_u8(self.tag);
+        out.put_i32((self.body.len() + 4) as i32);
+        out.put_slice(&self.body);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection closed")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid message length {len} for message '{tag}'")]
+    BadLength { tag: char, len: i64 },
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Reads one tagged message.
+pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, ProtocolError> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ProtocolError::Closed);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let tag = head[0];
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if len < 4 || len as usize - 4 > MAX_MESSAGE {
+        return Err(ProtocolError::BadLength {
+            tag: tag as char,
+            len: len.into(),
+        });
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ProtocolError::Closed,
+        _ => e.into(),
+    })?;
+    Ok(Message {
+        tag,
+        body: body.into(),
+    })
+}
+
+/// Reads an untagged startup-phase packet: (code, body after the code).
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<(i32, Bytes), ProtocolError> {
+    let len = match r.read_i32().await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ProtocolError::Closed);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !(8..=MAX_STARTUP as i32).contains(&len) {
+        return Err(ProtocolError::BadLength {
+            tag: '0',
+            len: len.into(),
+        });
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    r.read_exact(&mut body).await?;
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    Ok((code, Bytes::from(body).slice(4..)))
+}
+
+/// Parses the `key\0value\0...\0` parameters of a StartupMessage.
+pub fn startup_params(body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
+    let mut out = Vec::new();
+    let mut parts = body.split(|b| *b == 0);
+    loop {
+        let key = parts.next().ok_or(ProtocolError::Malformed("startup"))?;
+        if key.is_empty() {
+            break;
+        }
+        let value = parts.next().ok_or(ProtocolError::Malformed("startup"))?;
+        let key =
+            String::from_utf8(key.to_vec()).map_err(|_| ProtocolError::Malformed("startup"))?;
+        let value =
+            String::from_utf8(value.to_vec()).map_err(|_| ProtocolError::Malformed("startup"))?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// A reader over a message body: NUL-terminated strings and big-endian integers.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Reader { buf, what }
+    }
+
+    pub fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(ProtocolError::Malformed(self.what))?;
+        let s = std::str::from_utf8(&self.buf[..end])
+            .map_err(|_| ProtocolError::Malformed(self.what))?;
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    pub fn i16(&mut self) -> Result<i16, ProtocolError> {
+        let (head, rest) = self
+            .buf
+            .split_at_checked(2)
+            .ok_or(ProtocolError::Malformed(self.what))?;
+        self.buf = rest;
+        Ok(i16::from_be_bytes([head[0], head[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, ProtocolError> {
+        let (head, rest) = self
+            .buf
+            .split_at_checked(4)
+            .ok_or(ProtocolError::Malformed(self.what))?;
+        self.buf = rest;
+        Ok(i32::from_be_bytes([head[0], head[1], head[2], head[3]]))
+    }
+
+    pub fn u8(&mut self) -> Result<u8, ProtocolError> {
+        let (&b, rest) = self
+            .buf
+            .split_first()
+            .ok_or(ProtocolError::Malformed(self.what))?;
+        self.buf = rest;
+        Ok(b)
+    }
+
+    pub fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
+}
+
+fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+/// ErrorResponse with severity, SQLSTATE and message (`severity` is ERROR or FATAL).
+pub fn error_response(severity: &str, code: &str, message: &str) -> Message {
+    let mut b = BytesMut::new();
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        b.put_u8(field);
+        put_cstr(&mut b, value);
+    }
+    b.put_u8(0);
+    Message::new(b'E', b.freeze())
+}
+
+pub fn parameter_status(name: &str, value: &str) -> Message {
+    let mut b = BytesMut::new();
+    put_cstr(&mut b, name);
+    put_cstr(&mut b, value);
+    Message::new(b'S', b.freeze())
+}
+
+pub fn ready_for_query(status: u8) -> Message {
+    Message::new(b'Z', vec![status])
+}
+
+pub fn command_complete(tag: &str) -> Message {
+    let mut b = BytesMut::new();
+    put_cstr(&mut b, tag);
+    Message::new(b'C', b.freeze())
+}
+
+pub fn auth_ok() -> Message {
+    Message::new(b'R', 0i32.to_be_bytes().to_vec())
+}
+
+pub fn backend_key_data(pid: i32, secret: i32) -> Message {
+    let mut b = BytesMut::new();
+    b.put_i32(pid);
+    b.put_i32(secret);
+    Message::new(b'K', b.freeze())
+}
+
+/// RowDescription of one text column.
+pub fn text_row_description(column: &str) -> Message {
+    let mut b = BytesMut::new();
+    b.put_i16(1);
+    put_cstr(&mut b, column);
+    b.put_i32(0); // table oid
+    b.put_i16(0); // column number
+    b.put_u32(25); // text
+    b.put_i16(-1);
+    b.put_i32(-1);
+    b.put_i16(0); // text format
+    Message::new(b'T', b.freeze())
+}
+
+pub fn text_data_row(value: &str) -> Message {
+    let mut b = BytesMut::new();
+    b.put_i16(1);
+    b.put_i32(value.len() as i32);
+    b.put_slice(value.as_bytes());
+    Message::new(b'D', b.freeze())
+}
+
+/// Parse complete / bind complete / no data / close complete: empty-bodied responses.
+pub fn empty(tag: u8) -> Message {
+    Message::new(tag, Bytes::new())
+}
+
+/// The SQLSTATE of an ErrorResponse body, if present.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    field(body, b'C')
+}
+
+/// A field of an ErrorResponse/NoticeResponse body.
+pub fn field(body: &[u8], wanted: u8) -> Option<String> {
+    let mut r = Reader::new(body, "error");
+    loop {
+        let f = r.u8().ok()?;
+        if f == 0 {
+            return None;
+        }
+        let v = r.cstr().ok()?;
+        if f == wanted {
+            return Some(v.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn absurd_lengths_are_refused_without_allocating() {
+        let mut input: &[u8] = &[b'Q', 0x7f, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_message(&mut input).await,
+            Err(ProtocolError::BadLength { .. })
+        ));
+        let mut input: &[u8] = &[b'Q', 0, 0, 0, 2];
+        assert!(matches!(
+            read_message(&mut input).await,
+            Err(ProtocolError::BadLength { .. })
+        ));
+        let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        assert!(read_startup(&mut input).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn truncated_message_is_closed() {
+        let mut input: &[u8] = &[b'Q', 0, 0, 0, 10, b's'];
+        assert!(matches!(
+            read_message(&mut input).await,
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[test]
+    fn startup_params_parse() {
+        let body = b"user\0app\0database\0db\0\0";
+        assert_eq!(
+            startup_params(body).unwrap(),
+            vec![
+                ("user".into(), "app".into()),
+                ("database".into(), "db".into())
+            ]
+        );
+        assert!(startup_params(b"user\0").is_err());
+    }
+
+    #[test]
+    fn error_fields_round_trip() {
+        let m = error_response("ERROR", "22023", "bad token");
+        assert_eq!(error_code(&m.body).as_deref(), Some("22023"));
+        assert_eq!(field(&m.body, b'M').as_deref(), Some("bad token"));
+    }
+}

@@ -1,0 +1,186 @@
+//! The PostgreSQL wire-protocol front end: any PostgreSQL client talks to homeport as if it were
+//! the database. Module map: `codec` (message framing), `backend` (server connections and their
+//! authentication), `pool` (per-endpoint pools lent per transaction), `settings`
+//! (`SET/SHOW homeport.*`), `session` (client state machine, routing per transaction) and
+//! `relay` (moving messages between client and server).
+
+mod backend;
+pub mod codec;
+mod pool;
+mod relay;
+mod session;
+pub mod settings;
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::app::App;
+use crate::types::UserId;
+use codec::{Message, ProtocolError};
+pub use pool::WirePools;
+
+/// Accepts wire connections until `shutdown`; past `max_client_conn` sessions a new client gets
+/// a FATAL "too many connections" and is closed, and existing sessions are untouched.
+pub async fn serve(
+    app: Arc<App>,
+    pools: Arc<WirePools>,
+    listener: TcpListener,
+    max_clients: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_clients));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "wire accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let (app, pools) = (app.clone(), pools.clone());
+        tokio::spawn(async move {
+            if let Err(e) = session(&app, &pools, stream).await {
+                tracing::debug!(error = %e, "wire session ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let mut buf = bytes::BytesMut::new();
+    if codec::read_startup(&mut stream).await.is_ok() {
+        codec::error_response(
+            "FATAL",
+            "53300",
+            "sorry, too many clients already (homeport max_client_conn)",
+        )
+        .write_to(&mut buf);
+        let _ = stream.write_all(&buf).await;
+    }
+}
+
+async fn session(
+    app: &App,
+    pools: &WirePools,
+    stream: TcpStream,
+) -> Result<(), session::SessionError> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::with_capacity(16 * 1024, r);
+    let params = loop {
+        let (code, body) = codec::read_startup(&mut r).await?;
+        match code {
+            // No TLS or GSS encryption on the loopback listener: say so, the client goes on in
+            // plain text (or gives up if it requires encryption).
+            codec::SSL_REQUEST | codec::GSSENC_REQUEST => {
+                w.write_all(b"N").await.map_err(ProtocolError::from)?
+            }
+            codec::CANCEL_REQUEST => return Ok(()),
+            codec::PROTOCOL_3 => break codec::startup_params(&body)?,
+            other => {
+                let mut buf = bytes::BytesMut::new();
+                let m = format!(
+                    "unsupported frontend protocol {}.{}",
+                    other >> 16,
+                    other & 0xffff
+                );
+                codec::error_response("FATAL", "0A000", &m).write_to(&mut buf);
+                let _ = w.write_all(&buf).await;
+                return Err(ProtocolError::Unsupported(m).into());
+            }
+        }
+    };
+    let mut user = None;
+    for (k, v) in &params {
+        if k == "options"
+            && let Some(u) = option_user(v)
+        {
+            user = Some(UserId::parse(&u).map_err(ProtocolError::Unsupported)?);
+        }
+    }
+    let mut buf = bytes::BytesMut::new();
+    codec::auth_ok().write_to(&mut buf);
+    let endpoint = startup_endpoint(app);
+    match pools.startup_params(endpoint).await {
+        Ok(server_params) => {
+            for (k, v) in server_params {
+                codec::parameter_status(&k, &v).write_to(&mut buf);
+            }
+        }
+        Err(e) => {
+            codec::error_response(
+                "FATAL",
+                "08006",
+                &format!("homeport cannot reach any database: {e}"),
+            )
+            .write_to(&mut buf);
+            let _ = w.write_all(&buf).await;
+            return Ok(());
+        }
+    }
+    codec::backend_key_data(std::process::id() as i32, 0).write_to(&mut buf);
+    Message::new(b'Z', vec![b'I']).write_to(&mut buf);
+    w.write_all(&buf).await.map_err(ProtocolError::from)?;
+    session::Session::new(app, pools, r, w, user).run().await
+}
+
+/// `homeport.user` from a startup `options` string: `-c homeport.user=u1` or `--homeport.user=u1`.
+pub fn option_user(options: &str) -> Option<String> {
+    let mut words = options.split_whitespace();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next()?
+        } else if let Some(s) = w.strip_prefix("-c") {
+            s
+        } else {
+            w.strip_prefix("--").unwrap_or("")
+        };
+        if let Some(v) = setting.strip_prefix("homeport.user=") {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
+/// A healthy endpoint to learn server parameters from: local first.
+fn startup_endpoint(app: &App) -> usize {
+    let snapshot = app.topology.snapshot();
+    let up = |e: &&crate::topology::EndpointView| e.is_up();
+    snapshot
+        .endpoints
+        .iter()
+        .filter(up)
+        .find(|e| e.info.region == app.config.region)
+        .or_else(|| snapshot.endpoints.iter().find(up))
+        .map(|e| e.info.index)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::option_user;
+
+    #[test]
+    fn user_from_startup_options() {
+        assert_eq!(option_user("-c homeport.user=u1").as_deref(), Some("u1"));
+        assert_eq!(
+            option_user("-c search_path=x -chomeport.user=u2").as_deref(),
+            Some("u2")
+        );
+        assert_eq!(option_user("--homeport.user=u3").as_deref(), Some("u3"));
+        assert_eq!(option_user("-c search_path=x"), None);
+    }
+}

@@ -1,0 +1,404 @@
+//! Relaying a client's messages to its server connection and the responses back: simple queries,
+//! extended-protocol batches with prepared-statement rewriting, COPY FROM STDIN, and the
+//! bookkeeping at ReadyForQuery (release the connection, end `SET LOCAL homeport.user`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use super::codec::{self, Message, ProtocolError, Reader, read_message};
+use super::session::{
+    ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
+};
+
+impl Session<'_> {
+    /// Sends `buf` to the attached server and relays responses until every expectation is met.
+    pub(super) async fn relay(
+        &mut self,
+        buf: BytesMut,
+        mut queue: VecDeque<Expect>,
+    ) -> Result<(), SessionError> {
+        if self.skipping {
+            // The server ignores everything up to the next Sync after an earlier error.
+            while queue.front().is_some_and(|e| *e != Expect::Sync) {
+                queue.pop_front();
+            }
+        }
+        let Some(lease) = self.server.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = lease.conn.send_raw(&buf).await {
+            self.server_lost(e);
+            return Ok(());
+        }
+        loop {
+            while let Some(&front) = queue.front() {
+                let synthesized = match front {
+                    Expect::SynthParse => b'1',
+                    Expect::SynthClose => b'3',
+                    _ => break,
+                };
+                queue.pop_front();
+                if !self.skipping {
+                    self.send(codec::empty(synthesized));
+                }
+            }
+            if queue.is_empty() {
+                break;
+            }
+            let Some(lease) = self.server.as_mut() else {
+                break;
+            };
+            let m = match lease.conn.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.server_lost(e);
+                    return Ok(());
+                }
+            };
+            match m.tag {
+                b'N' | b'S' | b'A' => self.send(m),
+                b'E' => {
+                    self.send(m);
+                    self.skipping = true;
+                    if let Some(lease) = self.server.as_mut() {
+                        for name in self.parsed_now.drain(..) {
+                            lease.conn.prepared.remove(&name);
+                        }
+                    }
+                    while queue.front().is_some_and(|e| *e != Expect::Sync) {
+                        queue.pop_front();
+                    }
+                }
+                b'Z' => {
+                    queue.pop_front();
+                    self.skipping = false;
+                    let status = m.body.first().copied().unwrap_or(b'I');
+                    self.send(m);
+                    self.after_ready(status);
+                }
+                b'1' if queue.front() == Some(&Expect::Swallow) => {
+                    queue.pop_front();
+                }
+                b'G' => {
+                    self.send(m);
+                    self.flush().await?;
+                    self.copy_in().await?;
+                }
+                tag => {
+                    let front = queue.front().copied();
+                    self.send(m);
+                    if front.is_some_and(|f| terminal(f, tag)) {
+                        queue.pop_front();
+                    }
+                }
+            }
+            if self.out.len() >= super::session::FLUSH_AT {
+                self.flush().await?;
+            }
+        }
+        self.parsed_now.clear();
+        Ok(())
+    }
+
+    /// COPY FROM STDIN: the client's CopyData goes to the server until CopyDone or CopyFail.
+    async fn copy_in(&mut self) -> Result<(), SessionError> {
+        loop {
+            let m = read_message(&mut self.client).await?;
+            let end = matches!(m.tag, b'c' | b'f');
+            if !matches!(m.tag, b'd' | b'c' | b'f') {
+                // Flush and Sync are allowed and ignored during COPY; anything else aborts it.
+                if matches!(m.tag, b'H' | b'S') {
+                    continue;
+                }
+                return Err(ProtocolError::Unsupported(format!(
+                    "message '{}' during COPY",
+                    m.tag as char
+                ))
+                .into());
+            }
+            let mut buf = BytesMut::with_capacity(m.body.len() + 5);
+            m.write_to(&mut buf);
+            let Some(lease) = self.server.as_mut() else {
+                return Ok(());
+            };
+            if let Err(e) = lease.conn.send_raw(&buf).await {
+                self.server_lost(e);
+                return Ok(());
+            }
+            if end {
+                return Ok(());
+            }
+        }
+    }
+
+    /// ReadyForQuery from the server: an idle server goes back to its pool unless pinned.
+    pub(super) fn after_ready(&mut self, status: u8) {
+        self.server_status = Some(status);
+        if status == b'I' {
+            self.txn_user = None;
+            if !self.pinned {
+                if let Some(lease) = self.server.take() {
+                    lease.release();
+                }
+                self.server_status = None;
+            }
+        }
+    }
+
+    /// The server connection broke: it is closed (never reused), and the client hears why.
+    pub(super) fn server_lost(&mut self, e: ProtocolError) {
+        self.server = None;
+        self.server_status = None;
+        self.pinned = false;
+        self.skipping = false;
+        self.parsed_now.clear();
+        self.send(codec::error_response(
+            "ERROR",
+            "08006",
+            &format!("homeport lost the server connection: {e}"),
+        ));
+        self.send(codec::ready_for_query(b'I'));
+    }
+
+    /// Runs the extended-protocol messages collected up to a Sync (or Flush).
+    pub(super) async fn run_batch(&mut self, sync: bool) -> Result<(), SessionError> {
+        let batch = std::mem::take(&mut self.batch);
+        let plan = match self.plan_batch(&batch) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(e);
+                if sync {
+                    let status = self.txn_status();
+                    self.send(codec::ready_for_query(status));
+                } else {
+                    self.skipping = true;
+                }
+                return Ok(());
+            }
+        };
+        if self.server.is_none() {
+            if !plan.any_statement {
+                if sync {
+                    self.skipping = false;
+                    self.send(codec::ready_for_query(b'I'));
+                }
+                return Ok(());
+            }
+            if let Err(e) = self
+                .attach(plan.read_only, plan.hint, plan.user.as_deref())
+                .await
+            {
+                self.fail(e);
+                if sync {
+                    self.send(codec::ready_for_query(b'I'));
+                }
+                return Ok(());
+            }
+        }
+        let (buf, queue) = self.rewrite(&batch)?;
+        self.relay(buf, queue).await
+    }
+
+    /// First pass over a batch: remember parsed statements, check that referenced statements
+    /// exist, and classify what will run.
+    fn plan_batch(&mut self, batch: &[Message]) -> Result<BatchPlan, ClientError> {
+        let mut plan = BatchPlan {
+            read_only: true,
+            any_statement: false,
+            hint: None,
+            user: None,
+        };
+        let note = |plan: &mut BatchPlan, sql: &str, app: &crate::app::App| {
+            let class = app.classifier.classify(sql);
+            plan.read_only &= class.read_only;
+            plan.hint = plan.hint.or(class.route);
+            if plan.user.is_none() {
+                plan.user = class.user.clone();
+            }
+        };
+        for m in batch {
+            match m.tag {
+                b'P' => {
+                    plan.any_statement = true;
+                    let mut r = Reader::new(&m.body, "parse");
+                    let name = r.cstr().map_err(protocol)?;
+                    let rest = r.rest();
+                    let sql = Reader::new(rest, "parse").cstr().map_err(protocol)?;
+                    note(&mut plan, sql, self.app);
+                    if name.is_empty() {
+                        self.unnamed_sql = Some(sql.into());
+                    } else {
+                        let server_name = server_statement_name(rest);
+                        let parse_body = with_name(&server_name, rest);
+                        self.statements.insert(
+                            name.to_string(),
+                            ClientStatement {
+                                sql: Arc::from(sql),
+                                server_name,
+                                parse_body,
+                            },
+                        );
+                    }
+                }
+                b'B' | b'D' => {
+                    plan.any_statement = true;
+                    let mut r = Reader::new(&m.body, "bind");
+                    let name = if m.tag == b'B' {
+                        r.cstr().map_err(protocol)?;
+                        r.cstr().map_err(protocol)?
+                    } else {
+                        if r.u8().map_err(protocol)? != b'S' {
+                            continue;
+                        }
+                        r.cstr().map_err(protocol)?
+                    };
+                    let sql = if name.is_empty() {
+                        self.unnamed_sql.clone()
+                    } else {
+                        self.statements.get(name).map(|s| s.sql.clone())
+                    };
+                    match sql {
+                        Some(sql) => note(&mut plan, &sql, self.app),
+                        None if name.is_empty() => {}
+                        None => {
+                            return Err(ClientError {
+                                code: "26000",
+                                message: format!("prepared statement \"{name}\" does not exist"),
+                            });
+                        }
+                    }
+                }
+                b'E' | b'C' => plan.any_statement = true,
+                _ => {}
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Second pass: the bytes to send, with statement names rewritten and missing statements
+    /// prepared, and what to expect back for each message.
+    fn rewrite(&mut self, batch: &[Message]) -> Result<(BytesMut, VecDeque<Expect>), SessionError> {
+        let mut buf = BytesMut::new();
+        let mut queue = VecDeque::with_capacity(batch.len() + 2);
+        for m in batch {
+            match m.tag {
+                b'P' => {
+                    let name = Reader::new(&m.body, "parse").cstr()?;
+                    if name.is_empty() {
+                        m.write_to(&mut buf);
+                        queue.push_back(Expect::Parse);
+                    } else if self.ensure_prepared(name, &mut buf, false) {
+                        queue.push_back(Expect::Parse);
+                    } else {
+                        queue.push_back(Expect::SynthParse);
+                    }
+                }
+                b'B' => {
+                    let mut r = Reader::new(&m.body, "bind");
+                    let portal = r.cstr()?;
+                    let stmt = r.cstr()?;
+                    if stmt.is_empty() {
+                        m.write_to(&mut buf);
+                    } else {
+                        if self.ensure_prepared(stmt, &mut buf, true) {
+                            queue.push_back(Expect::Swallow);
+                        }
+                        let server_name = self.statements[stmt].server_name.clone();
+                        let mut body = BytesMut::new();
+                        body.put_slice(portal.as_bytes());
+                        body.put_u8(0);
+                        body.put_slice(&with_name(&server_name, r.rest()));
+                        Message::new(b'B', body.freeze()).write_to(&mut buf);
+                    }
+                    queue.push_back(Expect::Bind);
+                }
+                b'D' => {
+                    let mut r = Reader::new(&m.body, "describe");
+                    let kind = r.u8()?;
+                    let name = r.cstr()?;
+                    if kind == b'S' && !name.is_empty() {
+                        if self.ensure_prepared(name, &mut buf, true) {
+                            queue.push_back(Expect::Swallow);
+                        }
+                        let mut body = BytesMut::new();
+                        body.put_u8(b'S');
+                        body.put_slice(self.statements[name].server_name.as_bytes());
+                        body.put_u8(0);
+                        Message::new(b'D', body.freeze()).write_to(&mut buf);
+                    } else {
+                        m.write_to(&mut buf);
+                    }
+                    queue.push_back(Expect::Describe);
+                }
+                b'C' => {
+                    let mut r = Reader::new(&m.body, "close");
+                    let kind = r.u8()?;
+                    let name = r.cstr()?;
+                    if kind == b'S' && !name.is_empty() {
+                        // The server keeps its copy for other clients; the client's name is gone.
+                        self.statements.remove(name);
+                        queue.push_back(Expect::SynthClose);
+                    } else {
+                        m.write_to(&mut buf);
+                        queue.push_back(Expect::ClosePortal);
+                    }
+                }
+                b'E' => {
+                    m.write_to(&mut buf);
+                    queue.push_back(Expect::Execute);
+                }
+                b'S' => {
+                    m.write_to(&mut buf);
+                    queue.push_back(Expect::Sync);
+                }
+                _ => m.write_to(&mut buf),
+            }
+        }
+        Ok((buf, queue))
+    }
+
+    /// Writes a Parse for the client's statement `name` unless the attached server has it.
+    /// Returns whether a Parse was written. `injected` Parses are homeport's own.
+    fn ensure_prepared(&mut self, name: &str, buf: &mut BytesMut, injected: bool) -> bool {
+        let (Some(stmt), Some(lease)) = (self.statements.get(name), self.server.as_mut()) else {
+            return false;
+        };
+        if lease.conn.prepared.contains(&stmt.server_name) {
+            return false;
+        }
+        let _ = injected;
+        lease.conn.prepared.insert(stmt.server_name.clone());
+        self.parsed_now.push(stmt.server_name.clone());
+        Message::new(b'P', stmt.parse_body.clone()).write_to(buf);
+        true
+    }
+}
+
+pub(super) struct BatchPlan {
+    read_only: bool,
+    any_statement: bool,
+    hint: Option<crate::sql::RouteHint>,
+    user: Option<String>,
+}
+
+fn protocol(e: ProtocolError) -> ClientError {
+    ClientError {
+        code: "08P01",
+        message: e.to_string(),
+    }
+}
+
+/// Whether `tag` is the last response to a message of kind `e`.
+fn terminal(e: Expect, tag: u8) -> bool {
+    match e {
+        Expect::Parse | Expect::Swallow => tag == b'1',
+        Expect::Bind => tag == b'2',
+        Expect::Describe => matches!(tag, b'T' | b'n'),
+        Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
+        Expect::ClosePortal => tag == b'3',
+        Expect::Sync => tag == b'Z',
+        Expect::SynthParse | Expect::SynthClose => false,
+    }
+}

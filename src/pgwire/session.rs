@@ -1,0 +1,428 @@
+//! One client session on the wire endpoint, pooled per transaction.
+//!
+//! A server connection is taken when a transaction (or autocommit statement, or extended-protocol
+//! batch) starts, chosen by the routing functions from the session's user and the statement's
+//! classification, and given back when the server reports ReadyForQuery idle. Sessions that
+//! changed server state (`SET`, `LISTEN`, temp tables, session advisory locks) are pinned to
+//! their server.
+//!
+//! Named prepared statements work across pooled connections (the PgBouncer 1.21 approach): the
+//! session remembers each statement's text, server connections know which statements they have
+//! under a content-derived name, and homeport prepares a statement on a connection the first time
+//! a client uses it there, swallowing the extra ParseComplete.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::codec::{self, Message, ProtocolError, Reader, read_message};
+use super::pool::{Lease, WirePools};
+use super::settings::{self, Setting};
+use crate::app::App;
+use crate::sql::RouteHint;
+use crate::types::{Intent, UserId};
+
+/// Flush buffered output to the client once it holds this much.
+pub(super) const FLUSH_AT: usize = 64 * 1024;
+
+pub(super) struct ClientStatement {
+    pub(super) sql: Arc<str>,
+    /// Name on server connections: derived from text and parameter types.
+    pub(super) server_name: String,
+    /// Parse body as the server should see it (server name, query, types).
+    pub(super) parse_body: Bytes,
+}
+
+/// What the session expects back from the server for each message it sent, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expect {
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    ClosePortal,
+    Sync,
+    /// A Parse homeport injected: its ParseComplete is not the client's.
+    Swallow,
+    /// A Parse the server already has: homeport answers ParseComplete itself.
+    SynthParse,
+    /// A statement Close: homeport keeps the server's copy and answers CloseComplete itself.
+    SynthClose,
+}
+
+pub struct Session<'a> {
+    pub(super) app: &'a App,
+    pools: &'a WirePools,
+    pub(super) client: BufReader<OwnedReadHalf>,
+    out_half: OwnedWriteHalf,
+    pub(super) out: BytesMut,
+    user: Option<UserId>,
+    /// `SET LOCAL homeport.user`: for the current transaction only.
+    pub(super) txn_user: Option<UserId>,
+    pub(super) server: Option<Lease>,
+    /// The attached server's last ReadyForQuery status.
+    pub(super) server_status: Option<u8>,
+    pub(super) pinned: bool,
+    /// The server is skipping messages after an error until the next Sync.
+    pub(super) skipping: bool,
+    pub(super) statements: HashMap<String, ClientStatement>,
+    pub(super) unnamed_sql: Option<Arc<str>>,
+    /// Server statement names prepared by the batch in flight (forgotten if it fails).
+    pub(super) parsed_now: Vec<String>,
+    pub(super) batch: Vec<Message>,
+    last_route: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// A failure answered to the client with an ErrorResponse (the session goes on).
+pub(super) struct ClientError {
+    pub(super) code: &'static str,
+    pub(super) message: String,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        app: &'a App,
+        pools: &'a WirePools,
+        client: BufReader<OwnedReadHalf>,
+        out_half: OwnedWriteHalf,
+        user: Option<UserId>,
+    ) -> Self {
+        Session {
+            app,
+            pools,
+            client,
+            out_half,
+            out: BytesMut::with_capacity(8192),
+            user,
+            txn_user: None,
+            server: None,
+            server_status: None,
+            pinned: false,
+            skipping: false,
+            statements: HashMap::new(),
+            unnamed_sql: None,
+            parsed_now: Vec::new(),
+            batch: Vec::new(),
+            last_route: String::new(),
+        }
+    }
+
+    /// Serves the client until it terminates or breaks the protocol.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        loop {
+            let msg = match read_message(&mut self.client).await {
+                Ok(m) => m,
+                Err(ProtocolError::Closed) => return Ok(()),
+                Err(e) => {
+                    self.send(codec::error_response(
+                        "FATAL",
+                        "08P01",
+                        &format!("invalid message: {e}"),
+                    ));
+                    let _ = self.flush().await;
+                    return Err(e.into());
+                }
+            };
+            match msg.tag {
+                b'Q' => self.simple_query(msg).await?,
+                b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(msg),
+                b'S' | b'H' => {
+                    let sync = msg.tag == b'S';
+                    self.batch.push(msg);
+                    self.run_batch(sync).await?;
+                }
+                b'X' => return Ok(()),
+                b'd' | b'c' | b'f' => {} // copy messages outside COPY are ignored, as PostgreSQL does
+                other => {
+                    let m = format!("unexpected message type '{}'", other as char);
+                    self.send(codec::error_response("FATAL", "08P01", &m));
+                    let _ = self.flush().await;
+                    return Err(ProtocolError::Unsupported(m).into());
+                }
+            }
+            self.flush().await?;
+        }
+    }
+
+    pub(super) fn send(&mut self, m: Message) {
+        m.write_to(&mut self.out);
+    }
+
+    pub(super) async fn flush(&mut self) -> Result<(), ProtocolError> {
+        if !self.out.is_empty() {
+            self.out_half.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    pub(super) fn fail(&mut self, e: ClientError) {
+        self.send(codec::error_response("ERROR", e.code, &e.message));
+    }
+
+    async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
+        let sql = Reader::new(&msg.body, "query").cstr()?.to_string();
+        if let Some(setting) = settings::parse(&sql) {
+            self.answer_setting(setting);
+            let status = self.txn_status();
+            self.send(codec::ready_for_query(status));
+            return Ok(());
+        }
+        if self.server.is_none() {
+            let class = self.app.classifier.classify(&sql);
+            let read_only = class.read_only || is_read_only_begin(&sql);
+            if let Err(e) = self
+                .attach(read_only, class.route, class.user.as_deref())
+                .await
+            {
+                self.fail(e);
+                self.send(codec::ready_for_query(b'I'));
+                return Ok(());
+            }
+        }
+        if pins_session(&sql) {
+            self.pinned = true;
+        }
+        if forgets_prepared(&sql)
+            && let Some(s) = self.server.as_mut()
+        {
+            s.conn.prepared.clear();
+        }
+        let mut buf = BytesMut::new();
+        msg.write_to(&mut buf);
+        self.relay(buf, VecDeque::from([Expect::Sync])).await
+    }
+
+    pub(super) fn txn_status(&self) -> u8 {
+        self.server_status.unwrap_or(b'I')
+    }
+
+    fn answer_setting(&mut self, setting: Setting) {
+        match setting {
+            Setting::Set { name, .. } | Setting::Reset { name } | Setting::Show { name }
+                if settings::RESERVED.contains(&name.as_str()) =>
+            {
+                self.fail(ClientError {
+                    code: "0A000",
+                    message: format!(
+                        "homeport.{name} is reserved and not supported by this homeport version yet"
+                    ),
+                });
+            }
+            Setting::Set { name, value, local } if name == "user" => match UserId::parse(&value) {
+                Ok(u) if local => {
+                    self.txn_user = Some(u);
+                    self.send(codec::command_complete("SET"));
+                }
+                Ok(u) => {
+                    self.user = Some(u);
+                    self.send(codec::command_complete("SET"));
+                }
+                Err(m) => self.fail(ClientError {
+                    code: "22023",
+                    message: format!("invalid homeport.user: {m}"),
+                }),
+            },
+            Setting::Reset { name } if name == "user" => {
+                self.user = None;
+                self.send(codec::command_complete("RESET"));
+            }
+            Setting::Show { name } if settings::KNOWN.contains(&name.as_str()) => {
+                let value = match name.as_str() {
+                    "user" => self
+                        .txn_user
+                        .as_ref()
+                        .or(self.user.as_ref())
+                        .map(|u| u.to_string())
+                        .unwrap_or_default(),
+                    _ => self.last_route.clone(),
+                };
+                self.send(codec::text_row_description(&format!("homeport.{name}")));
+                self.send(codec::text_data_row(&value));
+                self.send(codec::command_complete("SHOW"));
+            }
+            Setting::Set { name, .. } if name == "route" => {
+                self.fail(ClientError {
+                    code: "55P02",
+                    message: "homeport.route is read-only; use a /*homeport_route='primary'*/ hint"
+                        .into(),
+                });
+            }
+            Setting::Set { name, .. } | Setting::Reset { name } | Setting::Show { name } => {
+                self.fail(ClientError {
+                    code: "42704",
+                    message: format!("unrecognized configuration parameter \"homeport.{name}\""),
+                });
+            }
+        }
+    }
+
+    /// Takes a server connection for the user's home shard.
+    pub(super) async fn attach(
+        &mut self,
+        read_only: bool,
+        hint: Option<RouteHint>,
+        comment_user: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let user = match comment_user {
+            Some(u) => UserId::parse(u).map_err(|m| ClientError { code: "22023", message: m })?,
+            None => self.txn_user.clone().or_else(|| self.user.clone()).ok_or_else(|| ClientError {
+                code: "28000",
+                message: "no homeport user for this session: SET homeport.user = '...', connect with options='-c homeport.user=...', or add /*homeport_user='...'*/".into(),
+            })?,
+        };
+        let (home, _) = self
+            .app
+            .directory
+            .home_of(&user, None)
+            .await
+            .map_err(|e| match e {
+                crate::directory::DirectoryError::UnknownUser(_) => ClientError {
+                    code: "28000",
+                    message: e.to_string(),
+                },
+                other => ClientError {
+                    code: "08006",
+                    message: other.to_string(),
+                },
+            })?;
+        let intent = if read_only && hint != Some(RouteHint::Primary) {
+            Intent::Read
+        } else {
+            Intent::Write
+        };
+        let candidates = self
+            .app
+            .candidates(&home, intent)
+            .map_err(|e| ClientError {
+                code: "08006",
+                message: e.to_string(),
+            })?;
+        let snapshot = self.app.topology.snapshot();
+        let mut last = String::new();
+        for c in candidates {
+            match self.pools.acquire(c.index).await {
+                Ok(lease) => {
+                    let region = &snapshot.get(c.index).info.region;
+                    self.last_route = format!("{region}/{}", c.target.role_str());
+                    self.server = Some(lease);
+                    return Ok(());
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(ClientError {
+            code: "08006",
+            message: format!("no server for shard {home} is reachable: {last}"),
+        })
+    }
+}
+
+/// `BEGIN READ ONLY` / `START TRANSACTION READ ONLY ...`.
+fn is_read_only_begin(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || c == ';' || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    matches!(words.first(), Some(&"begin") | Some(&"start"))
+        && words.windows(2).any(|w| w == ["read", "only"])
+        && !words.windows(2).any(|w| w == ["read", "write"])
+}
+
+/// Statements that leave state on the server connection beyond the transaction.
+fn pins_session(sql: &str) -> bool {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    let set = lower.starts_with("set ")
+        && !lower.starts_with("set local ")
+        && !lower.starts_with("set transaction")
+        && !lower.starts_with("set session characteristics");
+    set || lower.starts_with("listen ")
+        || lower.starts_with("prepare ")
+        || lower.starts_with("create temp")
+        || lower.starts_with("create local temp")
+        || (lower.starts_with("declare ") && lower.contains(" with hold"))
+        || lower.contains("pg_advisory_lock(")
+        || lower.contains("pg_advisory_lock_shared(")
+}
+
+fn forgets_prepared(sql: &str) -> bool {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    lower.starts_with("discard all") || lower.starts_with("deallocate all")
+}
+
+/// Server-side statement name from the statement's text and parameter types.
+pub(super) fn server_statement_name(parse_rest: &[u8]) -> String {
+    static HASHER: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = HASHER.get_or_init(Default::default).build_hasher();
+    h.write(parse_rest);
+    format!("hp_{:016x}", h.finish())
+}
+
+pub(super) fn with_name(name: &str, rest: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(name.len() + 1 + rest.len());
+    b.put_slice(name.as_bytes());
+    b.put_u8(0);
+    b.put_slice(rest);
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_begin_forms() {
+        assert!(is_read_only_begin("BEGIN READ ONLY"));
+        assert!(is_read_only_begin(
+            "start transaction isolation level repeatable read, read only;"
+        ));
+        assert!(!is_read_only_begin("BEGIN"));
+        assert!(!is_read_only_begin("BEGIN READ WRITE"));
+        assert!(!is_read_only_begin("SELECT 'begin read only'"));
+    }
+
+    #[test]
+    fn session_state_pins() {
+        for sql in [
+            "SET search_path = x",
+            "LISTEN ch",
+            "CREATE TEMP TABLE t (a int)",
+            "select pg_advisory_lock(1)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        ] {
+            assert!(pins_session(sql), "{sql}");
+        }
+        for sql in [
+            "SET LOCAL x = 1",
+            "SET TRANSACTION READ ONLY",
+            "SELECT 1",
+            "select pg_advisory_xact_lock(1)",
+        ] {
+            assert!(!pins_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statement_names_depend_on_text_and_types() {
+        assert_eq!(
+            server_statement_name(b"select 1\0\0\0"),
+            server_statement_name(b"select 1\0\0\0")
+        );
+        assert_ne!(
+            server_statement_name(b"select 1\0\0\0"),
+            server_statement_name(b"select 2\0\0\0")
+        );
+    }
+}

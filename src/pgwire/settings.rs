@@ -1,0 +1,153 @@
+//! homeport's own session settings on the wire: `SET [LOCAL] homeport.user = '...'`,
+//! `RESET homeport.user`, `SHOW homeport.user`, `SHOW homeport.route`. They are answered by
+//! homeport and never reach a server. Parsing is pure and unit-tested.
+
+/// A statement addressed to homeport itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    Set {
+        name: String,
+        value: String,
+        local: bool,
+    },
+    Reset {
+        name: String,
+    },
+    Show {
+        name: String,
+    },
+}
+
+/// Settings homeport knows. Reserved ones are recognised but refused until implemented.
+pub const KNOWN: &[&str] = &["user", "route"];
+pub const RESERVED: &[&str] = &["consistency_token", "idempotency_key", "max_staleness"];
+
+/// Recognises `SET/RESET/SHOW homeport.<name>`; anything else is `None` (goes to a server).
+pub fn parse(sql: &str) -> Option<Setting> {
+    let s = sql.trim().trim_end_matches(';').trim();
+    let (verb, rest) = split_word(s)?;
+    let verb = verb.to_ascii_lowercase();
+    if !matches!(verb.as_str(), "set" | "reset" | "show") {
+        return None;
+    }
+    let (mut word, mut rest) = split_word(rest)?;
+    let mut local = false;
+    if verb == "set" && (word.eq_ignore_ascii_case("local") || word.eq_ignore_ascii_case("session"))
+    {
+        local = word.eq_ignore_ascii_case("local");
+        (word, rest) = split_word(rest)?;
+    }
+    let name = setting_name(word)?;
+    match verb.as_str() {
+        "show" if rest.trim().is_empty() => Some(Setting::Show { name }),
+        "reset" if rest.trim().is_empty() => Some(Setting::Reset { name }),
+        "set" => {
+            let rest = rest.trim_start();
+            let value = if let Some(v) = rest.strip_prefix('=') {
+                v
+            } else {
+                let (to, v) = split_word(rest)?;
+                if !to.eq_ignore_ascii_case("to") {
+                    return None;
+                }
+                v
+            };
+            Some(Setting::Set {
+                name,
+                value: unquote(value.trim())?,
+                local,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `homeport.user` -> `user` (case-insensitive prefix, like PostgreSQL's custom settings).
+fn setting_name(word: &str) -> Option<String> {
+    let lower = word.to_ascii_lowercase();
+    let name = lower.strip_prefix("homeport.")?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The word at the start of `s` (up to whitespace or '='), and the rest.
+fn split_word(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start();
+    let end = s
+        .find(|c: char| c.is_whitespace() || c == '=')
+        .unwrap_or(s.len());
+    (end > 0).then(|| (&s[..end], &s[end..]))
+}
+
+/// `'it''s'` -> `it's`; a bare word stays as is; anything else is not a value.
+fn unquote(v: &str) -> Option<String> {
+    if let Some(inner) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        if inner.replace("''", "").contains('\'') {
+            return None;
+        }
+        return Some(inner.replace("''", "'"));
+    }
+    (!v.is_empty() && v.chars().all(|c| c.is_alphanumeric() || "_-.@".contains(c)))
+        .then(|| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str, local: bool) -> Option<Setting> {
+        Some(Setting::Set {
+            name: name.into(),
+            value: value.into(),
+            local,
+        })
+    }
+
+    #[test]
+    fn recognised_forms() {
+        assert_eq!(parse("SET homeport.user = 'u1'"), set("user", "u1", false));
+        assert_eq!(
+            parse("set homeport.user to 'o''brien';"),
+            set("user", "o'brien", false)
+        );
+        assert_eq!(
+            parse("SET LOCAL homeport.user = u2"),
+            set("user", "u2", true)
+        );
+        assert_eq!(
+            parse("SET SESSION homeport.user='u3'"),
+            set("user", "u3", false)
+        );
+        assert_eq!(
+            parse("  SHOW homeport.route ; "),
+            Some(Setting::Show {
+                name: "route".into()
+            })
+        );
+        assert_eq!(
+            parse("RESET HOMEPORT.USER"),
+            Some(Setting::Reset {
+                name: "user".into()
+            })
+        );
+        assert_eq!(
+            parse("SET homeport.consistency_token = 'x'"),
+            set("consistency_token", "x", false)
+        );
+    }
+
+    #[test]
+    fn everything_else_goes_to_the_server() {
+        for sql in [
+            "SET search_path = public",
+            "SHOW server_version",
+            "SELECT 1",
+            "SET homeport.user = 'a' || 'b'",
+            "SET homeport.user = 'unterminated",
+            "SHOW homeport.user extra",
+            "SET homeport. = 1",
+            "",
+        ] {
+            assert_eq!(parse(sql), None, "{sql:?}");
+        }
+    }
+}
