@@ -23,6 +23,17 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 
+# Driver suites for the wire endpoint (tests/wire_clients.rs): psycopg 3 and asyncpg from PyPI,
+# node-postgres from npm.
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import psycopg, asyncpg" 2>/dev/null; then
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check "psycopg[binary]>=3.1" "asyncpg>=0.29"
+fi
+if [ ! -d tests/clients/node_modules/pg ]; then
+    command -v npm >/dev/null 2>&1 || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    (cd tests/clients && npm install --silent --no-audit --no-fund)
+fi
+
 cargo test --all-targets "$@"
 
 # Deployment artifacts: Helm chart values and rendered manifests against their schemas, alert

@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod codec;
+mod emulate;
 mod pool;
 mod relay;
 mod session;
@@ -105,10 +106,23 @@ async fn session(
     };
     let mut user = None;
     for (k, v) in &params {
-        if k == "options"
-            && let Some(u) = option_user(v)
-        {
-            user = Some(UserId::parse(&u).map_err(ProtocolError::Unsupported)?);
+        let named = match k.as_str() {
+            "options" => option_user(v),
+            // Drivers pass settings as startup parameters too (asyncpg's server_settings).
+            "homeport.user" => Some(v.clone()),
+            _ => None,
+        };
+        if let Some(u) = named {
+            match UserId::parse(&u) {
+                Ok(u) => user = Some(u),
+                Err(m) => {
+                    let mut buf = bytes::BytesMut::new();
+                    codec::error_response("FATAL", "22023", &format!("invalid homeport.user: {m}"))
+                        .write_to(&mut buf);
+                    let _ = w.write_all(&buf).await;
+                    return Ok(());
+                }
+            }
         }
     }
     let mut buf = bytes::BytesMut::new();

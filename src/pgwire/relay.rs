@@ -133,6 +133,37 @@ impl Session<'_> {
         }
     }
 
+    /// A session can stay attached to a replica between extended-protocol batches that end in
+    /// Flush (drivers describe statements that way). If the next statement writes and no
+    /// transaction is open, the replica's implicit transaction is closed with a Sync, the replica
+    /// goes back to its pool, and the write gets a primary.
+    pub(super) async fn leave_replica_for_write(&mut self, read_only: bool) {
+        let in_txn = matches!(self.server_status, Some(b'T' | b'E'));
+        if read_only || !self.on_replica || in_txn || self.pinned || self.server.is_none() {
+            return;
+        }
+        let Some(lease) = self.server.as_mut() else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        codec::empty(b'S').write_to(&mut buf);
+        let mut ok = lease.conn.send_raw(&buf).await.is_ok();
+        while ok {
+            match lease.conn.recv().await {
+                Ok(m) if m.tag == b'Z' => break,
+                Ok(_) => {}
+                Err(_) => ok = false,
+            }
+        }
+        let lease = self.server.take();
+        if ok && let Some(l) = lease {
+            l.release();
+        }
+        self.server_status = None;
+        self.skipping = false;
+        self.on_replica = false;
+    }
+
     /// ReadyForQuery from the server: an idle server goes back to its pool unless pinned.
     pub(super) fn after_ready(&mut self, status: u8) {
         self.server_status = Some(status);
@@ -165,6 +196,9 @@ impl Session<'_> {
     /// Runs the extended-protocol messages collected up to a Sync (or Flush).
     pub(super) async fn run_batch(&mut self, sync: bool) -> Result<(), SessionError> {
         let batch = std::mem::take(&mut self.batch);
+        if self.settings_only(&batch).is_some() {
+            return self.emulate(&batch);
+        }
         let plan = match self.plan_batch(&batch) {
             Ok(p) => p,
             Err(e) => {
@@ -178,6 +212,7 @@ impl Session<'_> {
                 return Ok(());
             }
         };
+        self.leave_replica_for_write(plan.read_only).await;
         if self.server.is_none() {
             if !plan.any_statement {
                 if sync {

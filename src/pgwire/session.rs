@@ -67,6 +67,8 @@ pub struct Session<'a> {
     /// The attached server's last ReadyForQuery status.
     pub(super) server_status: Option<u8>,
     pub(super) pinned: bool,
+    /// The attached server is a replica.
+    pub(super) on_replica: bool,
     /// The server is skipping messages after an error until the next Sync.
     pub(super) skipping: bool,
     pub(super) statements: HashMap<String, ClientStatement>,
@@ -81,6 +83,12 @@ pub struct Session<'a> {
 pub enum SessionError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+}
+
+/// What a homeport setting statement returns: an optional (column, value) row and a tag.
+pub(super) struct SettingOutput {
+    pub(super) row: Option<(String, String)>,
+    pub(super) tag: &'static str,
 }
 
 /// A failure answered to the client with an ErrorResponse (the session goes on).
@@ -108,6 +116,7 @@ impl<'a> Session<'a> {
             server: None,
             server_status: None,
             pinned: false,
+            on_replica: false,
             skipping: false,
             statements: HashMap::new(),
             unnamed_sql: None,
@@ -178,9 +187,10 @@ impl<'a> Session<'a> {
             self.send(codec::ready_for_query(status));
             return Ok(());
         }
+        let class = self.app.classifier.classify(&sql);
+        let read_only = class.read_only || is_read_only_begin(&sql);
+        self.leave_replica_for_write(read_only).await;
         if self.server.is_none() {
-            let class = self.app.classifier.classify(&sql);
-            let read_only = class.read_only || is_read_only_begin(&sql);
             if let Err(e) = self
                 .attach(read_only, class.route, class.user.as_deref())
                 .await
@@ -208,36 +218,66 @@ impl<'a> Session<'a> {
     }
 
     fn answer_setting(&mut self, setting: Setting) {
-        match setting {
-            Setting::Set { name, .. } | Setting::Reset { name } | Setting::Show { name }
-                if settings::RESERVED.contains(&name.as_str()) =>
-            {
-                self.fail(ClientError {
-                    code: "0A000",
-                    message: format!(
-                        "homeport.{name} is reserved and not supported by this homeport version yet"
-                    ),
-                });
+        match self.apply_setting(&setting) {
+            Ok(out) => {
+                if let Some((column, value)) = &out.row {
+                    self.send(codec::text_row_description(column));
+                    self.send(codec::text_data_row(value));
+                }
+                self.send(codec::command_complete(out.tag));
             }
-            Setting::Set { name, value, local } if name == "user" => match UserId::parse(&value) {
-                Ok(u) if local => {
-                    self.txn_user = Some(u);
-                    self.send(codec::command_complete("SET"));
-                }
-                Ok(u) => {
-                    self.user = Some(u);
-                    self.send(codec::command_complete("SET"));
-                }
-                Err(m) => self.fail(ClientError {
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Carries out `SET/RESET/SHOW homeport.*`; the caller writes the protocol messages.
+    pub(super) fn apply_setting(
+        &mut self,
+        setting: &Setting,
+    ) -> Result<SettingOutput, ClientError> {
+        let name = match setting {
+            Setting::Set { name, .. } | Setting::Reset { name } | Setting::Show { name } => {
+                name.as_str()
+            }
+        };
+        if settings::RESERVED.contains(&name) {
+            return Err(ClientError {
+                code: "0A000",
+                message: format!(
+                    "homeport.{name} is reserved and not supported by this homeport version yet"
+                ),
+            });
+        }
+        if !settings::KNOWN.contains(&name) {
+            return Err(ClientError {
+                code: "42704",
+                message: format!("unrecognized configuration parameter \"homeport.{name}\""),
+            });
+        }
+        match setting {
+            Setting::Set { name, value, local } if name == "user" => {
+                let u = UserId::parse(value).map_err(|m| ClientError {
                     code: "22023",
                     message: format!("invalid homeport.user: {m}"),
-                }),
-            },
+                })?;
+                if *local {
+                    self.txn_user = Some(u);
+                } else {
+                    self.user = Some(u);
+                }
+                Ok(SettingOutput {
+                    row: None,
+                    tag: "SET",
+                })
+            }
             Setting::Reset { name } if name == "user" => {
                 self.user = None;
-                self.send(codec::command_complete("RESET"));
+                Ok(SettingOutput {
+                    row: None,
+                    tag: "RESET",
+                })
             }
-            Setting::Show { name } if settings::KNOWN.contains(&name.as_str()) => {
+            Setting::Show { name } => {
                 let value = match name.as_str() {
                     "user" => self
                         .txn_user
@@ -247,23 +287,16 @@ impl<'a> Session<'a> {
                         .unwrap_or_default(),
                     _ => self.last_route.clone(),
                 };
-                self.send(codec::text_row_description(&format!("homeport.{name}")));
-                self.send(codec::text_data_row(&value));
-                self.send(codec::command_complete("SHOW"));
+                Ok(SettingOutput {
+                    row: Some((format!("homeport.{name}"), value)),
+                    tag: "SHOW",
+                })
             }
-            Setting::Set { name, .. } if name == "route" => {
-                self.fail(ClientError {
-                    code: "55P02",
-                    message: "homeport.route is read-only; use a /*homeport_route='primary'*/ hint"
-                        .into(),
-                });
-            }
-            Setting::Set { name, .. } | Setting::Reset { name } | Setting::Show { name } => {
-                self.fail(ClientError {
-                    code: "42704",
-                    message: format!("unrecognized configuration parameter \"homeport.{name}\""),
-                });
-            }
+            _ => Err(ClientError {
+                code: "55P02",
+                message: "homeport.route is read-only; use a /*homeport_route='primary'*/ hint"
+                    .into(),
+            }),
         }
     }
 
@@ -315,6 +348,7 @@ impl<'a> Session<'a> {
                 Ok(lease) => {
                     let region = &snapshot.get(c.index).info.region;
                     self.last_route = format!("{region}/{}", c.target.role_str());
+                    self.on_replica = c.target != crate::routing::Target::Primary;
                     self.server = Some(lease);
                     return Ok(());
                 }

@@ -1,0 +1,264 @@
+//! The PostgreSQL wire endpoint with clients nobody here wrote: psql, pgbench, psycopg 3, asyncpg
+//! and node-postgres, against a real two-region sandbox. Each checks results, not just "no error".
+//! The driver suites live in tests/clients; scripts/test.sh installs their packages.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Env, options, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn wire_url(env: &Env, region: &str) -> String {
+    format!(
+        "postgresql://app@127.0.0.1:{}/app",
+        env.sandbox.region(region).pg_port
+    )
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    dirs.sort();
+    dirs.pop().unwrap().join(name)
+}
+
+/// Runs a command, returns stdout, fails the test with its output otherwise.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_pgbench_through_homeport() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "pat", "eu").await.status, 201);
+    let url = wire_url(&env, "us");
+    let dir = env.sandbox.dir.join("psql");
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("in.csv");
+    std::fs::write(&csv, "1,one\n2,two\n3,three\n").unwrap();
+    let out_csv = dir.join("out.csv");
+    let script = dir.join("script.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "SET homeport.user = 'pat';\n\
+             CREATE TABLE words (n int PRIMARY KEY, w text);\n\
+             \\copy words FROM '{}' WITH (FORMAT csv)\n\
+             SELECT count(*) AS loaded FROM words /*homeport_route='primary'*/ \\gset\n\
+             \\echo loaded=:loaded\n\
+             SHOW homeport.route;\n\
+             INSERT INTO words VALUES (1, 'dup');\n\
+             SELECT 'after error' AS still_here;\n\
+             \\copy (SELECT w FROM words ORDER BY n /*homeport_route='primary'*/) TO '{}'\n\
+             BEGIN;\n\
+             INSERT INTO words VALUES (4, 'four');\n\
+             ROLLBACK;\n\
+             SELECT count(*) AS after_rollback FROM words /*homeport_route='primary'*/;\n\
+             SHOW homeport.consistency_token;\n",
+            csv.display(),
+            out_csv.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(pg_bin("psql"))
+        .args(["-X", "-A", "-t", "-d", &url, "-f"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("loaded=3"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("eu/primary"),
+        "the write path ran on the eu primary: {stdout}"
+    );
+    assert!(
+        stderr.contains("duplicate key value violates unique constraint"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("after error"),
+        "the session survived the error: {stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out_csv).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim() == "3"),
+        "rolled-back insert is gone: {stdout}"
+    );
+    assert!(
+        stderr.contains("homeport.consistency_token is reserved"),
+        "{stderr}"
+    );
+
+    // psql's SQLSTATE variable carries the server's code through homeport.
+    let out = run(Command::new(pg_bin("psql"))
+        .args(["-X", "-A", "-t", "-d", &url])
+        .args([
+            "-c",
+            "SET homeport.user = 'pat'",
+            "-c",
+            "SELECT 1/0",
+            "-c",
+            "\\echo :SQLSTATE",
+        ]));
+    assert!(out.contains("22012"), "{out}");
+
+    // pgbench: initialise through homeport (DDL, COPY, VACUUM), then the standard runs.
+    let pgbench = |args: &[&str]| {
+        run(Command::new(pg_bin("pgbench"))
+            .args(args)
+            .arg(&url)
+            .env("PGOPTIONS", "-c homeport.user=pat"))
+    };
+    pgbench(&["-i", "-q", "-s", "1"]);
+    let eu = env.direct(env.primary_port("eu")).await;
+    let accounts: i64 = eu
+        .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        accounts, 100_000,
+        "pgbench -i loaded the eu shard through homeport"
+    );
+    common::wait_caught_up(&env, "eu", "us").await;
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(&["-S", "-M", mode, "-c", "4", "-j", "2", "-t", "300"]);
+        assert!(
+            out.contains("number of transactions actually processed: 1200/1200"),
+            "{mode}: {out}"
+        );
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}: {out}"
+        );
+    }
+    for mode in ["simple", "prepared"] {
+        let out = pgbench(&["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "100"]);
+        assert!(
+            out.contains("number of transactions actually processed: 400/400"),
+            "TPC-B {mode}: {out}"
+        );
+    }
+    let history: i64 = eu
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        history, 800,
+        "every TPC-B transaction committed exactly once on the home primary"
+    );
+}
+
+fn python() -> String {
+    std::env::var("HOMEPORT_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/target/pyenv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_suites_psycopg_asyncpg_node_postgres() {
+    let env = start(options(&["eu", "us"])).await;
+    let clients = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    for (user, home) in [("py", "eu"), ("apg", "eu"), ("node", "eu")] {
+        assert_eq!(env.place("us", user, home).await.status, 201);
+    }
+    let url = wire_url(&env, "us");
+    let suites: Vec<(&str, Command)> = vec![
+        ("psycopg", {
+            let mut c = Command::new(python());
+            c.arg(clients.join("psycopg_suite.py"))
+                .args([&url, "py", "us", "eu"]);
+            c
+        }),
+        ("asyncpg", {
+            let mut c = Command::new(python());
+            c.arg(clients.join("asyncpg_suite.py"))
+                .args([&url, "apg", "us", "eu"]);
+            c
+        }),
+        ("node-postgres", {
+            let mut c = Command::new("node");
+            c.arg(clients.join("node_pg_suite.js"))
+                .args([&url, "node", "us", "eu"]);
+            c
+        }),
+    ];
+    for (name, mut cmd) in suites {
+        let out = run(&mut cmd);
+        assert!(out.contains(" 0 failed"), "{name}: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_wire_port_harms_nobody() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("eu", "gus", "eu").await.status, 201);
+    let port = env.sandbox.region("eu").pg_port;
+    let url = format!("{}?options=-c%20homeport.user%3Dgus", wire_url(&env, "eu"));
+    let (good, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    good.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    let attacks: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0xff; 64],
+        vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0], // absurd startup length
+        vec![
+            0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f, b'Q', 0x7f, 0xff, 0xff, 0xff,
+        ], // SSL request, then a huge message
+        vec![0, 0, 0, 4],                         // truncated startup
+    ];
+    for bytes in attacks {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _ = s.write_all(&bytes).await;
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+        assert!(
+            closed.is_ok(),
+            "homeport closed the connection after garbage"
+        );
+    }
+    // A client that connects properly, then sends an unknown message type, gets an error.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut startup = Vec::new();
+    let params = b"user\0app\0database\0app\0\0";
+    startup.extend_from_slice(&((8 + params.len()) as i32).to_be_bytes());
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    startup.extend_from_slice(params);
+    s.write_all(&startup).await.unwrap();
+    s.write_all(&[b'!', 0, 0, 0, 4]).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("08P01") && text.contains("unexpected message type"),
+        "{text}"
+    );
+
+    // The session that was open all along still works, inside its transaction.
+    let row = good.query_one("SELECT 40 + 2", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    good.batch_execute("COMMIT").await.unwrap();
+}
