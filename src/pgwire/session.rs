@@ -190,15 +190,14 @@ impl<'a> Session<'a> {
         let class = self.app.classifier.classify(&sql);
         let read_only = class.read_only || is_read_only_begin(&sql);
         self.leave_replica_for_write(read_only).await;
-        if self.server.is_none() {
-            if let Err(e) = self
+        if self.server.is_none()
+            && let Err(e) = self
                 .attach(read_only, class.route, class.user.as_deref())
                 .await
-            {
-                self.fail(e);
-                self.send(codec::ready_for_query(b'I'));
-                return Ok(());
-            }
+        {
+            self.fail(e);
+            self.send(codec::ready_for_query(b'I'));
+            return Ok(());
         }
         if pins_session(&sql) {
             self.pinned = true;
