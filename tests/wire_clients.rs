@@ -262,3 +262,99 @@ async fn garbage_on_the_wire_port_harms_nobody() {
     assert_eq!(row.get::<_, i32>(0), 42);
     good.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_cross_shard_and_vanishing_clients() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("eu", "cai", "eu").await.status, 201);
+    assert_eq!(env.place("eu", "uma", "us").await.status, 201);
+    let url = format!("{}?options=-c%20homeport.user%3Dcai", wire_url(&env, "eu"));
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+
+    // A CancelRequest reaches the server that runs the session's statement.
+    let client = connect().await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancelled in time")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+
+    // A transaction that reaches for a user of another shard fails clearly and is aborted.
+    let c = connect().await;
+    c.batch_execute("BEGIN; INSERT INTO notes (user_id, body) VALUES ('cai', 'tx')")
+        .await
+        .unwrap();
+    let err = c
+        .batch_execute("SELECT 1 /*homeport_user='uma'*/")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "{err}"
+    );
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("wholly on one shard"),
+        "{err}"
+    );
+    assert!(c.batch_execute("COMMIT").await.is_ok());
+    let eu = env.direct(env.primary_port("eu")).await;
+    let n: i64 = eu
+        .query_one("SELECT count(*) FROM notes WHERE body = 'tx'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the aborted transaction did not commit");
+
+    // A client that vanishes mid-transaction leaves nothing behind: its server connection is
+    // closed (and its transaction rolled back by PostgreSQL), never handed to another client.
+    for _ in 0..5 {
+        let c = connect().await;
+        c.batch_execute("BEGIN; INSERT INTO notes (user_id, body) VALUES ('cai', 'vanished')")
+            .await
+            .unwrap();
+        drop(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = connect().await;
+    for _ in 0..20 {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM notes WHERE body = 'vanished' /*homeport_route='primary'*/",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 0);
+        c.batch_execute("INSERT INTO notes (user_id, body) VALUES ('cai', 'ok')")
+            .await
+            .unwrap();
+    }
+    let idle_in_tx: i64 = eu
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND datname = 'app'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        idle_in_tx, 0,
+        "no server connection was left inside a client's transaction"
+    );
+}

@@ -84,7 +84,7 @@ impl ServerConn {
         if let Some(app) = pg.get_application_name() {
             params.push(("application_name", app));
         }
-        if let Some(o) = pg.get_options() {
+        if let Some(o) = pg.get_options().filter(|o| !o.is_empty()) {
             params.push(("options", o));
         }
         let mut buf = BytesMut::new();

@@ -5,6 +5,7 @@
 //! `relay` (moving messages between client and server).
 
 mod backend;
+pub mod cancel;
 pub mod codec;
 mod emulate;
 mod pool;
@@ -89,7 +90,15 @@ async fn session(
             codec::SSL_REQUEST | codec::GSSENC_REQUEST => {
                 w.write_all(b"N").await.map_err(ProtocolError::from)?
             }
-            codec::CANCEL_REQUEST => return Ok(()),
+            codec::CANCEL_REQUEST => {
+                let mut r = codec::Reader::new(&body, "cancel request");
+                if let (Ok(pid), Ok(secret)) = (r.i32(), r.i32())
+                    && let Some(target) = pools.cancel.target(pid, secret)
+                {
+                    let _ = cancel::send_cancel(&target).await;
+                }
+                return Ok(());
+            }
             codec::PROTOCOL_3 => break codec::startup_params(&body)?,
             other => {
                 let mut buf = bytes::BytesMut::new();
@@ -145,10 +154,13 @@ async fn session(
             return Ok(());
         }
     }
-    codec::backend_key_data(std::process::id() as i32, 0).write_to(&mut buf);
+    let registration = pools.cancel.register();
+    codec::backend_key_data(registration.pid, registration.secret).write_to(&mut buf);
     Message::new(b'Z', vec![b'I']).write_to(&mut buf);
     w.write_all(&buf).await.map_err(ProtocolError::from)?;
-    session::Session::new(app, pools, r, w, user).run().await
+    session::Session::new(app, pools, r, w, user, registration)
+        .run()
+        .await
 }
 
 /// `homeport.user` from a startup `options` string: `-c homeport.user=u1` or `--homeport.user=u1`.

@@ -22,6 +22,8 @@ pub struct WirePools {
     connect_timeout: Duration,
     /// Parameter statuses of the first server connection made, reported to clients at startup.
     params: Mutex<Option<Vec<(String, String)>>>,
+    /// Client sessions' cancel keys and the servers they currently run on.
+    pub cancel: Arc<super::cancel::CancelRegistry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,7 @@ impl WirePools {
             acquire_timeout,
             connect_timeout,
             params: Mutex::new(None),
+            cancel: Default::default(),
         }
     }
 

@@ -162,6 +162,7 @@ impl Session<'_> {
         self.server_status = None;
         self.skipping = false;
         self.on_replica = false;
+        self.sync_cancel_target();
     }
 
     /// ReadyForQuery from the server: an idle server goes back to its pool unless pinned.
@@ -174,6 +175,7 @@ impl Session<'_> {
                     lease.release();
                 }
                 self.server_status = None;
+                self.sync_cancel_target();
             }
         }
     }
@@ -231,6 +233,9 @@ impl Session<'_> {
                 }
                 return Ok(());
             }
+        }
+        if sync && let Some(message) = self.other_shard(plan.user.as_deref()).await {
+            return self.raise_on_server(&message).await;
         }
         let (buf, queue) = self.rewrite(&batch)?;
         self.relay(buf, queue).await

@@ -67,6 +67,9 @@ pub struct Session<'a> {
     /// The attached server's last ReadyForQuery status.
     pub(super) server_status: Option<u8>,
     pub(super) pinned: bool,
+    /// The shard of the attached server.
+    pub(super) shard: Option<crate::types::RegionName>,
+    attached_user: Option<UserId>,
     /// The attached server is a replica.
     pub(super) on_replica: bool,
     /// The server is skipping messages after an error until the next Sync.
@@ -77,6 +80,8 @@ pub struct Session<'a> {
     pub(super) parsed_now: Vec<String>,
     pub(super) batch: Vec<Message>,
     last_route: String,
+    /// This session's cancel key and the server its statements run on now.
+    cancel: super::cancel::Registration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +109,7 @@ impl<'a> Session<'a> {
         client: BufReader<OwnedReadHalf>,
         out_half: OwnedWriteHalf,
         user: Option<UserId>,
+        cancel: super::cancel::Registration,
     ) -> Self {
         Session {
             app,
@@ -116,6 +122,8 @@ impl<'a> Session<'a> {
             server: None,
             server_status: None,
             pinned: false,
+            shard: None,
+            attached_user: None,
             on_replica: false,
             skipping: false,
             statements: HashMap::new(),
@@ -123,6 +131,7 @@ impl<'a> Session<'a> {
             parsed_now: Vec::new(),
             batch: Vec::new(),
             last_route: String::new(),
+            cancel,
         }
     }
 
@@ -163,6 +172,17 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Points this session's cancel key at the attached server (or at nothing).
+    pub(super) fn sync_cancel_target(&self) {
+        let target = self.server.as_ref().map(|l| super::cancel::CancelTarget {
+            host: l.conn.host.clone(),
+            port: l.conn.port,
+            pid: l.conn.key.0,
+            secret: l.conn.key.1,
+        });
+        *self.cancel.slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+
     pub(super) fn send(&mut self, m: Message) {
         m.write_to(&mut self.out);
     }
@@ -198,6 +218,9 @@ impl<'a> Session<'a> {
             self.fail(e);
             self.send(codec::ready_for_query(b'I'));
             return Ok(());
+        }
+        if let Some(message) = self.other_shard(class.user.as_deref()).await {
+            return self.raise_on_server(&message).await;
         }
         if pins_session(&sql) {
             self.pinned = true;
@@ -299,6 +322,39 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// With a server attached (in a transaction or pinned), a statement for a user of another
+    /// shard cannot run there: the message saying so, if that is the case.
+    pub(super) async fn other_shard(&mut self, comment_user: Option<&str>) -> Option<String> {
+        let shard = self.shard.clone()?;
+        self.server.as_ref()?;
+        let user = match comment_user {
+            Some(u) => UserId::parse(u).ok()?,
+            None => self.txn_user.clone().or_else(|| self.user.clone())?,
+        };
+        if self.attached_user.as_ref() == Some(&user) {
+            return None;
+        }
+        let (home, _) = self.app.directory.home_of(&user, None).await.ok()?;
+        (home != shard).then(|| {
+            format!("homeport: user {user} lives in shard {home}, but this transaction runs on shard {shard}; a transaction runs wholly on one shard")
+        })
+    }
+
+    /// Makes the attached server raise `message` (SQLSTATE 0A000) so its transaction is aborted
+    /// like any failed statement, and relays the outcome.
+    pub(super) async fn raise_on_server(&mut self, message: &str) -> Result<(), SessionError> {
+        let quoted = message.replace('\'', "''");
+        let sql = format!(
+            "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{quoted}'; END$homeport$"
+        );
+        let mut body = BytesMut::new();
+        body.put_slice(sql.as_bytes());
+        body.put_u8(0);
+        let mut buf = BytesMut::new();
+        Message::new(b'Q', body.freeze()).write_to(&mut buf);
+        self.relay(buf, VecDeque::from([Expect::Sync])).await
+    }
+
     /// Takes a server connection for the user's home shard.
     pub(super) async fn attach(
         &mut self,
@@ -349,6 +405,9 @@ impl<'a> Session<'a> {
                     self.last_route = format!("{region}/{}", c.target.role_str());
                     self.on_replica = c.target != crate::routing::Target::Primary;
                     self.server = Some(lease);
+                    self.shard = Some(home.clone());
+                    self.attached_user = Some(user.clone());
+                    self.sync_cancel_target();
                     return Ok(());
                 }
                 Err(e) => last = e.to_string(),
