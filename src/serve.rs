@@ -55,9 +55,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 app.config.postgres.acquire_timeout,
                 app.config.postgres.connect_timeout,
             ));
+            let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth));
             Some(tokio::spawn(pgwire::serve(
                 app.clone(),
                 pools,
+                auth,
                 wire_listener,
                 pg.max_client_conn,
                 stop_rx.clone(),

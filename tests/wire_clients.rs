@@ -358,3 +358,87 @@ async fn cancel_cross_shard_and_vanishing_clients() {
         "no server connection was left inside a client's transaction"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_256_client_authentication() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "sam", "us").await.status, 201);
+    let ports = homeport::dev::pick_ports(2).unwrap();
+    let (http_port, pg_port) = (ports[0], ports[1]);
+    let secret = env.sandbox.dir.join("wire-password");
+    std::fs::write(&secret, "correct horse battery staple\n").unwrap();
+    let us = env.sandbox.region("us");
+    let config = std::fs::read_to_string(&us.config_path)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{}\"", us.http_port), &format!("127.0.0.1:{http_port}\""))
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", us.pg_port),
+            &format!(
+                "listen = \"127.0.0.1:{pg_port}\"\nauth = \"scram-sha-256\"\nusers = [{{ name = \"app\", password_file = \"{}\" }}]",
+                secret.display()
+            ),
+        );
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("us-scram", &config, http_port)
+        .unwrap();
+    let url = |user: &str, password: &str| {
+        format!(
+            "postgresql://{user}:{password}@127.0.0.1:{pg_port}/app?options=-c%20homeport.user%3Dsam"
+        )
+    };
+
+    let (c, conn) = tokio_postgres::connect(
+        &url("app", "correct%20horse%20battery%20staple"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("the right password logs in");
+    tokio::spawn(conn);
+    assert_eq!(
+        c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0),
+        5
+    );
+
+    for (user, password) in [
+        ("app", "wrong"),
+        ("nobody", "correct%20horse%20battery%20staple"),
+    ] {
+        let err = tokio_postgres::connect(&url(user, password), tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
+            "{user}: {err}"
+        );
+    }
+    // psql too, with PGPASSWORD.
+    let out = Command::new(pg_bin("psql"))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-c",
+            "SHOW homeport.user",
+        ])
+        .env("PGPASSWORD", "correct horse battery staple")
+        .env("PGOPTIONS", "-c homeport.user=sam")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sam",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

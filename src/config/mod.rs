@@ -65,6 +65,29 @@ pub struct PgConfig {
     pub max_client_conn: usize,
     /// Server connections per endpoint for the wire front end.
     pub pool_size: usize,
+    pub auth: PgAuth,
+}
+
+/// How wire clients authenticate to homeport.
+#[derive(Clone)]
+pub enum PgAuth {
+    /// Any client that reaches the (loopback) listener is let in.
+    Trust,
+    /// SCRAM-SHA-256 against these users' passwords (from files or the environment).
+    ScramSha256(Vec<(String, String)>),
+}
+
+impl std::fmt::Debug for PgAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgAuth::Trust => f.write_str("Trust"),
+            PgAuth::ScramSha256(users) => write!(
+                f,
+                "ScramSha256({} user(s), passwords redacted)",
+                users.len()
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -351,10 +374,42 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     "must be between 1 and 10000",
                 ));
             }
+            let auth = match p.auth.as_deref().unwrap_or("trust") {
+                "trust" => PgAuth::Trust,
+                "scram-sha-256" => {
+                    if p.users.is_empty() {
+                        return Err(ConfigError::new(
+                            "pg.users",
+                            "scram-sha-256 needs at least one [[pg.users]] entry",
+                        ));
+                    }
+                    let mut users = Vec::new();
+                    for (i, u) in p.users.iter().enumerate() {
+                        let path = format!("pg.users[{i}]");
+                        let password = secrets::secret(
+                            &path,
+                            u.password_file.as_deref(),
+                            u.password_env.as_deref(),
+                        )?
+                        .ok_or_else(|| {
+                            ConfigError::new(&path, "needs password_file or password_env")
+                        })?;
+                        users.push((u.name.clone(), password));
+                    }
+                    PgAuth::ScramSha256(users)
+                }
+                other => {
+                    return Err(ConfigError::new(
+                        "pg.auth",
+                        format!("unknown method {other:?}; use \"trust\" or \"scram-sha-256\""),
+                    ));
+                }
+            };
             Some(PgConfig {
                 listen,
                 max_client_conn,
                 pool_size,
+                auth,
             })
         }
     };

@@ -42,8 +42,19 @@ pub struct RawHttp {
 #[serde(deny_unknown_fields)]
 pub struct RawPg {
     pub listen: Option<String>,
+    pub auth: Option<String>,
+    #[serde(default)]
+    pub users: Vec<RawPgUser>,
     pub max_client_conn: Option<usize>,
     pub pool_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPgUser {
+    pub name: String,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

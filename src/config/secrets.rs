@@ -95,7 +95,7 @@ impl PgDefaults {
 }
 
 /// Reads a secret from a file (trailing newline removed) or an environment variable.
-fn secret(
+pub(super) fn secret(
     table: &str,
     file: Option<&str>,
     env: Option<&str>,

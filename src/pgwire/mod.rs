@@ -10,9 +10,11 @@ pub mod codec;
 mod emulate;
 mod pool;
 mod relay;
+pub mod scram;
 mod session;
 pub mod settings;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -26,9 +28,35 @@ pub use pool::WirePools;
 
 /// Accepts wire connections until `shutdown`; past `max_client_conn` sessions a new client gets
 /// a FATAL "too many connections" and is closed, and existing sessions are untouched.
+/// How clients authenticate, with SCRAM verifiers derived once at startup.
+pub enum ClientAuth {
+    Trust,
+    Scram(HashMap<String, scram::Verifier>),
+}
+
+impl ClientAuth {
+    pub fn from_config(auth: &crate::config::PgAuth) -> ClientAuth {
+        match auth {
+            crate::config::PgAuth::Trust => ClientAuth::Trust,
+            crate::config::PgAuth::ScramSha256(users) => ClientAuth::Scram(
+                users
+                    .iter()
+                    .map(|(name, pw)| {
+                        (
+                            name.clone(),
+                            scram::Verifier::new(pw, scram::random_bytes(16), scram::ITERATIONS),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
 pub async fn serve(
     app: Arc<App>,
     pools: Arc<WirePools>,
+    auth: Arc<ClientAuth>,
     listener: TcpListener,
     max_clients: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -52,9 +80,9 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let (app, pools) = (app.clone(), pools.clone());
+        let (app, pools, auth) = (app.clone(), pools.clone(), auth.clone());
         tokio::spawn(async move {
-            if let Err(e) = session(&app, &pools, stream).await {
+            if let Err(e) = session(&app, &pools, &auth, stream).await {
                 tracing::debug!(error = %e, "wire session ended with an error");
             }
             drop(permit);
@@ -78,6 +106,7 @@ async fn refuse(mut stream: TcpStream) {
 async fn session(
     app: &App,
     pools: &WirePools,
+    auth: &ClientAuth,
     stream: TcpStream,
 ) -> Result<(), session::SessionError> {
     let (r, mut w) = stream.into_split();
@@ -134,6 +163,20 @@ async fn session(
             }
         }
     }
+    if let ClientAuth::Scram(verifiers) = auth {
+        let login = params
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        if let Err(e) = authenticate(&mut r, &mut w, verifiers, login).await {
+            let mut buf = bytes::BytesMut::new();
+            let m = format!("password authentication failed for user \"{login}\" ({e})");
+            codec::error_response("FATAL", "28P01", &m).write_to(&mut buf);
+            let _ = w.write_all(&buf).await;
+            return Ok(());
+        }
+    }
     let mut buf = bytes::BytesMut::new();
     codec::auth_ok().write_to(&mut buf);
     let endpoint = startup_endpoint(app);
@@ -161,6 +204,74 @@ async fn session(
     session::Session::new(app, pools, r, w, user, registration)
         .run()
         .await
+}
+
+/// The SCRAM-SHA-256 exchange. An unknown user goes through the same steps against a verifier
+/// for a random password, so the answer does not tell which users exist.
+async fn authenticate(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    verifiers: &HashMap<String, scram::Verifier>,
+    login: &str,
+) -> Result<(), String> {
+    let decoy;
+    let verifier = match verifiers.get(login) {
+        Some(v) => v,
+        None => {
+            decoy = scram::Verifier::new(
+                &String::from_utf8_lossy(&scram::random_bytes(24)),
+                scram::random_bytes(16),
+                scram::ITERATIONS,
+            );
+            &decoy
+        }
+    };
+    let send = |code: i32, data: &[u8]| {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(data);
+        let mut buf = bytes::BytesMut::new();
+        Message::new(b'R', body).write_to(&mut buf);
+        buf
+    };
+    w.write_all(&send(10, b"SCRAM-SHA-256\0\0"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = codec::read_message(r).await.map_err(|e| e.to_string())?;
+    if first.tag != b'p' {
+        return Err("expected a SASLInitialResponse".into());
+    }
+    let mut rd = codec::Reader::new(&first.body, "SASLInitialResponse");
+    let mechanism = rd.cstr().map_err(|e| e.to_string())?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(format!("unsupported mechanism {mechanism}"));
+    }
+    let _len = rd.i32().map_err(|e| e.to_string())?;
+    let client_first =
+        std::str::from_utf8(rd.rest()).map_err(|_| "client-first is not UTF-8".to_string())?;
+    let server_nonce = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        scram::random_bytes(18),
+    );
+    let (exchange, server_first) =
+        scram::server_first(verifier, client_first, &server_nonce).map_err(|e| e.to_string())?;
+    w.write_all(&send(11, server_first.as_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let fin = codec::read_message(r).await.map_err(|e| e.to_string())?;
+    if fin.tag != b'p' {
+        return Err("expected a SASLResponse".into());
+    }
+    let client_final =
+        std::str::from_utf8(&fin.body).map_err(|_| "client-final is not UTF-8".to_string())?;
+    let server_final =
+        scram::server_final(verifier, &exchange, client_final).map_err(|e| e.to_string())?;
+    if !verifiers.contains_key(login) {
+        return Err("password authentication failed".into());
+    }
+    w.write_all(&send(12, server_final.as_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// `homeport.user` from a startup `options` string: `-c homeport.user=u1` or `--homeport.user=u1`.
