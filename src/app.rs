@@ -24,6 +24,7 @@ pub struct App {
     pub directory: Directory,
     pub metrics: PrometheusHandle,
     pub http_metrics: RequestMetrics,
+    pub wire_metrics: RequestMetrics,
     pub classifier: ClassifyCache,
     cross_region: CrossRegionMetrics,
     draining: AtomicBool,
@@ -66,6 +67,7 @@ impl App {
             directory,
             metrics,
             http_metrics: RequestMetrics::new("http"),
+            wire_metrics: RequestMetrics::new("pg"),
             classifier: ClassifyCache::new(10_000),
             cross_region,
             draining: AtomicBool::new(false),
@@ -112,6 +114,15 @@ impl App {
                 &self.config.region,
                 self.config.routing.primary_reads,
             ),
+        }
+    }
+
+    /// Counts a request that runs on endpoint `index` if that endpoint is in another region.
+    pub fn note_cross_region(&self, index: usize) {
+        let snapshot = self.topology.snapshot();
+        let region = &snapshot.get(index).info.region;
+        if *region != self.config.region {
+            self.cross_region.record(region.as_str());
         }
     }
 

@@ -442,3 +442,36 @@ async fn scram_sha_256_client_authentication() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_requests_are_counted_by_target() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "mia", "eu").await.status, 201);
+    let url = format!("{}?options=-c%20homeport.user%3Dmia", wire_url(&env, "us"));
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    c.simple_query("INSERT INTO notes (user_id, body) VALUES ('mia', 'm')")
+        .await
+        .unwrap();
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    let text = env
+        .send(env.http.get(env.url("us", "/metrics")))
+        .await
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
+    for line in [
+        "homeport_requests_total{frontend=\"pg\",intent=\"read\",target=\"local_replica\",outcome=\"ok\"} 3",
+        "homeport_requests_total{frontend=\"pg\",intent=\"write\",target=\"primary\",outcome=\"ok\"} 1",
+        "homeport_requests_total{frontend=\"pg\",intent=\"read\",target=\"local_replica\",outcome=\"client_error\"} 1",
+        "homeport_cross_region_requests_total{from=\"us\",to=\"eu\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
+}

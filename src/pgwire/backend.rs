@@ -9,16 +9,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_postgres::config::Host;
 
-use super::codec::{Message, ProtocolError, Reader, read_message};
+use super::codec::{FramedReader, Message, ProtocolError, Reader};
 
 /// One authenticated server connection, idle at ReadyForQuery when in a pool.
 pub struct ServerConn {
-    reader: BufReader<OwnedReadHalf>,
+    reader: FramedReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     pub params: Vec<(String, String)>,
     /// Process id and secret key, for cancel requests.
@@ -27,6 +27,8 @@ pub struct ServerConn {
     pub prepared: HashSet<String>,
     pub host: String,
     pub port: u16,
+    /// Where and how to cancel a statement running on this connection.
+    pub cancel_target: std::sync::Arc<super::cancel::CancelTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,17 +63,24 @@ impl ServerConn {
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut conn = ServerConn {
-            reader: BufReader::with_capacity(16 * 1024, r),
+            reader: FramedReader::new(r),
             writer: w,
             params: Vec::new(),
             key: (0, 0),
             prepared: HashSet::new(),
+            cancel_target: Default::default(),
             host,
             port,
         };
         tokio::time::timeout(timeout, conn.startup(pg))
             .await
             .map_err(|_| ConnectError::Connect(addr, "startup timed out".into()))??;
+        conn.cancel_target = std::sync::Arc::new(super::cancel::CancelTarget {
+            host: conn.host.clone(),
+            port: conn.port,
+            pid: conn.key.0,
+            secret: conn.key.1,
+        });
         Ok(conn)
     }
 
@@ -184,6 +193,6 @@ impl ServerConn {
     }
 
     pub async fn recv(&mut self) -> Result<Message, ProtocolError> {
-        read_message(&mut self.reader).await
+        self.reader.next().await
     }
 }

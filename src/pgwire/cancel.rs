@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 /// The server a session is running on, and the key to cancel its query there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CancelTarget {
     pub host: String,
     pub port: u16,
@@ -18,7 +18,7 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-pub type Slot = Arc<Mutex<Option<CancelTarget>>>;
+pub type Slot = Arc<Mutex<Option<Arc<CancelTarget>>>>;
 
 #[derive(Default)]
 pub struct CancelRegistry {
@@ -80,7 +80,7 @@ impl CancelRegistry {
     }
 
     /// The server to cancel for a client's CancelRequest, if the key matches a live session.
-    pub fn target(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+    pub fn target(&self, pid: i32, secret: i32) -> Option<Arc<CancelTarget>> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let (s, slot) = sessions.get(&pid)?;
         if *s != secret {
@@ -116,8 +116,8 @@ mod tests {
             pid: 7,
             secret: 9,
         };
-        *a.slot.lock().unwrap() = Some(target.clone());
-        assert_eq!(reg.target(a.pid, a.secret), Some(target));
+        *a.slot.lock().unwrap() = Some(Arc::new(target.clone()));
+        assert_eq!(reg.target(a.pid, a.secret).as_deref(), Some(&target));
         assert_eq!(reg.target(a.pid, a.secret.wrapping_add(1)), None);
         let pid = a.pid;
         drop(a);

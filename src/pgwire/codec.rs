@@ -57,6 +57,72 @@ pub enum ProtocolError {
     Unsupported(String),
 }
 
+/// A buffered reader that cuts messages out of one shared buffer: a message body is a slice of
+/// what was read (no allocation or copy per message), and one `read` usually brings several.
+pub struct FramedReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FramedReader<R> {
+    pub fn new(inner: R) -> Self {
+        FramedReader {
+            inner,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    async fn fill(&mut self, want: usize) -> Result<(), ProtocolError> {
+        while self.buf.len() < want {
+            if self.buf.capacity() - self.buf.len() < want - self.buf.len() {
+                self.buf.reserve((want - self.buf.len()).max(16 * 1024));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(ProtocolError::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next tagged message.
+    pub async fn next(&mut self) -> Result<Message, ProtocolError> {
+        self.fill(5).await?;
+        let tag = self.buf[0];
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        if len < 4 || len as usize - 4 > MAX_MESSAGE {
+            return Err(ProtocolError::BadLength {
+                tag: tag as char,
+                len: len.into(),
+            });
+        }
+        let total = 1 + len as usize;
+        self.fill(total).await?;
+        let mut frame = self.buf.split_to(total);
+        let _ = frame.split_to(5);
+        Ok(Message {
+            tag,
+            body: frame.freeze(),
+        })
+    }
+
+    /// An untagged startup-phase packet: (code, body after the code).
+    pub async fn startup(&mut self) -> Result<(i32, Bytes), ProtocolError> {
+        self.fill(4).await?;
+        let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        if !(8..=MAX_STARTUP as i32).contains(&len) {
+            return Err(ProtocolError::BadLength {
+                tag: '0',
+                len: len.into(),
+            });
+        }
+        self.fill(len as usize).await?;
+        let mut frame = self.buf.split_to(len as usize);
+        let _ = frame.split_to(4);
+        let code = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        Ok((code, frame.freeze().slice(4..)))
+    }
+}
+
 /// Reads one tagged message.
 pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, ProtocolError> {
     let mut head = [0u8; 5];
@@ -295,6 +361,25 @@ mod tests {
         ));
         let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0];
         assert!(read_startup(&mut input).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn framed_reader_splits_messages_and_checks_lengths() {
+        let mut input: &[u8] = &[
+            b'Q', 0, 0, 0, 6, b'h', b'i', b'S', 0, 0, 0, 4, b'Q', 0x7f, 0xff, 0xff, 0xff,
+        ];
+        let mut r = FramedReader::new(&mut input);
+        assert_eq!(r.next().await.unwrap(), Message::new(b'Q', &b"hi"[..]));
+        assert_eq!(r.next().await.unwrap(), Message::new(b'S', Bytes::new()));
+        assert!(matches!(
+            r.next().await,
+            Err(ProtocolError::BadLength { .. })
+        ));
+        let mut short: &[u8] = &[b'Q', 0, 0, 0, 9, b'x'];
+        assert!(matches!(
+            FramedReader::new(&mut short).next().await,
+            Err(ProtocolError::Closed)
+        ));
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ pub mod settings;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -110,9 +110,9 @@ async fn session(
     stream: TcpStream,
 ) -> Result<(), session::SessionError> {
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::with_capacity(16 * 1024, r);
+    let mut r = codec::FramedReader::new(r);
     let params = loop {
-        let (code, body) = codec::read_startup(&mut r).await?;
+        let (code, body) = r.startup().await?;
         match code {
             // No TLS or GSS encryption on the loopback listener: say so, the client goes on in
             // plain text (or gives up if it requires encryption).
@@ -209,7 +209,7 @@ async fn session(
 /// The SCRAM-SHA-256 exchange. An unknown user goes through the same steps against a verifier
 /// for a random password, so the answer does not tell which users exist.
 async fn authenticate(
-    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    r: &mut codec::FramedReader<tokio::net::tcp::OwnedReadHalf>,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     verifiers: &HashMap<String, scram::Verifier>,
     login: &str,
@@ -236,7 +236,7 @@ async fn authenticate(
     w.write_all(&send(10, b"SCRAM-SHA-256\0\0"))
         .await
         .map_err(|e| e.to_string())?;
-    let first = codec::read_message(r).await.map_err(|e| e.to_string())?;
+    let first = r.next().await.map_err(|e| e.to_string())?;
     if first.tag != b'p' {
         return Err("expected a SASLInitialResponse".into());
     }
@@ -257,7 +257,7 @@ async fn authenticate(
     w.write_all(&send(11, server_first.as_bytes()))
         .await
         .map_err(|e| e.to_string())?;
-    let fin = codec::read_message(r).await.map_err(|e| e.to_string())?;
+    let fin = r.next().await.map_err(|e| e.to_string())?;
     if fin.tag != b'p' {
         return Err("expected a SASLResponse".into());
     }

@@ -87,10 +87,16 @@ impl WirePools {
 
     pub async fn acquire(&self, endpoint: usize) -> Result<Lease, AcquireError> {
         let pool = self.pools[endpoint].clone();
-        let permit = tokio::time::timeout(self.acquire_timeout, pool.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| AcquireError::Timeout(self.acquire_timeout))?
-            .expect("semaphore is never closed");
+        // Fast path without a timer; wait (bounded) only when the pool is full.
+        let permit = match pool.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                tokio::time::timeout(self.acquire_timeout, pool.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| AcquireError::Timeout(self.acquire_timeout))?
+                    .expect("semaphore is never closed")
+            }
+        };
         let idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,

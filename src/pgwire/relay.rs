@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use super::codec::{self, Message, ProtocolError, Reader, read_message};
+use super::codec::{self, Message, ProtocolError, Reader};
 use super::session::{
     ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
 };
@@ -62,6 +62,7 @@ impl Session<'_> {
                 b'E' => {
                     self.send(m);
                     self.skipping = true;
+                    self.txn_failed = true;
                     if let Some(lease) = self.server.as_mut() {
                         for name in self.parsed_now.drain(..) {
                             lease.conn.prepared.remove(&name);
@@ -105,7 +106,7 @@ impl Session<'_> {
     /// COPY FROM STDIN: the client's CopyData goes to the server until CopyDone or CopyFail.
     async fn copy_in(&mut self) -> Result<(), SessionError> {
         loop {
-            let m = read_message(&mut self.client).await?;
+            let m = self.client.next().await?;
             let end = matches!(m.tag, b'c' | b'f');
             if !matches!(m.tag, b'd' | b'c' | b'f') {
                 // Flush and Sync are allowed and ignored during COPY; anything else aborts it.
@@ -170,6 +171,7 @@ impl Session<'_> {
         self.server_status = Some(status);
         if status == b'I' {
             self.txn_user = None;
+            self.record_transaction();
             if !self.pinned {
                 if let Some(lease) = self.server.take() {
                     lease.release();
@@ -180,8 +182,38 @@ impl Session<'_> {
         }
     }
 
+    /// Counts a finished transaction (or autocommit statement) in the request metrics.
+    fn record_transaction(&mut self) {
+        if let Some((started, intent, target)) = self.txn_started.take() {
+            let outcome = if std::mem::take(&mut self.txn_failed) {
+                "client_error"
+            } else {
+                "ok"
+            };
+            self.app.wire_metrics.record(
+                intent.as_str(),
+                target.as_str(),
+                outcome,
+                started.elapsed(),
+            );
+            if self.pinned {
+                // A pinned session keeps its server: the next transaction starts now.
+                self.txn_started = Some((std::time::Instant::now(), intent, target));
+            }
+        }
+    }
+
     /// The server connection broke: it is closed (never reused), and the client hears why.
     pub(super) fn server_lost(&mut self, e: ProtocolError) {
+        if let Some((started, intent, target)) = self.txn_started.take() {
+            self.app.wire_metrics.record(
+                intent.as_str(),
+                target.as_str(),
+                "error",
+                started.elapsed(),
+            );
+        }
+        self.txn_failed = false;
         self.server = None;
         self.server_status = None;
         self.pinned = false;

@@ -16,10 +16,10 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::codec::{self, Message, ProtocolError, Reader, read_message};
+use super::codec::{self, FramedReader, Message, ProtocolError, Reader};
 use super::pool::{Lease, WirePools};
 use super::settings::{self, Setting};
 use crate::app::App;
@@ -57,7 +57,7 @@ pub(super) enum Expect {
 pub struct Session<'a> {
     pub(super) app: &'a App,
     pools: &'a WirePools,
-    pub(super) client: BufReader<OwnedReadHalf>,
+    pub(super) client: FramedReader<OwnedReadHalf>,
     out_half: OwnedWriteHalf,
     pub(super) out: BytesMut,
     user: Option<UserId>,
@@ -70,6 +70,10 @@ pub struct Session<'a> {
     /// The shard of the attached server.
     pub(super) shard: Option<crate::types::RegionName>,
     attached_user: Option<UserId>,
+    home_cache: Option<(UserId, crate::types::RegionName)>,
+    /// When the current transaction took its server, with its intent and target, for metrics.
+    pub(super) txn_started: Option<(std::time::Instant, Intent, crate::routing::Target)>,
+    pub(super) txn_failed: bool,
     /// The attached server is a replica.
     pub(super) on_replica: bool,
     /// The server is skipping messages after an error until the next Sync.
@@ -79,7 +83,8 @@ pub struct Session<'a> {
     /// Server statement names prepared by the batch in flight (forgotten if it fails).
     pub(super) parsed_now: Vec<String>,
     pub(super) batch: Vec<Message>,
-    last_route: String,
+    /// Where the last statement ran: endpoint index and target, formatted on SHOW.
+    last_route: Option<(usize, crate::routing::Target)>,
     /// This session's cancel key and the server its statements run on now.
     cancel: super::cancel::Registration,
 }
@@ -106,7 +111,7 @@ impl<'a> Session<'a> {
     pub fn new(
         app: &'a App,
         pools: &'a WirePools,
-        client: BufReader<OwnedReadHalf>,
+        client: FramedReader<OwnedReadHalf>,
         out_half: OwnedWriteHalf,
         user: Option<UserId>,
         cancel: super::cancel::Registration,
@@ -124,13 +129,16 @@ impl<'a> Session<'a> {
             pinned: false,
             shard: None,
             attached_user: None,
+            home_cache: None,
+            txn_started: None,
+            txn_failed: false,
             on_replica: false,
             skipping: false,
             statements: HashMap::new(),
             unnamed_sql: None,
             parsed_now: Vec::new(),
             batch: Vec::new(),
-            last_route: String::new(),
+            last_route: None,
             cancel,
         }
     }
@@ -138,7 +146,7 @@ impl<'a> Session<'a> {
     /// Serves the client until it terminates or breaks the protocol.
     pub async fn run(mut self) -> Result<(), SessionError> {
         loop {
-            let msg = match read_message(&mut self.client).await {
+            let msg = match self.client.next().await {
                 Ok(m) => m,
                 Err(ProtocolError::Closed) => return Ok(()),
                 Err(e) => {
@@ -174,12 +182,7 @@ impl<'a> Session<'a> {
 
     /// Points this session's cancel key at the attached server (or at nothing).
     pub(super) fn sync_cancel_target(&self) {
-        let target = self.server.as_ref().map(|l| super::cancel::CancelTarget {
-            host: l.conn.host.clone(),
-            port: l.conn.port,
-            pid: l.conn.key.0,
-            secret: l.conn.key.1,
-        });
+        let target = self.server.as_ref().map(|l| l.conn.cancel_target.clone());
         *self.cancel.slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
@@ -207,7 +210,9 @@ impl<'a> Session<'a> {
             self.send(codec::ready_for_query(status));
             return Ok(());
         }
-        let class = self.app.classifier.classify(&sql);
+        // Simple-protocol statements usually carry their values inline, so each text is new:
+        // classify without filling the cache with texts that will not come again.
+        let class = self.app.classifier.classify_uncached(&sql);
         let read_only = class.read_only || is_read_only_begin(&sql);
         self.leave_replica_for_write(read_only).await;
         if self.server.is_none()
@@ -307,7 +312,16 @@ impl<'a> Session<'a> {
                         .or(self.user.as_ref())
                         .map(|u| u.to_string())
                         .unwrap_or_default(),
-                    _ => self.last_route.clone(),
+                    _ => self
+                        .last_route
+                        .map(|(i, t)| {
+                            format!(
+                                "{}/{}",
+                                self.app.topology.snapshot().get(i).info.region,
+                                t.role_str()
+                            )
+                        })
+                        .unwrap_or_default(),
                 };
                 Ok(SettingOutput {
                     row: Some((format!("homeport.{name}"), value)),
@@ -369,21 +383,33 @@ impl<'a> Session<'a> {
                 message: "no homeport user for this session: SET homeport.user = '...', connect with options='-c homeport.user=...', or add /*homeport_user='...'*/".into(),
             })?,
         };
-        let (home, _) = self
-            .app
-            .directory
-            .home_of(&user, None)
-            .await
-            .map_err(|e| match e {
-                crate::directory::DirectoryError::UnknownUser(_) => ClientError {
-                    code: "28000",
-                    message: e.to_string(),
-                },
-                other => ClientError {
-                    code: "08006",
-                    message: other.to_string(),
-                },
-            })?;
+        // A user's home does not change (placements are never moved), so the session remembers
+        // the last answer and skips the directory for the user it keeps using.
+        let cached = self
+            .home_cache
+            .as_ref()
+            .filter(|(u, _)| *u == user)
+            .map(|(_, h)| h.clone());
+        let home = match cached {
+            Some(h) => h,
+            None => self
+                .app
+                .directory
+                .home_of(&user, None)
+                .await
+                .map(|(h, _)| h)
+                .map_err(|e| match e {
+                    crate::directory::DirectoryError::UnknownUser(_) => ClientError {
+                        code: "28000",
+                        message: e.to_string(),
+                    },
+                    other => ClientError {
+                        code: "08006",
+                        message: other.to_string(),
+                    },
+                })?,
+        };
+        self.home_cache = Some((user.clone(), home.clone()));
         let intent = if read_only && hint != Some(RouteHint::Primary) {
             Intent::Read
         } else {
@@ -396,13 +422,13 @@ impl<'a> Session<'a> {
                 code: "08006",
                 message: e.to_string(),
             })?;
-        let snapshot = self.app.topology.snapshot();
         let mut last = String::new();
         for c in candidates {
             match self.pools.acquire(c.index).await {
                 Ok(lease) => {
-                    let region = &snapshot.get(c.index).info.region;
-                    self.last_route = format!("{region}/{}", c.target.role_str());
+                    self.last_route = Some((c.index, c.target));
+                    self.app.note_cross_region(c.index);
+                    self.txn_started = Some((std::time::Instant::now(), intent, c.target));
                     self.on_replica = c.target != crate::routing::Target::Primary;
                     self.server = Some(lease);
                     self.shard = Some(home.clone());
@@ -434,23 +460,33 @@ fn is_read_only_begin(sql: &str) -> bool {
 
 /// Statements that leave state on the server connection beyond the transaction.
 fn pins_session(sql: &str) -> bool {
-    let lower = sql.trim_start().to_ascii_lowercase();
-    let set = lower.starts_with("set ")
-        && !lower.starts_with("set local ")
-        && !lower.starts_with("set transaction")
-        && !lower.starts_with("set session characteristics");
-    set || lower.starts_with("listen ")
-        || lower.starts_with("prepare ")
-        || lower.starts_with("create temp")
-        || lower.starts_with("create local temp")
-        || (lower.starts_with("declare ") && lower.contains(" with hold"))
-        || lower.contains("pg_advisory_lock(")
-        || lower.contains("pg_advisory_lock_shared(")
+    let t = sql.trim_start();
+    let set = starts_ci(t, "set ")
+        && !starts_ci(t, "set local ")
+        && !starts_ci(t, "set transaction")
+        && !starts_ci(t, "set session characteristics");
+    set || starts_ci(t, "listen ")
+        || starts_ci(t, "prepare ")
+        || starts_ci(t, "create temp")
+        || starts_ci(t, "create local temp")
+        || (starts_ci(t, "declare ") && contains_ci(t, " with hold"))
+        || contains_ci(t, "pg_advisory_lock(")
+        || contains_ci(t, "pg_advisory_lock_shared(")
 }
 
 fn forgets_prepared(sql: &str) -> bool {
-    let lower = sql.trim_start().to_ascii_lowercase();
-    lower.starts_with("discard all") || lower.starts_with("deallocate all")
+    let t = sql.trim_start();
+    starts_ci(t, "discard all") || starts_ci(t, "deallocate all")
+}
+
+fn starts_ci(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn contains_ci(s: &str, needle: &str) -> bool {
+    s.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Server-side statement name from the statement's text and parameter types.

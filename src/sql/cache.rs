@@ -23,6 +23,14 @@ impl ClassifyCache {
         }
     }
 
+    /// A cached answer if there is one, else a fresh classification that is not kept.
+    pub fn classify_uncached(&self, sql: &str) -> Arc<Classification> {
+        if let Some(c) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(sql) {
+            return c.clone();
+        }
+        Arc::new(classify(sql))
+    }
+
     pub fn classify(&self, sql: &str) -> Arc<Classification> {
         if sql.len() > MAX_CACHED_SQL_LEN {
             return Arc::new(classify(sql));
