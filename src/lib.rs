@@ -11,6 +11,8 @@
 //! - [`db`]: per-endpoint connection pools and database errors.
 //! - [`app`]: shared sidecar state and the try-candidates-in-order data path.
 //! - [`http`]: the HTTP/JSON front end.
+//! - [`pgwire`]: the PostgreSQL wire-protocol front end.
+//! - [`net`]: listener plumbing shared by the front ends.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`serve`], [`check`], [`dev`]: the three subcommands.
 
@@ -23,6 +25,7 @@ pub mod dev;
 pub mod directory;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod pgwire;
 pub mod routing;
 pub mod serve;

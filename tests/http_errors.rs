@@ -368,13 +368,24 @@ async fn operational_endpoints_and_commands() {
         env.query("us", "hank", "SELECT 1", json!([])).await.status,
         200
     );
-    let metrics = env.send(env.http.get(env.url("us", "/metrics"))).await;
-    let text = metrics.body.as_str().unwrap().to_string();
+    // Lag gauges appear once a replica has been probed after its primary: poll briefly.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let metrics = env.send(env.http.get(env.url("us", "/metrics"))).await;
+        text = metrics.body.as_str().unwrap().to_string();
+        if text.contains("homeport_replication_lag_bytes")
+            && text.contains("homeport_replication_lag_seconds")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for name in [
         "homeport_requests_total{frontend=\"http\",intent=\"read\",target=\"primary\",outcome=\"ok\"} 1",
         "homeport_request_duration_seconds_bucket",
         "homeport_endpoint_up",
         "homeport_replication_lag_bytes",
+        "homeport_replication_lag_seconds",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }

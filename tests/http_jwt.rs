@@ -31,7 +31,8 @@ fn exp(offset: i64) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_mode_verifies_tokens() {
     let env = start(options(&["eu", "us"])).await;
-    let port = homeport::dev::pick_ports(1).unwrap()[0];
+    let ports = homeport::dev::pick_ports(2).unwrap();
+    let (port, pg_port) = (ports[0], ports[1]);
     let secret_file = env.sandbox.dir.join("jwt-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
     let base = std::fs::read_to_string(&env.sandbox.region("us").config_path).unwrap();
@@ -41,6 +42,13 @@ async fn jwt_mode_verifies_tokens() {
     );
     let config = base
         .replace(&listen, &format!("listen = \"127.0.0.1:{port}\""))
+        .replace(
+            &format!(
+                "listen = \"127.0.0.1:{}\"",
+                env.sandbox.region("us").pg_port
+            ),
+            &format!("listen = \"127.0.0.1:{pg_port}\""),
+        )
         .replace("auth = \"trusted-header\"", "auth = \"jwt\"")
         + &format!(
             "\n[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",

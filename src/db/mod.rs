@@ -119,13 +119,13 @@ impl Pools {
         })
     }
 
-    /// One text column of at most one row, for small internal lookups.
-    pub async fn query_opt_text(
+    /// At most one row of a small internal query with text parameters.
+    async fn query_row(
         &self,
         index: usize,
         sql: &str,
         params: &[&str],
-    ) -> Result<Option<String>, DbError> {
+    ) -> Result<Option<tokio_postgres::Row>, DbError> {
         let client = self.get(index).await?;
         let name = self.endpoint_name(index);
         let stmt = client
@@ -134,11 +134,20 @@ impl Pools {
             .map_err(|e| DbError::from_pg(name, e))?;
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as _).collect();
-        let row = client
+        client
             .query_opt(&stmt, &params)
             .await
-            .map_err(|e| DbError::from_pg(name, e))?;
-        Ok(row.map(|r| r.get(0)))
+            .map_err(|e| DbError::from_pg(name, e))
+    }
+
+    /// One text column of at most one row, for small internal lookups.
+    pub async fn query_opt_text(
+        &self,
+        index: usize,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Option<String>, DbError> {
+        Ok(self.query_row(index, sql, params).await?.map(|r| r.get(0)))
     }
 
     /// One row of (text, bool), for the directory's insert-or-read.
@@ -148,18 +157,13 @@ impl Pools {
         sql: &str,
         params: &[&str],
     ) -> Result<(String, bool), DbError> {
-        let client = self.get(index).await?;
-        let name = self.endpoint_name(index);
-        let stmt = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| DbError::from_pg(name, e))?;
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p as _).collect();
-        let row = client
-            .query_one(&stmt, &params)
-            .await
-            .map_err(|e| DbError::from_pg(name, e))?;
+        let row = self
+            .query_row(index, sql, params)
+            .await?
+            .ok_or_else(|| DbError::Lost {
+                endpoint: self.endpoint_name(index).to_string(),
+                reason: "the statement returned no row".into(),
+            })?;
         Ok((row.get(0), row.get(1)))
     }
 }

@@ -660,7 +660,11 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
             r.http_url(),
             r.config_path.display()
         );
-        println!("  {:<8} pg   {}   (homeport's wire endpoint)", "", pg_url(r.pg_port, APP_DB));
+        println!(
+            "  {:<8} pg   {}   (homeport's wire endpoint)",
+            "",
+            pg_url(r.pg_port, APP_DB)
+        );
         println!("  {:<8} primary {}", "", pg_url(r.primary_port, APP_DB));
         for (loc, port) in &r.replica_ports {
             println!("  {:<8} replica in {loc}: {}", "", pg_url(*port, APP_DB));
