@@ -475,3 +475,35 @@ async fn wire_requests_are_counted_by_target() {
         assert!(text.contains(line), "missing {line}:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_pins_the_session_and_notifications_arrive_while_idle() {
+    use futures_util::StreamExt;
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "lin", "eu").await.status, 201);
+    let url = format!("{}?options=-c%20homeport.user%3Dlin", wire_url(&env, "us"));
+    let (listener, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+
+    let (notifier, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    notifier.batch_execute("NOTIFY jobs, 'first'").await.unwrap();
+    notifier.batch_execute("SELECT pg_notify('jobs', 'second')").await.unwrap();
+
+    // The listening session sends nothing; the notifications still arrive.
+    for want in ["first", "second"] {
+        let (channel, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("notification in time").unwrap();
+        assert_eq!((channel.as_str(), payload.as_str()), ("jobs", want));
+    }
+    // And the pinned session still answers queries on its server.
+    assert_eq!(listener.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}

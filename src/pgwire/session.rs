@@ -146,7 +146,7 @@ impl<'a> Session<'a> {
     /// Serves the client until it terminates or breaks the protocol.
     pub async fn run(mut self) -> Result<(), SessionError> {
         loop {
-            let msg = match self.client.next().await {
+            let msg = match self.next_client_message().await {
                 Ok(m) => m,
                 Err(ProtocolError::Closed) => return Ok(()),
                 Err(e) => {
@@ -177,6 +177,34 @@ impl<'a> Session<'a> {
                 }
             }
             self.flush().await?;
+        }
+    }
+
+    /// The client's next message. While a pinned session sits idle on its server, whatever the
+    /// server sends meanwhile (NOTIFY for a LISTEN, notices, parameter changes) is passed on at
+    /// once. Both reads are cancel-safe: partial input stays in the framed readers' buffers.
+    async fn next_client_message(&mut self) -> Result<Message, ProtocolError> {
+        loop {
+            let idle_pinned = self.pinned && self.batch.is_empty() && self.server_status == Some(b'I');
+            let Some(lease) = self.server.as_mut().filter(|_| idle_pinned) else {
+                return self.client.next().await;
+            };
+            tokio::select! {
+                m = self.client.next() => return m,
+                m = lease.conn.recv() => match m {
+                    Ok(m) if matches!(m.tag, b'A' | b'N' | b'S') => {
+                        self.send(m);
+                        self.flush().await?;
+                    }
+                    Ok(_) | Err(_) => {
+                        // Anything else from an idle server means it is gone or broken.
+                        self.server = None;
+                        self.server_status = None;
+                        self.pinned = false;
+                        self.sync_cancel_target();
+                    }
+                },
+            }
         }
     }
 
