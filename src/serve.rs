@@ -20,6 +20,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -56,10 +58,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 app.config.postgres.connect_timeout,
             ));
             let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth));
+            let tls = match &pg.tls {
+                Some(t) => Some(Arc::new(pgwire::tls::load(t).map_err(StartError::Tls)?)),
+                None => None,
+            };
             Some(tokio::spawn(pgwire::serve(
                 app.clone(),
                 pools,
                 auth,
+                tls,
                 wire_listener,
                 pg.max_client_conn,
                 stop_rx.clone(),

@@ -482,7 +482,9 @@ async fn listen_pins_the_session_and_notifications_arrive_while_idle() {
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "lin", "eu").await.status, 201);
     let url = format!("{}?options=-c%20homeport.user%3Dlin", wire_url(&env, "us"));
-    let (listener, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (listener, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -494,16 +496,112 @@ async fn listen_pins_the_session_and_notifications_arrive_while_idle() {
     });
     listener.batch_execute("LISTEN jobs").await.unwrap();
 
-    let (notifier, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (notifier, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    notifier.batch_execute("NOTIFY jobs, 'first'").await.unwrap();
-    notifier.batch_execute("SELECT pg_notify('jobs', 'second')").await.unwrap();
+    notifier
+        .batch_execute("NOTIFY jobs, 'first'")
+        .await
+        .unwrap();
+    notifier
+        .batch_execute("SELECT pg_notify('jobs', 'second')")
+        .await
+        .unwrap();
 
     // The listening session sends nothing; the notifications still arrive.
     for want in ["first", "second"] {
-        let (channel, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("notification in time").unwrap();
+        let (channel, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("notification in time")
+            .unwrap();
         assert_eq!((channel.as_str(), payload.as_str()), ("jobs", want));
     }
     // And the pinned session still answers queries on its server.
-    assert_eq!(listener.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(
+        listener
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_towards_clients_when_configured() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "tia", "us").await.status, 201);
+    let dir = env.sandbox.dir.join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let ports = homeport::dev::pick_ports(2).unwrap();
+    let (http_port, pg_port) = (ports[0], ports[1]);
+    let us = env.sandbox.region("us");
+    let config = std::fs::read_to_string(&us.config_path)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{}\"", us.http_port), &format!("127.0.0.1:{http_port}\""))
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", us.pg_port),
+            &format!(
+                "listen = \"127.0.0.1:{pg_port}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_required = true",
+                cert.display(),
+                key.display()
+            ),
+        );
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("us-tls", &config, http_port)
+        .unwrap();
+    let psql = |sslmode: &str| {
+        Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                "\\conninfo",
+                "-c",
+                "SELECT 'over tls' /*homeport_user='tia'*/",
+            ])
+            .arg(format!(
+                "host=127.0.0.1 port={pg_port} user=app dbname=app sslmode={sslmode}"
+            ))
+            .output()
+            .unwrap()
+    };
+    let out = psql("require");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SSL connection") && stdout.contains("over tls"),
+        "{stdout}"
+    );
+    let out = psql("disable");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("requires TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -66,6 +66,16 @@ pub struct PgConfig {
     /// Server connections per endpoint for the wire front end.
     pub pool_size: usize,
     pub auth: PgAuth,
+    pub tls: Option<PgTlsConfig>,
+}
+
+/// TLS towards wire clients.
+#[derive(Debug, Clone)]
+pub struct PgTlsConfig {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    /// Refuse clients that do not ask for TLS.
+    pub required: bool,
 }
 
 /// How wire clients authenticate to homeport.
@@ -405,11 +415,32 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     ));
                 }
             };
+            let tls = match (p.tls_cert_file, p.tls_key_file) {
+                (Some(cert), Some(key)) => Some(PgTlsConfig {
+                    cert_file: cert.into(),
+                    key_file: key.into(),
+                    required: p.tls_required.unwrap_or(false),
+                }),
+                (None, None) if p.tls_required == Some(true) => {
+                    return Err(ConfigError::new(
+                        "pg.tls_required",
+                        "needs pg.tls_cert_file and pg.tls_key_file",
+                    ));
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::new(
+                        "pg.tls_cert_file",
+                        "set both tls_cert_file and tls_key_file, or neither",
+                    ));
+                }
+            };
             Some(PgConfig {
                 listen,
                 max_client_conn,
                 pool_size,
                 auth,
+                tls,
             })
         }
     };

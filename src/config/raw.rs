@@ -47,6 +47,9 @@ pub struct RawPg {
     pub users: Vec<RawPgUser>,
     pub max_client_conn: Option<usize>,
     pub pool_size: Option<usize>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tls_required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ mod relay;
 pub mod scram;
 mod session;
 pub mod settings;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,10 @@ use crate::app::App;
 use crate::types::UserId;
 use codec::{Message, ProtocolError};
 pub use pool::WirePools;
+
+/// The client connection's halves, plain TCP or TLS.
+pub type ClientRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+pub type ClientWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
 /// Accepts wire connections until `shutdown`; past `max_client_conn` sessions a new client gets
 /// a FATAL "too many connections" and is closed, and existing sessions are untouched.
@@ -57,6 +62,7 @@ pub async fn serve(
     app: Arc<App>,
     pools: Arc<WirePools>,
     auth: Arc<ClientAuth>,
+    tls: Option<Arc<tls::TlsSettings>>,
     listener: TcpListener,
     max_clients: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -67,9 +73,9 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let (app, pools, auth) = (app.clone(), pools.clone(), auth.clone());
+        let (app, pools, auth, tls) = (app.clone(), pools.clone(), auth.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = session(&app, &pools, &auth, stream).await {
+            if let Err(e) = session(&app, &pools, &auth, tls.as_deref(), stream).await {
                 tracing::debug!(error = %e, "wire session ended with an error");
             }
             drop(permit);
@@ -94,39 +100,79 @@ async fn session(
     app: &App,
     pools: &WirePools,
     auth: &ClientAuth,
+    tls: Option<&tls::TlsSettings>,
     stream: TcpStream,
 ) -> Result<(), session::SessionError> {
-    let (r, mut w) = stream.into_split();
-    let mut r = codec::FramedReader::new(r);
-    let params = loop {
-        let (code, body) = r.startup().await?;
+    // Startup packets are read exactly (no read-ahead): after an SSLRequest the next bytes are
+    // the client's TLS handshake.
+    let mut stream = stream;
+    let first = loop {
+        let (code, body) = codec::read_startup(&mut stream).await?;
         match code {
-            // No TLS or GSS encryption on the loopback listener: say so, the client goes on in
-            // plain text (or gives up if it requires encryption).
+            codec::SSL_REQUEST if tls.is_some() => break None,
+            // No TLS configured (or GSS encryption asked): say so; the client goes on in plain
+            // text or gives up if it requires encryption.
             codec::SSL_REQUEST | codec::GSSENC_REQUEST => {
-                w.write_all(b"N").await.map_err(ProtocolError::from)?
+                stream.write_all(b"N").await.map_err(ProtocolError::from)?
             }
-            codec::CANCEL_REQUEST => {
-                let mut r = codec::Reader::new(&body, "cancel request");
-                if let (Ok(pid), Ok(secret)) = (r.i32(), r.i32())
-                    && let Some(target) = pools.cancel.target(pid, secret)
-                {
-                    let _ = cancel::send_cancel(&target).await;
-                }
-                return Ok(());
+            _ => break Some((code, body)),
+        }
+    };
+    let (r, mut w, first): (ClientRead, ClientWrite, _) = match (first, tls) {
+        (Some(first), _) => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w), Some(first))
+        }
+        (None, Some(tls)) => {
+            stream.write_all(b"S").await.map_err(ProtocolError::from)?;
+            let encrypted = tls
+                .acceptor
+                .accept(stream)
+                .await
+                .map_err(ProtocolError::from)?;
+            let (r, w) = tokio::io::split(encrypted);
+            (Box::new(r), Box::new(w), None)
+        }
+        (None, None) => unreachable!("an SSLRequest without TLS is answered in the loop"),
+    };
+    let encrypted = first.is_none();
+    let mut r = codec::FramedReader::new(r);
+    let (code, body) = match first {
+        Some(first) => first,
+        None => r.startup().await?,
+    };
+    if tls.is_some_and(|t| t.required) && !encrypted && code == codec::PROTOCOL_3 {
+        let mut buf = bytes::BytesMut::new();
+        codec::error_response(
+            "FATAL",
+            "28000",
+            "homeport requires TLS on this listener (connect with sslmode=require)",
+        )
+        .write_to(&mut buf);
+        let _ = w.write_all(&buf).await;
+        return Ok(());
+    }
+    let params = match code {
+        codec::CANCEL_REQUEST => {
+            let mut r = codec::Reader::new(&body, "cancel request");
+            if let (Ok(pid), Ok(secret)) = (r.i32(), r.i32())
+                && let Some(target) = pools.cancel.target(pid, secret)
+            {
+                let _ = cancel::send_cancel(&target).await;
             }
-            codec::PROTOCOL_3 => break codec::startup_params(&body)?,
-            other => {
-                let mut buf = bytes::BytesMut::new();
-                let m = format!(
-                    "unsupported frontend protocol {}.{}",
-                    other >> 16,
-                    other & 0xffff
-                );
-                codec::error_response("FATAL", "0A000", &m).write_to(&mut buf);
-                let _ = w.write_all(&buf).await;
-                return Err(ProtocolError::Unsupported(m).into());
-            }
+            return Ok(());
+        }
+        codec::PROTOCOL_3 => codec::startup_params(&body)?,
+        other => {
+            let mut buf = bytes::BytesMut::new();
+            let m = format!(
+                "unsupported frontend protocol {}.{}",
+                other >> 16,
+                other & 0xffff
+            );
+            codec::error_response("FATAL", "0A000", &m).write_to(&mut buf);
+            let _ = w.write_all(&buf).await;
+            return Err(ProtocolError::Unsupported(m).into());
         }
     };
     let mut user = None;
@@ -196,8 +242,8 @@ async fn session(
 /// The SCRAM-SHA-256 exchange. An unknown user goes through the same steps against a verifier
 /// for a random password, so the answer does not tell which users exist.
 async fn authenticate(
-    r: &mut codec::FramedReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    r: &mut codec::FramedReader<ClientRead>,
+    w: &mut ClientWrite,
     verifiers: &HashMap<String, scram::Verifier>,
     login: &str,
 ) -> Result<(), String> {

@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::codec::{self, FramedReader, Message, ProtocolError, Reader};
 use super::pool::{Lease, WirePools};
@@ -57,8 +56,8 @@ pub(super) enum Expect {
 pub struct Session<'a> {
     pub(super) app: &'a App,
     pools: &'a WirePools,
-    pub(super) client: FramedReader<OwnedReadHalf>,
-    out_half: OwnedWriteHalf,
+    pub(super) client: FramedReader<super::ClientRead>,
+    out_half: super::ClientWrite,
     pub(super) out: BytesMut,
     user: Option<UserId>,
     /// `SET LOCAL homeport.user`: for the current transaction only.
@@ -111,8 +110,8 @@ impl<'a> Session<'a> {
     pub fn new(
         app: &'a App,
         pools: &'a WirePools,
-        client: FramedReader<OwnedReadHalf>,
-        out_half: OwnedWriteHalf,
+        client: FramedReader<super::ClientRead>,
+        out_half: super::ClientWrite,
         user: Option<UserId>,
         cancel: super::cancel::Registration,
     ) -> Self {
@@ -185,7 +184,8 @@ impl<'a> Session<'a> {
     /// once. Both reads are cancel-safe: partial input stays in the framed readers' buffers.
     async fn next_client_message(&mut self) -> Result<Message, ProtocolError> {
         loop {
-            let idle_pinned = self.pinned && self.batch.is_empty() && self.server_status == Some(b'I');
+            let idle_pinned =
+                self.pinned && self.batch.is_empty() && self.server_status == Some(b'I');
             let Some(lease) = self.server.as_mut().filter(|_| idle_pinned) else {
                 return self.client.next().await;
             };
