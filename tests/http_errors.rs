@@ -482,3 +482,21 @@ fn bad_config_is_one_line_and_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn exported_metric_names_are_in_the_deployment_contract() {
+    // Dashboards and alert rules are checked against k8s/metric-names.txt (k8s/tests/run.sh);
+    // every metric the code exports must be listed there.
+    let listed = include_str!("../k8s/metric-names.txt");
+    let listed: Vec<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for name in homeport::metrics::ALL {
+        assert!(
+            listed.contains(name),
+            "{name} is exported but missing from k8s/metric-names.txt"
+        );
+    }
+}
