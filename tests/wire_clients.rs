@@ -605,3 +605,82 @@ async fn tls_towards_clients_when_configured() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn homeport_authenticates_to_servers_with_scram() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "sol", "eu").await.status, 201);
+    // The eu primary now wants a SCRAM password from `app`.
+    let eu = env.direct(env.primary_port("eu")).await;
+    eu.batch_execute(
+        "SET password_encryption = 'scram-sha-256'; ALTER ROLE app PASSWORD 'server-side secret'",
+    )
+    .await
+    .unwrap();
+    let hba = env.sandbox.dir.join("pg/eu-primary/pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all app 127.0.0.1/32 scram-sha-256\n{old}"),
+    )
+    .unwrap();
+    eu.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+
+    let secret = env.sandbox.dir.join("server-password");
+    std::fs::write(&secret, "server-side secret\n").unwrap();
+    let ports = homeport::dev::pick_ports(2).unwrap();
+    let (http_port, pg_port) = (ports[0], ports[1]);
+    let us = env.sandbox.region("us");
+    let config = std::fs::read_to_string(&us.config_path)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}\"", us.http_port),
+            &format!("127.0.0.1:{http_port}\""),
+        )
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", us.pg_port),
+            &format!("listen = \"127.0.0.1:{pg_port}\""),
+        )
+        .replace(
+            "[postgres]\n",
+            &format!("[postgres]\npassword_file = \"{}\"\n", secret.display()),
+        );
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("us-password", &config, http_port)
+        .unwrap();
+
+    // The wire front end's own server connections authenticate with SCRAM...
+    let url = format!("postgresql://app@127.0.0.1:{pg_port}/app?options=-c%20homeport.user%3Dsol");
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute("INSERT INTO notes (user_id, body) VALUES ('sol', 'wire with scram')")
+        .await
+        .unwrap();
+    // ...and so do the HTTP front end's pools.
+    let w = env
+        .send(
+            env.http
+                .post(format!("http://127.0.0.1:{http_port}/v1/query"))
+                .header("homeport-user", "sol")
+                .json(&serde_json::json!({"sql": "INSERT INTO notes (user_id, body) VALUES ('sol', 'http with scram')"})),
+        )
+        .await;
+    assert_eq!(
+        (w.status, w.served_by()),
+        (200, "eu/primary"),
+        "{:?}",
+        w.body
+    );
+    let n: i64 = eu
+        .query_one(
+            "SELECT count(*) FROM notes WHERE body LIKE '% with scram'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
