@@ -6,6 +6,7 @@
 //! - [`topology`]: endpoints, probe tasks, the lock-free snapshot request paths read.
 //! - [`routing`]: pure decisions, request + snapshot -> ordered candidates.
 //! - [`sql`]: lexer and conservative read-only classifier.
+//! - [`consistency`]: the signed, mergeable consistency token.
 //! - [`directory`]: user -> home region (claim, caches, directory table, placement).
 //! - [`auth`]: identity from a trusted header or a verified JWT.
 //! - [`db`]: per-endpoint connection pools and database errors.
@@ -20,6 +21,7 @@ pub mod app;
 pub mod auth;
 pub mod check;
 pub mod config;
+pub mod consistency;
 pub mod db;
 pub mod dev;
 pub mod directory;
