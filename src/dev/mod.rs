@@ -143,6 +143,7 @@ impl Sandbox {
         }
         let pg = PgTools::find()?;
         let dir = options.dir.clone();
+        refuse_if_in_use(&dir)?;
         clean_previous(&pg, &dir);
         let pg_dir = dir.join("pg");
         std::fs::create_dir_all(&pg_dir)
@@ -172,6 +173,7 @@ impl Sandbox {
             redis: Vec::new(),
             options,
         };
+        let _ = std::fs::write(dir.join(PID_FILE), std::process::id().to_string());
         sandbox.start_databases()?;
         sandbox.start_sidecars()?;
         sandbox.write_endpoints()?;
@@ -565,6 +567,30 @@ fn set_mode(dir: &Path, mode: u32) -> Result<(), DevError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .map_err(|e| DevError::Setup(format!("{}: {e}", dir.display())))
+}
+
+const PID_FILE: &str = "homeport-dev.pid";
+
+/// Two sandboxes in one directory would destroy each other's servers: refuse while the process
+/// that wrote the pid file is still a running homeport.
+fn refuse_if_in_use(dir: &Path) -> Result<(), DevError> {
+    let Ok(pid) = std::fs::read_to_string(dir.join(PID_FILE)) else {
+        return Ok(());
+    };
+    let pid = pid.trim();
+    if pid == std::process::id().to_string() {
+        return Ok(());
+    }
+    let running = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("homeport"))
+        .unwrap_or(false);
+    if running {
+        return Err(DevError::Setup(format!(
+            "another homeport dev (pid {pid}) is using {}; stop it or choose another --dir / --base-port",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Stops servers left by an earlier run in the same directory, then wipes it.
