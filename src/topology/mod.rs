@@ -44,6 +44,10 @@ pub struct EndpointStatus {
     /// `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a replica.
     pub wal_lsn: Option<Lsn>,
     pub rtt: Option<Duration>,
+    /// `pg_control_system()`'s system identifier: which cluster the WAL positions belong to.
+    pub system_id: Option<u64>,
+    /// The control file's timeline.
+    pub timeline: Option<u32>,
     /// Replication lag in seconds on this sidecar's clock (replicas only), see `lag`.
     pub lag: Option<Duration>,
     pub last_ok: Option<Instant>,

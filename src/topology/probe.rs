@@ -17,8 +17,12 @@ use crate::types::{Lsn, Role};
 
 /// `pg_is_in_recovery()` is the role; the WAL position is the replay position on a replica and
 /// the insert position on a primary. Text results keep this a single simple-protocol round trip.
+/// The system identifier and the control file's timeline identify which history a position
+/// belongs to (consistency tokens carry both); both are readable without superuser rights.
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text";
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+     (SELECT system_identifier FROM pg_control_system())::text, \
+     (SELECT timeline_id FROM pg_control_checkpoint())::text";
 
 /// What one successful probe saw.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +32,8 @@ pub struct ProbeResult {
     pub rtt: Duration,
     /// When the server answered, estimated as the middle of the round trip.
     pub at: Instant,
+    pub system_id: Option<u64>,
+    pub timeline: Option<u32>,
 }
 
 /// Starts a probe task for every endpoint of the topology.
@@ -84,8 +90,12 @@ pub async fn probe_once(
         other => return Err(format!("unexpected pg_is_in_recovery() value {other:?}")),
     };
     let wal_lsn = row.get(1).and_then(|s| s.parse().ok());
+    let system_id = row.get(2).and_then(|s| s.parse().ok());
+    let timeline = row.get(3).and_then(|s| s.parse().ok());
     Ok(ProbeResult {
         role,
+        system_id,
+        timeline,
         wal_lsn,
         rtt,
         at: started + rtt / 2,
@@ -132,6 +142,8 @@ fn publish(
                 s.role = Some(r.role);
                 s.wal_lsn = r.wal_lsn.or(s.wal_lsn);
                 s.rtt = Some(smooth_rtt(s.rtt, r.rtt));
+                s.system_id = r.system_id.or(s.system_id);
+                s.timeline = r.timeline.or(s.timeline);
                 s.lag = lag.or(if r.role == Role::Replica { s.lag } else { None });
                 s.last_ok = Some(Instant::now());
                 s.last_error = None;

@@ -1,0 +1,168 @@
+//! Read-your-writes as pure decisions: given what the probes last saw of a copy and the position a
+//! token requires on that copy's shard, may the copy serve the read now, later, or never?
+//! The request path (to come) waits up to `ryw.max_wait` for "later" copies, then falls back to the
+//! next copy and finally the primary.
+
+use crate::routing::{Candidate, Target};
+use crate::topology::{EndpointStatus, Snapshot};
+
+use super::token::Position;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eligibility {
+    /// The copy had replayed the required position when last probed; replay only moves forward,
+    /// so a read started now sees the write.
+    Now,
+    /// Same history, not there yet: worth waiting a little.
+    NotYet,
+    /// Another cluster or another timeline: this copy cannot prove it has the write.
+    Never,
+}
+
+/// Whether a replica with `status` can serve a read that must see `required`.
+pub fn replica_eligibility(status: &EndpointStatus, required: &Position) -> Eligibility {
+    if status.system_id.is_some_and(|s| s != required.system_id) {
+        return Eligibility::Never;
+    }
+    match status.timeline {
+        // After a failover the positions of two timelines cannot be compared without the switch
+        // point, so tokens from another timeline go to the primary.
+        Some(t) if t != required.timeline => Eligibility::Never,
+        _ => match status.wal_lsn {
+            Some(lsn) if lsn >= required.lsn && status.system_id.is_some() => Eligibility::Now,
+            _ => Eligibility::NotYet,
+        },
+    }
+}
+
+/// Splits read candidates (nearest first) into those that can serve now and those worth waiting
+/// for; candidates that can never serve are dropped. The primary always qualifies: the write
+/// committed there (or on its predecessor, whose history it continues) unless it is another
+/// cluster altogether.
+pub fn split_candidates(
+    snapshot: &Snapshot,
+    candidates: &[Candidate],
+    required: Option<&Position>,
+) -> (Vec<Candidate>, Vec<Candidate>) {
+    let Some(required) = required else {
+        return (candidates.to_vec(), Vec::new());
+    };
+    let mut ready = Vec::new();
+    let mut waiting = Vec::new();
+    for c in candidates {
+        let status = &snapshot.get(c.index).status;
+        if c.target == Target::Primary {
+            if status.system_id.is_none_or(|s| s == required.system_id) {
+                ready.push(*c);
+            }
+            continue;
+        }
+        match replica_eligibility(status, required) {
+            Eligibility::Now => ready.push(*c),
+            Eligibility::NotYet => waiting.push(*c),
+            Eligibility::Never => {}
+        }
+    }
+    (ready, waiting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Lsn;
+
+    fn status(system: u64, timeline: u32, lsn: u64) -> EndpointStatus {
+        EndpointStatus {
+            system_id: Some(system),
+            timeline: Some(timeline),
+            wal_lsn: Some(Lsn(lsn)),
+            ..Default::default()
+        }
+    }
+
+    fn need(system: u64, timeline: u32, lsn: u64) -> Position {
+        Position {
+            system_id: system,
+            timeline,
+            lsn: Lsn(lsn),
+        }
+    }
+
+    #[test]
+    fn replica_at_or_past_the_position_serves_now() {
+        assert_eq!(
+            replica_eligibility(&status(1, 1, 100), &need(1, 1, 100)),
+            Eligibility::Now
+        );
+        assert_eq!(
+            replica_eligibility(&status(1, 1, 101), &need(1, 1, 100)),
+            Eligibility::Now
+        );
+    }
+
+    #[test]
+    fn replica_behind_is_worth_waiting_for() {
+        assert_eq!(
+            replica_eligibility(&status(1, 1, 99), &need(1, 1, 100)),
+            Eligibility::NotYet
+        );
+        assert_eq!(
+            replica_eligibility(&EndpointStatus::default(), &need(1, 1, 100)),
+            Eligibility::NotYet
+        );
+    }
+
+    #[test]
+    fn candidates_split_into_ready_and_waiting() {
+        use std::sync::Arc;
+
+        use crate::topology::{Configured, EndpointInfo, EndpointView};
+        let view = |index: usize, s: EndpointStatus| EndpointView {
+            info: Arc::new(EndpointInfo {
+                index,
+                name: format!("e{index}"),
+                shard: crate::types::RegionName::parse("eu").unwrap(),
+                region: crate::types::RegionName::parse("us").unwrap(),
+                configured: Configured::Replica,
+                pg: tokio_postgres::Config::new(),
+            }),
+            status: s,
+        };
+        let snapshot = Snapshot {
+            endpoints: vec![
+                view(0, status(1, 1, 50)),
+                view(1, status(1, 1, 200)),
+                view(2, status(1, 1, 300)),
+                view(3, status(1, 2, 900)),
+            ],
+        };
+        let c = |index, target| Candidate { index, target };
+        let candidates = [
+            c(0, Target::LocalReplica),
+            c(1, Target::RemoteReplica),
+            c(3, Target::RemoteReplica),
+            c(2, Target::Primary),
+        ];
+        let (ready, waiting) = split_candidates(&snapshot, &candidates, Some(&need(1, 1, 100)));
+        assert_eq!(ready, [c(1, Target::RemoteReplica), c(2, Target::Primary)]);
+        assert_eq!(waiting, [c(0, Target::LocalReplica)]);
+        let (all, none) = split_candidates(&snapshot, &candidates, None);
+        assert_eq!((all.len(), none.len()), (4, 0));
+    }
+
+    #[test]
+    fn other_cluster_or_timeline_never_serves() {
+        assert_eq!(
+            replica_eligibility(&status(2, 1, 500), &need(1, 1, 100)),
+            Eligibility::Never
+        );
+        assert_eq!(
+            replica_eligibility(&status(1, 2, 500), &need(1, 1, 100)),
+            Eligibility::Never
+        );
+        assert_eq!(
+            replica_eligibility(&status(1, 1, 500), &need(1, 2, 100)),
+            Eligibility::Never
+        );
+    }
+}
