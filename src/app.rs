@@ -33,6 +33,8 @@ pub struct App {
 /// Where a request ran: the endpoint's region and whether it was a primary or a replica.
 #[derive(Debug, Clone)]
 pub struct Served {
+    /// The endpoint's index in the topology snapshot.
+    pub index: usize,
     pub region: RegionName,
     pub target: Target,
     pub endpoint: String,
@@ -180,6 +182,7 @@ impl Attempts<'_> {
             return Ok((
                 client,
                 Served {
+                    index: c.index,
                     region,
                     target: c.target,
                     endpoint,

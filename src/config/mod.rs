@@ -46,7 +46,16 @@ pub struct Config {
     pub shards: Vec<ShardConfig>,
     pub directory: DirectoryConfig,
     pub redis: Option<RedisConfig>,
+    /// Consistency tokens; absent when `[consistency]` is not configured.
+    pub consistency: Option<ConsistencyConfig>,
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsistencyConfig {
+    pub keys: crate::consistency::token::Keys,
+    /// How long a read with a token waits for a replica to catch up before falling back.
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -444,8 +453,39 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             })
         }
     };
+    let consistency = match raw.consistency {
+        None => None,
+        Some(c) => {
+            let key = |file: Option<&str>,
+                       env: Option<&str>,
+                       path: &str|
+             -> Result<Option<Vec<u8>>, ConfigError> {
+                let k = secrets::secret(path, file, env)?.map(String::into_bytes);
+                if k.as_ref().is_some_and(|k| k.len() < 32) {
+                    return Err(ConfigError::new(path, "the key must be at least 32 bytes"));
+                }
+                Ok(k)
+            };
+            let current = key(
+                c.key_file.as_deref(),
+                c.key_env.as_deref(),
+                "consistency.key",
+            )?
+            .ok_or_else(|| ConfigError::new("consistency", "needs key_file or key_env"))?;
+            let previous = key(
+                c.previous_key_file.as_deref(),
+                c.previous_key_env.as_deref(),
+                "consistency.previous_key",
+            )?;
+            Some(ConsistencyConfig {
+                keys: crate::consistency::token::Keys { current, previous },
+                max_wait: c.max_wait.map(|d| d.0).unwrap_or(Duration::from_millis(50)),
+            })
+        }
+    };
     let config = Config {
         region,
+        consistency,
         pg,
         http: HttpConfig {
             listen,

@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub shards: BTreeMap<String, RawShard>,
     pub directory: RawDirectory,
     pub redis: Option<RawRedis>,
+    pub consistency: Option<RawConsistency>,
     pub shutdown_grace: Option<Dur>,
 }
 
@@ -154,6 +155,16 @@ pub struct RawDirectory {
     pub cache_ttl: Option<Dur>,
     pub cache_capacity: Option<usize>,
     pub placement: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsistency {
+    pub key_file: Option<String>,
+    pub key_env: Option<String>,
+    pub previous_key_file: Option<String>,
+    pub previous_key_env: Option<String>,
+    pub max_wait: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -328,10 +328,18 @@ impl Sandbox {
                 .map(|(loc, port)| (loc.to_string(), pg_url(*port, DIRECTORY_DB)))
                 .collect(),
             redis: region.redis_port,
+            consistency_key: self.dir.join("consistency.key"),
         }
     }
 
     fn start_sidecars(&mut self) -> Result<(), DevError> {
+        let key: String = crate::pgwire::scram::random_bytes(32)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key_path = self.dir.join("consistency.key");
+        std::fs::write(&key_path, key)
+            .map_err(|e| DevError::Setup(format!("{}: {e}", key_path.display())))?;
         for k in 0..self.regions.len() {
             let text = sidecar::render_config(&self.plan(k));
             let path = self.regions[k].config_path.clone();

@@ -120,6 +120,8 @@ pub struct SidecarPlan<'a> {
     pub directory_primary: (String, String),
     pub directory_replicas: Vec<(String, String)>,
     pub redis: Option<u16>,
+    /// The HMAC key file every sidecar of the sandbox shares for consistency tokens.
+    pub consistency_key: std::path::PathBuf,
 }
 
 /// The generated config: a real, commented config file a user can learn the format from.
@@ -176,6 +178,11 @@ pub fn render_config(p: &SidecarPlan) -> String {
     let _ = writeln!(
         s,
         "]\ntable = \"homeport.directory\"\nplacement = \"reject\"\ncache_ttl = \"1m\"\n"
+    );
+    let _ = writeln!(
+        s,
+        "[consistency]   # consistency tokens: one key shared by every region\nkey_file = \"{}\"\nmax_wait = \"50ms\"\n",
+        p.consistency_key.display()
     );
     if let Some(port) = p.redis {
         let _ = writeln!(

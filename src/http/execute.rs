@@ -59,6 +59,19 @@ pub async fn run<C: GenericClient>(
         .prepare_cached(sql)
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
+    run_prepared(client, endpoint, &stmt, params, command).await
+}
+
+/// Runs an already prepared statement. Nothing here awaits before the statement is handed to the
+/// connection, so a query polled right after this one (to capture the commit position in the
+/// same round trip) is sent after it.
+pub async fn run_prepared<C: GenericClient>(
+    client: &C,
+    endpoint: &str,
+    stmt: &tokio_postgres::Statement,
+    params: &[Value],
+    command: &str,
+) -> Result<QueryResult, DbError> {
     let types = stmt.params();
     if types.len() != params.len() {
         return Err(DbError::Param {
@@ -83,7 +96,7 @@ pub async fn run<C: GenericClient>(
         .collect::<Result<_, _>>()?;
 
     let stream = client
-        .query_raw(&stmt, bound.iter())
+        .query_raw(stmt, bound.iter())
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     pin_mut!(stream);

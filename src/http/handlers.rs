@@ -10,6 +10,9 @@ use super::execute::{self, QueryResult};
 use super::problem::Problem;
 use super::{Reply, parse_json};
 use crate::app::{App, ServeError, Served};
+use crate::consistency::token::{Position, Token};
+
+pub const CONSISTENCY_TOKEN: &str = "consistency-token";
 use crate::auth::{self, Identity};
 use crate::db::DbError;
 use crate::directory::PlaceOutcome;
@@ -106,8 +109,10 @@ pub async fn query(
     let guard_reads = intent == Intent::Read && !class.read_only;
     let sql = q.sql.as_str();
     let command = class.command.as_str();
+    let token_in = request_token(app, headers)?;
+    let capture = intent == Intent::Write && app.config.consistency.is_some();
     let mut attempts = app.attempts(candidates, intent);
-    let (result, served) = loop {
+    let ((result, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
         match run_one(
@@ -117,6 +122,7 @@ pub async fn query(
             &q.params,
             command,
             guard_reads,
+            capture,
         )
         .await
         {
@@ -125,7 +131,11 @@ pub async fn query(
         }
     };
     outcome.served = Some(served.clone());
-    Ok(Reply::serialize(StatusCode::OK, &result).served(&served))
+    let mut reply = Reply::serialize(StatusCode::OK, &result).served(&served);
+    if let Some(token) = response_token(app, token_in, &home, &served, lsn) {
+        reply = reply.header(CONSISTENCY_TOKEN, token);
+    }
+    Ok(reply)
 }
 
 pub async fn transaction(
@@ -184,9 +194,16 @@ async fn run_one(
     params: &[Value],
     command: &str,
     guard: bool,
-) -> Result<QueryResult, DbError> {
+    capture: bool,
+) -> Result<(QueryResult, Option<crate::types::Lsn>), DbError> {
+    if capture {
+        return run_capturing_position(&client, endpoint, sql, params, command).await;
+    }
     if !guard {
-        return execute::run(&client, endpoint, sql, params, command).await;
+        return Ok((
+            execute::run(&client, endpoint, sql, params, command).await?,
+            None,
+        ));
     }
     let tx = client
         .build_transaction()
@@ -198,7 +215,95 @@ async fn run_one(
     tx.commit()
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
-    Ok(r)
+    Ok((r, None))
+}
+
+/// An autocommit write and `pg_current_wal_lsn()` right behind it, sent together: the position
+/// covers the write's commit record and costs no extra round trip. Both statements are prepared
+/// first, so nothing can reorder them on the connection.
+async fn run_capturing_position(
+    client: &deadpool_postgres::Object,
+    endpoint: &str,
+    sql: &str,
+    params: &[Value],
+    command: &str,
+) -> Result<(QueryResult, Option<crate::types::Lsn>), DbError> {
+    let stmt = client
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let lsn_stmt = client
+        .prepare_cached("SELECT pg_current_wal_lsn()::text")
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let (result, lsn) = tokio::join!(
+        execute::run_prepared(client, endpoint, &stmt, params, command),
+        client.query_one(&lsn_stmt, &[])
+    );
+    let lsn = lsn
+        .ok()
+        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    Ok((result?, lsn))
+}
+
+/// The request's `Consistency-Token`, verified. A token that does not verify is the client's
+/// mistake to hear about, never something to ignore.
+fn request_token(app: &App, headers: &HeaderMap) -> Result<Option<Token>, Problem> {
+    let Some(value) = headers.get(CONSISTENCY_TOKEN) else {
+        return Ok(None);
+    };
+    let bad = |detail: String| Problem {
+        sqlstate: Some("22023".into()),
+        ..Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-consistency-token",
+            "Bad consistency token",
+            detail,
+        )
+    };
+    let Some(config) = &app.config.consistency else {
+        return Err(bad(
+            "this homeport has no [consistency] keys configured, so it cannot verify tokens".into(),
+        ));
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| bad("the token is not visible ASCII".into()))?;
+    Token::decode(text, &config.keys)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// The token to send back: the request's, plus this write's commit position on `home`.
+fn response_token(
+    app: &App,
+    incoming: Option<Token>,
+    home: &crate::types::RegionName,
+    served: &Served,
+    lsn: Option<crate::types::Lsn>,
+) -> Option<String> {
+    let config = app.config.consistency.as_ref()?;
+    let mut token = incoming;
+    if let Some(lsn) = lsn {
+        let snapshot = app.topology.snapshot();
+        let status = &snapshot.get(served.index).status;
+        if let (Some(system_id), Some(timeline)) = (status.system_id, status.timeline) {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            token.get_or_insert_with(Token::default).record(
+                home.clone(),
+                Position {
+                    timeline,
+                    lsn,
+                    system_id,
+                },
+                now_ms,
+            );
+        }
+    }
+    token.map(|t| t.encode(&config.keys))
 }
 
 /// All statements in one transaction; any error rolls it back (dropping the transaction does).

@@ -62,6 +62,11 @@ impl Reply {
         }
     }
 
+    pub fn header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+
     pub fn served(mut self, served: &Served) -> Reply {
         self.headers.push((SERVED_BY, served.header_value()));
         self
