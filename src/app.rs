@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::Config;
 use crate::db::{DbError, Pools};
 use crate::directory::Directory;
-use crate::metrics::{CrossRegionMetrics, RequestMetrics};
+use crate::metrics::{self, CrossRegionMetrics, RequestMetrics};
 use crate::routing::{self, Candidate, RouteError, Target};
 use crate::sql::ClassifyCache;
 use crate::topology::Topology;
@@ -117,6 +117,26 @@ impl App {
                 self.config.routing.primary_reads,
             ),
         }
+    }
+
+    /// Where a request on candidate `c` runs, counting it if it crosses regions.
+    pub fn served_for(&self, c: &Candidate) -> Served {
+        self.note_cross_region(c.index);
+        let snapshot = self.topology.snapshot();
+        Served {
+            index: c.index,
+            region: snapshot.get(c.index).info.region.clone(),
+            target: c.target,
+            endpoint: self.pools.endpoint_name(c.index).to_string(),
+        }
+    }
+
+    pub fn ryw_fallback(&self, reason: &'static str) {
+        metrics::ryw_fallback(reason);
+    }
+
+    pub fn ryw_waited(&self, waited: std::time::Duration) {
+        metrics::ryw_wait(waited);
     }
 
     /// Counts a request that runs on endpoint `index` if that endpoint is in another region.

@@ -15,6 +15,8 @@ pub const REQUESTS_TOTAL: &str = "homeport_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "homeport_request_duration_seconds";
 pub const CROSS_REGION_REQUESTS_TOTAL: &str = "homeport_cross_region_requests_total";
 pub const DIRECTORY_LOOKUPS_TOTAL: &str = "homeport_directory_lookups_total";
+pub const RYW_WAIT_SECONDS: &str = "homeport_ryw_wait_seconds";
+pub const RYW_FALLBACKS_TOTAL: &str = "homeport_ryw_fallbacks_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -26,7 +28,21 @@ pub const ALL: &[&str] = &[
     REQUEST_DURATION_SECONDS,
     CROSS_REGION_REQUESTS_TOTAL,
     DIRECTORY_LOOKUPS_TOTAL,
+    RYW_WAIT_SECONDS,
+    RYW_FALLBACKS_TOTAL,
 ];
+
+/// Time a read carrying a consistency token spent before a copy could serve it.
+pub fn ryw_wait(waited: Duration) {
+    histogram!(RYW_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
+/// A read with a token passed over a copy: `timeout` (waited max_wait), `history` (other
+/// timeline or cluster), `unavailable`; and where it finally ran when not the nearest copy:
+/// `replica` or `primary`.
+pub fn ryw_fallback(reason: &'static str) {
+    counter!(RYW_FALLBACKS_TOTAL, "reason" => reason).increment(1);
+}
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

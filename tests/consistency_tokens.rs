@@ -131,3 +131,81 @@ async fn writes_return_a_token_that_covers_the_write() {
         assert_eq!(r.body["sqlstate"], "22023", "{bad}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_with_the_token_sees_the_write_and_stays_local_when_it_can() {
+    let mut opts = options(&["eu", "us"]);
+    opts.replica_delay = Duration::from_millis(1500);
+    let env = start(opts).await;
+    assert_eq!(env.place("us", "ada", "eu").await.status, 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = |token: Option<String>| {
+        let mut r = env
+            .http
+            .post(env.url("us", "/v1/query"))
+            .header("homeport-user", "ada");
+        if let Some(t) = token {
+            r = r.header("consistency-token", t);
+        }
+        env.send(r.json(&json!({"sql": "SELECT count(*) FROM notes WHERE user_id = 'ada'"})))
+    };
+
+    let w = env
+        .query(
+            "us",
+            "ada",
+            "INSERT INTO notes (user_id, body) VALUES ('ada', 'mine')",
+            json!([]),
+        )
+        .await;
+    let token = w.header("consistency-token").unwrap().to_string();
+
+    // Without the token the local replica answers, 1.5 s behind: the write is not there yet.
+    let stale = read(None).await;
+    assert_eq!(
+        (stale.served_by(), &stale.body["rows"][0][0]),
+        ("us/replica", &json!(0))
+    );
+    // With it, the lagging replica is passed over after max_wait and the primary answers.
+    let fresh = read(Some(token.clone())).await;
+    assert_eq!(
+        (fresh.served_by(), &fresh.body["rows"][0][0]),
+        ("eu/primary", &json!(1)),
+        "{:?}",
+        fresh.body
+    );
+
+    // Once the replica has replayed the write, the same token is served locally.
+    let mut local = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = read(Some(token.clone())).await;
+        assert_eq!(
+            r.body["rows"][0][0], 1,
+            "a read with the token never misses the write"
+        );
+        if r.served_by() == "us/replica" {
+            local = true;
+            break;
+        }
+    }
+    assert!(
+        local,
+        "the caught-up local replica served the token's reads"
+    );
+    let metrics = env
+        .send(env.http.get(env.url("us", "/metrics")))
+        .await
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        metrics.contains("homeport_ryw_fallbacks_total{reason=\"timeout\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("homeport_ryw_wait_seconds_bucket"),
+        "{metrics}"
+    );
+}

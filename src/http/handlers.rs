@@ -111,6 +111,28 @@ pub async fn query(
     let command = class.command.as_str();
     let token_in = request_token(app, headers)?;
     let capture = intent == Intent::Write && app.config.consistency.is_some();
+    let required = token_in.as_ref().and_then(|t| t.shards.get(&home)).copied();
+    if let (Some(required), Intent::Read, false, Some(config)) =
+        (required, intent, guard_reads, &app.config.consistency)
+    {
+        let read = super::ryw::read(
+            app,
+            &candidates,
+            &required,
+            sql,
+            &q.params,
+            command,
+            config.max_wait,
+        )
+        .await
+        .map_err(serve_problem)?;
+        outcome.served = Some(read.served.clone());
+        let mut reply = Reply::serialize(StatusCode::OK, &read.result).served(&read.served);
+        if let Some(token) = response_token(app, token_in, &home, &read.served, None) {
+            reply = reply.header(CONSISTENCY_TOKEN, token);
+        }
+        return Ok(reply);
+    }
     let mut attempts = app.attempts(candidates, intent);
     let ((result, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;

@@ -5,6 +5,7 @@
 mod execute;
 mod handlers;
 pub mod problem;
+mod ryw;
 mod time;
 pub mod values;
 

@@ -1,0 +1,137 @@
+//! Reads that carry a consistency token (read-your-writes). Copies are tried nearest first; one
+//! the probes saw at or past the token's position serves at once; one on the same history but
+//! behind is asked, in one round trip, "have you replayed the position?" together with the read
+//! itself, every few milliseconds until `consistency.max_wait`; then the next copy, and last the
+//! primary. The check and the read are two statements pipelined on one connection at READ
+//! COMMITTED, so the read's snapshot is taken after the check saw the position replayed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::execute::{self, QueryResult};
+use crate::app::{App, ServeError, Served};
+use crate::consistency::ryw::split_candidates;
+use crate::consistency::token::Position;
+use crate::db::DbError;
+use crate::routing::{Candidate, RouteError};
+use crate::types::RegionName;
+
+/// How often a waiting read asks a lagging replica again.
+const POLL: Duration = Duration::from_millis(5);
+
+pub struct RywRead {
+    pub result: QueryResult,
+    pub served: Served,
+}
+
+pub async fn read(
+    app: &App,
+    candidates: &[Candidate],
+    required: &Position,
+    sql: &str,
+    params: &[Value],
+    command: &str,
+    max_wait: Duration,
+) -> Result<RywRead, ServeError> {
+    let started = Instant::now();
+    let snapshot = app.topology.snapshot();
+    let (ready, waiting) = split_candidates(&snapshot, candidates, Some(required));
+    let mut last_error = None;
+    for (position, c) in candidates.iter().enumerate() {
+        let is_ready = ready.contains(c);
+        if !is_ready && !waiting.contains(c) {
+            app.ryw_fallback("history");
+            continue;
+        }
+        let client = match app.pools.get(c.index).await {
+            Ok(client) => client,
+            Err(e) => {
+                app.ryw_fallback("unavailable");
+                last_error = Some(e);
+                continue;
+            }
+        };
+        let endpoint = app.pools.endpoint_name(c.index);
+        let attempt = if is_ready {
+            execute::run(&client, endpoint, sql, params, command)
+                .await
+                .map(Some)
+        } else {
+            wait_and_read(
+                &client,
+                endpoint,
+                required,
+                sql,
+                params,
+                command,
+                started + max_wait,
+            )
+            .await
+        };
+        match attempt {
+            Ok(Some(result)) => {
+                if position > 0 {
+                    app.ryw_fallback(if c.target == crate::routing::Target::Primary {
+                        "primary"
+                    } else {
+                        "replica"
+                    });
+                }
+                app.ryw_waited(started.elapsed());
+                return Ok(RywRead {
+                    result,
+                    served: app.served_for(c),
+                });
+            }
+            Ok(None) => app.ryw_fallback("timeout"),
+            Err(e @ (DbError::Unavailable { .. } | DbError::Lost { .. })) => {
+                app.ryw_fallback("unavailable");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(match last_error {
+        Some(e) => e.into(),
+        None => ServeError::Route(RouteError::NoCopy(
+            RegionName::parse("none").expect("valid"),
+        )),
+    })
+}
+
+/// The pipelined check-then-read until `deadline`; `None` if the replica never got there.
+async fn wait_and_read(
+    client: &deadpool_postgres::Object,
+    endpoint: &str,
+    required: &Position,
+    sql: &str,
+    params: &[Value],
+    command: &str,
+    deadline: Instant,
+) -> Result<Option<QueryResult>, DbError> {
+    let check = client
+        .prepare_cached("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let stmt = client
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let lsn = required.lsn.to_string();
+    let check_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&lsn];
+    loop {
+        let (replayed, result) = tokio::join!(
+            client.query_one(&check, &check_params),
+            execute::run_prepared(client, endpoint, &stmt, params, command)
+        );
+        let replayed = replayed.map_err(|e| DbError::from_pg(endpoint, e))?;
+        if replayed.get::<_, Option<bool>>(0) == Some(true) {
+            return result.map(Some);
+        }
+        if Instant::now() + POLL > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
