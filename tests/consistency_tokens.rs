@@ -209,3 +209,62 @@ async fn a_read_with_the_token_sees_the_write_and_stays_local_when_it_can() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_staleness_reads() {
+    let mut opts = options(&["eu", "us"]);
+    opts.replica_delay = Duration::from_millis(1500);
+    let env = start(opts).await;
+    assert_eq!(env.place("us", "bea", "eu").await.status, 201);
+    // Keep writing on the eu primary so the delayed replica really is ~1.5 s behind.
+    let url = homeport::dev::superuser_url(env.primary_port("eu"), "app");
+    let writer = tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..200 {
+            c.execute(
+                "INSERT INTO notes (user_id, body) VALUES ('bg', 'tick')",
+                &[],
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let read = |max: &str| {
+        env.send(
+            env.http
+                .post(env.url("us", "/v1/query"))
+                .header("homeport-user", "bea")
+                .header("homeport-max-staleness-ms", max)
+                .json(&json!({"sql": "SELECT 1"})),
+        )
+    };
+    let tight = read("500").await;
+    assert_eq!(
+        tight.served_by(),
+        "eu/primary",
+        "a 500 ms bound rules out a replica 1.5 s behind"
+    );
+    assert!(
+        tight.header("homeport-staleness-ms").is_none(),
+        "primary reads are not stale"
+    );
+    let loose = read("10000").await;
+    assert_eq!(loose.served_by(), "us/replica");
+    let bound: u64 = loose
+        .header("homeport-staleness-ms")
+        .expect("replica reads carry a staleness bound")
+        .parse()
+        .unwrap();
+    assert!(
+        (1000..=10_000).contains(&bound),
+        "bound {bound} ms for a replica 1.5 s behind"
+    );
+    let bad = read("soon").await;
+    assert_eq!(bad.status, 400);
+    writer.abort();
+}

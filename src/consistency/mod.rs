@@ -3,4 +3,5 @@
 //! on the request paths come with the rest of the consistency work.
 
 pub mod ryw;
+pub mod staleness;
 pub mod token;

@@ -104,6 +104,15 @@ pub async fn query(
     outcome.intent = intent;
     let home = home_of(app, &identity).await?;
     let candidates = candidates(app, &home, intent, on_primary)?;
+    let candidates = match max_staleness(headers)? {
+        Some(max) if intent == Intent::Read => crate::consistency::staleness::within(
+            &app.topology.snapshot(),
+            &candidates,
+            max,
+            std::time::Instant::now(),
+        ),
+        _ => candidates,
+    };
     // An explicit read that the classifier cannot prove read-only must not write if it lands on a
     // primary, so it runs in a READ ONLY transaction there.
     let guard_reads = intent == Intent::Read && !class.read_only;
@@ -127,7 +136,11 @@ pub async fn query(
         .await
         .map_err(serve_problem)?;
         outcome.served = Some(read.served.clone());
-        let mut reply = Reply::serialize(StatusCode::OK, &read.result).served(&read.served);
+        let mut reply = with_staleness(
+            app,
+            Reply::serialize(StatusCode::OK, &read.result).served(&read.served),
+            &read.served,
+        );
         if let Some(token) = response_token(app, token_in, &home, &read.served, None) {
             reply = reply.header(CONSISTENCY_TOKEN, token);
         }
@@ -153,7 +166,11 @@ pub async fn query(
         }
     };
     outcome.served = Some(served.clone());
-    let mut reply = Reply::serialize(StatusCode::OK, &result).served(&served);
+    let mut reply = with_staleness(
+        app,
+        Reply::serialize(StatusCode::OK, &result).served(&served),
+        &served,
+    );
     if let Some(token) = response_token(app, token_in, &home, &served, lsn) {
         reply = reply.header(CONSISTENCY_TOKEN, token);
     }
@@ -266,6 +283,43 @@ async fn run_capturing_position(
         .ok()
         .and_then(|row| row.get::<_, String>(0).parse().ok());
     Ok((result?, lsn))
+}
+
+pub const MAX_STALENESS: &str = "homeport-max-staleness-ms";
+pub const STALENESS: &str = "homeport-staleness-ms";
+
+/// `Homeport-Max-Staleness-Ms`: serve from a replica only if its data is at most this old.
+fn max_staleness(headers: &HeaderMap) -> Result<Option<std::time::Duration>, Problem> {
+    let Some(v) = headers.get(MAX_STALENESS) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map(|ms| Some(std::time::Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            Problem::bad_request("Homeport-Max-Staleness-Ms must be a whole number of milliseconds")
+        })
+}
+
+/// `Homeport-Staleness-Ms` on replica reads: an upper bound of how old the data read was.
+fn with_staleness(app: &App, reply: Reply, served: &Served) -> Reply {
+    if served.target == crate::routing::Target::Primary {
+        return reply;
+    }
+    let snapshot = app.topology.snapshot();
+    match crate::consistency::staleness::bound(
+        &snapshot.get(served.index).status,
+        std::time::Instant::now(),
+    ) {
+        Some(b) => reply.header(
+            STALENESS,
+            b.as_millis()
+                .saturating_add(u128::from(b.subsec_nanos() % 1_000_000 != 0))
+                .to_string(),
+        ),
+        None => reply,
+    }
 }
 
 /// The request's `Consistency-Token`, verified. A token that does not verify is the client's
