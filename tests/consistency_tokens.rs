@@ -268,3 +268,72 @@ async fn bounded_staleness_reads() {
     assert_eq!(bad.status, 400);
     writer.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_transactions_return_a_token_covering_every_statement() {
+    let mut opts = options(&["eu", "us"]);
+    opts.replica_delay = Duration::from_millis(300);
+    let env = start(opts).await;
+    let keys = Keys {
+        current: std::fs::read(env.sandbox.dir.join("consistency.key")).unwrap(),
+        previous: None,
+    };
+    assert_eq!(env.place("us", "ivo", "eu").await.status, 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = env
+        .send(
+            env.http
+                .post(env.url("us", "/v1/transaction"))
+                .header("homeport-user", "ivo")
+                .json(&json!({"statements": [
+                    {"sql": "INSERT INTO notes (user_id, body) VALUES ('ivo', 'one')"},
+                    {"sql": "INSERT INTO notes (user_id, body) VALUES ('ivo', 'two')"},
+                ]})),
+        )
+        .await;
+    assert_eq!(t.status, 200, "{:?}", t.body);
+    let token = t
+        .header("consistency-token")
+        .expect("a write transaction returns a token")
+        .to_string();
+    assert!(Token::decode(&token, &keys).is_ok());
+    // Read through us right away with the token: both rows, although the replica lags 300 ms.
+    let r = env
+        .send(
+            env.http
+                .post(env.url("us", "/v1/query"))
+                .header("homeport-user", "ivo")
+                .header("consistency-token", &token)
+                .json(&json!({"sql": "SELECT count(*) FROM notes WHERE user_id = 'ivo'"})),
+        )
+        .await;
+    assert_eq!(r.body["rows"][0][0], 2, "{:?}", r.body);
+    // A failing transaction still rolls back completely and leaves no connection inside it.
+    for _ in 0..3 {
+        let bad = env
+            .send(
+                env.http
+                    .post(env.url("us", "/v1/transaction"))
+                    .header("homeport-user", "ivo")
+                    .json(&json!({"statements": [
+                        {"sql": "INSERT INTO notes (user_id, body) VALUES ('ivo', 'three')"},
+                        {"sql": "SELECT 1/0"},
+                    ]})),
+            )
+            .await;
+        assert_eq!(bad.status, 422);
+    }
+    let eu = env.direct(env.primary_port("eu")).await;
+    let n: i64 = eu
+        .query_one("SELECT count(*) FROM notes WHERE user_id = 'ivo'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    let stuck: i64 = eu
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND datname = 'app'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stuck, 0);
+}

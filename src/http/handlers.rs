@@ -208,11 +208,20 @@ pub async fn transaction(
     let on_primary = classes.iter().any(|c| c.route == Some(RouteHint::Primary));
     let home = home_of(app, &identity).await?;
     let candidates = candidates(app, &home, intent, on_primary)?;
+    let token_in = request_token(app, headers)?;
+    let capture = intent == Intent::Write && app.config.consistency.is_some();
     let mut attempts = app.attempts(candidates, intent);
-    let (results, served) = loop {
+    let ((results, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
-        match run_transaction(client, &served.endpoint, &t.statements, &classes, intent).await {
+        let run = if capture {
+            run_write_transaction_capturing(client, &served.endpoint, &t.statements, &classes).await
+        } else {
+            run_transaction(client, &served.endpoint, &t.statements, &classes, intent)
+                .await
+                .map(|r| (r, None))
+        };
+        match run {
             Ok(r) => break (r, served),
             Err(e) => attempts.failed(e).map_err(serve_problem)?,
         }
@@ -222,7 +231,11 @@ pub async fn transaction(
     struct Results {
         results: Vec<QueryResult>,
     }
-    Ok(Reply::serialize(StatusCode::OK, &Results { results }).served(&served))
+    let mut reply = Reply::serialize(StatusCode::OK, &Results { results }).served(&served);
+    if let Some(token) = response_token(app, token_in, &home, &served, lsn) {
+        reply = reply.header(CONSISTENCY_TOKEN, token);
+    }
+    Ok(reply)
 }
 
 /// One statement; in a READ ONLY transaction when `guard` is set.
@@ -407,6 +420,68 @@ async fn run_transaction(
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     Ok(results)
+}
+
+/// Closes a server connection instead of pooling it if a transaction on it did not finish
+/// (the request was abandoned mid-way): it might still be inside that transaction.
+struct TxGuard(Option<deadpool_postgres::Object>);
+
+impl TxGuard {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.0
+            .as_ref()
+            .expect("guard holds the connection until finished")
+    }
+
+    /// The connection is idle again and may go back to the pool.
+    fn finish(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for TxGuard {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            drop(deadpool_postgres::Object::take(obj));
+        }
+    }
+}
+
+/// A write transaction whose COMMIT and `pg_current_wal_lsn()` go out together, so the commit
+/// position costs no extra round trip. BEGIN and COMMIT are plain statements on the pooled
+/// connection (tokio-postgres' Transaction would hold the connection exclusively).
+async fn run_write_transaction_capturing(
+    client: deadpool_postgres::Object,
+    endpoint: &str,
+    statements: &[StatementBody],
+    classes: &[std::sync::Arc<Classification>],
+) -> Result<(Vec<QueryResult>, Option<crate::types::Lsn>), DbError> {
+    let guard = TxGuard(Some(client));
+    let c = guard.client();
+    let pg = |e| DbError::from_pg(endpoint, e);
+    let lsn_stmt = c
+        .prepare_cached("SELECT pg_current_wal_lsn()::text")
+        .await
+        .map_err(pg)?;
+    c.batch_execute("BEGIN").await.map_err(pg)?;
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, (s, cl)) in statements.iter().zip(classes).enumerate() {
+        match execute::run(c, endpoint, &s.sql, &s.params, &cl.command).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                c.batch_execute("ROLLBACK").await.map_err(pg)?;
+                guard.finish();
+                return Err(StatementFailed(i, e).into());
+            }
+        }
+    }
+    let (commit, lsn) = tokio::join!(c.batch_execute("COMMIT"), c.query_one(&lsn_stmt, &[]));
+    commit.map_err(pg)?;
+    guard.finish();
+    let lsn = lsn
+        .ok()
+        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    Ok((results, lsn))
 }
 
 /// Marks which statement of a transaction failed; the whole transaction was rolled back.
