@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{options, start};
+use common::{keep_primary_busy, options, start, token_keys};
 use homeport::consistency::token::{Keys, Token};
 use serde_json::json;
 
@@ -15,10 +15,7 @@ async fn writes_return_a_token_that_covers_the_write() {
     let mut opts = options(&["eu", "us"]);
     opts.replica_delay = Duration::from_millis(300);
     let env = start(opts).await;
-    let keys = Keys {
-        current: std::fs::read(env.sandbox.dir.join("consistency.key")).unwrap(),
-        previous: None,
-    };
+    let keys = token_keys(&env);
     assert_eq!(env.place("us", "tom", "eu").await.status, 201);
     // Let the probes learn the servers' system identifiers first.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,22 +214,7 @@ async fn bounded_staleness_reads() {
     let env = start(opts).await;
     assert_eq!(env.place("us", "bea", "eu").await.status, 201);
     // Keep writing on the eu primary so the delayed replica really is ~1.5 s behind.
-    let url = homeport::dev::superuser_url(env.primary_port("eu"), "app");
-    let writer = tokio::spawn(async move {
-        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        for _ in 0..200 {
-            c.execute(
-                "INSERT INTO notes (user_id, body) VALUES ('bg', 'tick')",
-                &[],
-            )
-            .await
-            .unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let writer = keep_primary_busy(&env, "eu");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let read = |max: &str| {
         env.send(
@@ -274,10 +256,7 @@ async fn write_transactions_return_a_token_covering_every_statement() {
     let mut opts = options(&["eu", "us"]);
     opts.replica_delay = Duration::from_millis(300);
     let env = start(opts).await;
-    let keys = Keys {
-        current: std::fs::read(env.sandbox.dir.join("consistency.key")).unwrap(),
-        previous: None,
-    };
+    let keys = token_keys(&env);
     assert_eq!(env.place("us", "ivo", "eu").await.status, 201);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = env

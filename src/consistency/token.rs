@@ -67,6 +67,14 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+/// Now, in Unix milliseconds: a token's issue time.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn mac(key: &[u8], signed: &[u8]) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(signed);

@@ -4,8 +4,12 @@
 //! cluster also holds the directory database, so its replicas carry the directory to every
 //! region. Tests use the same [`Sandbox`] through the library.
 //!
+//! With a link delay, each sidecar reaches the servers of other regions through a [`link::Link`]
+//! that adds that delay each way and can be cut, like a cross-region network.
+//!
 //! Everything listens on 127.0.0.1. Dropping the sandbox stops every process it started.
 
+pub mod link;
 mod postgres;
 mod sidecar;
 
@@ -40,6 +44,9 @@ pub struct DevArgs {
     /// recovery_min_apply_delay of every replica, e.g. 500ms.
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub replica_delay: Duration,
+    /// One-way delay between a sidecar and the servers of other regions, e.g. 25ms (0: direct).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub link_delay: Duration,
     /// SQL file applied to every shard primary (default: a small demo schema).
     #[arg(long)]
     pub schema: Option<PathBuf>,
@@ -52,6 +59,8 @@ pub struct SandboxOptions {
     pub dir: PathBuf,
     pub regions: Vec<RegionName>,
     pub replica_delay: Duration,
+    /// One-way delay of the cross-region links; `None` connects sidecars to every server directly.
+    pub link_delay: Option<Duration>,
     pub schema: Option<PathBuf>,
     /// Fixed sidecar ports from here; `None` picks free ports (for parallel tests).
     pub base_port: Option<u16>,
@@ -75,6 +84,7 @@ impl SandboxOptions {
                 .map(|r| RegionName::parse(r).expect("valid test region"))
                 .collect(),
             replica_delay: Duration::ZERO,
+            link_delay: None,
             schema: None,
             base_port: None,
             homeport_exe: homeport_exe.into(),
@@ -113,6 +123,9 @@ pub struct Sandbox {
     servers: Vec<PathBuf>,
     sidecars: Vec<Option<Managed>>,
     redis: Vec<Managed>,
+    /// Cross-region links: (from region, server port) -> link, when a link delay is set.
+    links: Vec<(RegionName, u16, link::Link)>,
+    link_runtime: Option<link::Links>,
     options: SandboxOptions,
 }
 
@@ -171,6 +184,8 @@ impl Sandbox {
             servers: Vec::new(),
             sidecars: Vec::new(),
             redis: Vec::new(),
+            links: Vec::new(),
+            link_runtime: None,
             options,
         };
         let _ = std::fs::write(dir.join(PID_FILE), std::process::id().to_string());
@@ -302,6 +317,11 @@ impl Sandbox {
     fn plan(&self, k: usize) -> SidecarPlan<'_> {
         let region = &self.regions[k];
         let first = &self.regions[0];
+        // The port a sidecar of `region` uses for a server: through a link when there is one.
+        let via = |port: u16| {
+            self.link_to(region.name.as_str(), port)
+                .map_or(port, |l| l.port)
+        };
         SidecarPlan {
             region: region.name.as_str(),
             http_port: region.http_port,
@@ -313,26 +333,86 @@ impl Sandbox {
                     let replicas = r
                         .replica_ports
                         .iter()
-                        .map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB)))
+                        .map(|(loc, port)| (loc.to_string(), pg_url(via(*port), APP_DB)))
                         .collect();
-                    (r.name.to_string(), pg_url(r.primary_port, APP_DB), replicas)
+                    (
+                        r.name.to_string(),
+                        pg_url(via(r.primary_port), APP_DB),
+                        replicas,
+                    )
                 })
                 .collect(),
             directory_primary: (
                 first.name.to_string(),
-                pg_url(first.primary_port, DIRECTORY_DB),
+                pg_url(via(first.primary_port), DIRECTORY_DB),
             ),
             directory_replicas: first
                 .replica_ports
                 .iter()
-                .map(|(loc, port)| (loc.to_string(), pg_url(*port, DIRECTORY_DB)))
+                .map(|(loc, port)| (loc.to_string(), pg_url(via(*port), DIRECTORY_DB)))
                 .collect(),
             redis: region.redis_port,
             consistency_key: self.dir.join("consistency.key"),
         }
     }
 
+    /// With a link delay: a link from every region to every server located elsewhere.
+    fn start_links(&mut self) -> Result<(), DevError> {
+        let Some(delay) = self.options.link_delay else {
+            return Ok(());
+        };
+        let links = link::Links::new().map_err(|e| DevError::Setup(format!("links: {e}")))?;
+        let servers: Vec<(RegionName, u16)> = self
+            .regions
+            .iter()
+            .flat_map(|r| {
+                std::iter::once((r.name.clone(), r.primary_port)).chain(
+                    r.replica_ports
+                        .iter()
+                        .map(|(loc, port)| (loc.clone(), *port)),
+                )
+            })
+            .collect();
+        for from in self.regions.iter().map(|r| r.name.clone()) {
+            for (located, port) in servers.iter().filter(|(loc, _)| *loc != from) {
+                let l = links
+                    .start(*port, delay)
+                    .map_err(|e| DevError::Setup(format!("link to {located}: {e}")))?;
+                self.links.push((from.clone(), *port, l));
+            }
+        }
+        self.link_runtime = Some(links);
+        Ok(())
+    }
+
+    /// The link a sidecar of `from` uses to reach the server on `port`, if it goes through one.
+    pub fn link_to(&self, from: &str, port: u16) -> Option<&link::Link> {
+        self.links
+            .iter()
+            .find(|(f, p, _)| f.as_str() == from && *p == port)
+            .map(|(_, _, l)| l)
+    }
+
+    /// Cuts (or heals) every link into and out of `region`: a network partition of the region
+    /// from its sidecar's point of view and from everyone else's.
+    pub fn partition(&self, region: &str, cut: bool) {
+        let located_in = |port: u16| {
+            self.regions.iter().any(|r| {
+                (r.name.as_str() == region && r.primary_port == port)
+                    || r.replica_ports
+                        .iter()
+                        .any(|(loc, p)| loc.as_str() == region && *p == port)
+            })
+        };
+        for (from, port, l) in &self.links {
+            if from.as_str() == region || located_in(*port) {
+                if cut { l.cut() } else { l.heal() }
+            }
+        }
+    }
+
     fn start_sidecars(&mut self) -> Result<(), DevError> {
+        self.start_links()?;
         let key: String = crate::pgwire::scram::random_bytes(32)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -672,6 +752,7 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         }),
         regions,
         replica_delay: args.replica_delay,
+        link_delay: (!args.link_delay.is_zero()).then_some(args.link_delay),
         schema: args.schema.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
         base_port: Some(args.base_port),
         homeport_exe: exe,

@@ -377,10 +377,7 @@ fn response_token(
         let snapshot = app.topology.snapshot();
         let status = &snapshot.get(served.index).status;
         if let (Some(system_id), Some(timeline)) = (status.system_id, status.timeline) {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now_ms = crate::consistency::token::unix_millis();
             token.get_or_insert_with(Token::default).record(
                 home.clone(),
                 Position {

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_postgres::config::Host;
 
-use super::codec::{FramedReader, Message, ProtocolError, Reader};
+use super::codec::{self, FramedReader, Message, ProtocolError, Reader};
 
 /// One authenticated server connection, idle at ReadyForQuery when in a pool.
 pub struct ServerConn {
@@ -194,5 +194,22 @@ impl ServerConn {
 
     pub async fn recv(&mut self) -> Result<Message, ProtocolError> {
         self.reader.next().await
+    }
+
+    /// homeport's own one-value query on an idle connection: the first column of the first row,
+    /// or `None` if the statement failed or returned no value. The connection is idle again after.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ProtocolError> {
+        let mut buf = BytesMut::new();
+        codec::query(sql).write_to(&mut buf);
+        self.send_raw(&buf).await?;
+        let mut value = None;
+        loop {
+            let m = self.recv().await?;
+            match m.tag {
+                b'D' if value.is_none() => value = codec::first_value(&m.body).map(String::from),
+                b'Z' => return Ok(value),
+                _ => {}
+            }
+        }
     }
 }

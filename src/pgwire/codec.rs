@@ -318,6 +318,24 @@ pub fn text_data_row(value: &str) -> Message {
     Message::new(b'D', b.freeze())
 }
 
+/// A simple-protocol Query message.
+pub fn query(sql: &str) -> Message {
+    let mut b = BytesMut::with_capacity(sql.len() + 1);
+    put_cstr(&mut b, sql);
+    Message::new(b'Q', b.freeze())
+}
+
+/// The first column of a DataRow body as text (`None` for NULL or a malformed row).
+pub fn first_value(body: &[u8]) -> Option<&str> {
+    let mut r = Reader::new(body, "data row");
+    if r.i16().ok()? < 1 {
+        return None;
+    }
+    let len = usize::try_from(r.i32().ok()?).ok()?;
+    let rest = r.rest();
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
 /// Parse complete / bind complete / no data / close complete: empty-bodied responses.
 pub fn empty(tag: u8) -> Message {
     Message::new(tag, Bytes::new())

@@ -7,6 +7,7 @@
 mod backend;
 pub mod cancel;
 pub mod codec;
+mod consistency;
 mod emulate;
 mod pool;
 mod relay;

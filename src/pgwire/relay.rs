@@ -32,6 +32,9 @@ impl Session<'_> {
             self.server_lost(e);
             return Ok(());
         }
+        // The client's ReadyForQuery, held back while homeport's position query is answered.
+        let mut held: Option<Message> = None;
+        let mut position: Option<String> = None;
         loop {
             while let Some(&front) = queue.front() {
                 let synthesized = match front {
@@ -57,6 +60,24 @@ impl Session<'_> {
                     return Ok(());
                 }
             };
+            if queue.front() == Some(&Expect::Position) {
+                match m.tag {
+                    b'A' => self.send(m),
+                    b'D' => position = codec::first_value(&m.body).map(String::from),
+                    b'Z' => {
+                        queue.pop_front();
+                        self.captured(position.take().as_deref());
+                        if let Some(ready) = held.take() {
+                            let status = ready.body.first().copied().unwrap_or(b'I');
+                            self.send(ready);
+                            self.after_ready(status);
+                        }
+                    }
+                    // Row description, command tag, or an error (in a failed transaction).
+                    _ => {}
+                }
+                continue;
+            }
             match m.tag {
                 b'N' | b'S' | b'A' => self.send(m),
                 b'E' => {
@@ -76,8 +97,24 @@ impl Session<'_> {
                     queue.pop_front();
                     self.skipping = false;
                     let status = m.body.first().copied().unwrap_or(b'I');
-                    self.send(m);
-                    self.after_ready(status);
+                    if queue.front() == Some(&Expect::Position) {
+                        held = Some(m);
+                    } else if self.capture_after(status) {
+                        // A write whose position could not be pipelined: ask now.
+                        if let Some(lease) = self.server.as_mut() {
+                            let mut q = BytesMut::new();
+                            super::consistency::position_query().write_to(&mut q);
+                            if let Err(e) = lease.conn.send_raw(&q).await {
+                                self.server_lost(e);
+                                return Ok(());
+                            }
+                        }
+                        queue.push_back(Expect::Position);
+                        held = Some(m);
+                    } else {
+                        self.send(m);
+                        self.after_ready(status);
+                    }
                 }
                 b'1' if queue.front() == Some(&Expect::Swallow) => {
                     queue.pop_front();
@@ -269,7 +306,11 @@ impl Session<'_> {
         if sync && let Some(message) = self.other_shard(plan.user.as_deref()).await {
             return self.raise_on_server(&message).await;
         }
-        let (buf, queue) = self.rewrite(&batch)?;
+        let (mut buf, mut queue) = self.rewrite(&batch)?;
+        if sync && self.capture_ahead(plan.text) {
+            super::consistency::position_query().write_to(&mut buf);
+            queue.push_back(Expect::Position);
+        }
         self.relay(buf, queue).await
     }
 
@@ -281,8 +322,10 @@ impl Session<'_> {
             any_statement: false,
             hint: None,
             user: None,
+            text: Default::default(),
         };
         let note = |plan: &mut BatchPlan, sql: &str, app: &crate::app::App| {
+            plan.text.add(sql);
             let class = app.classifier.classify(sql);
             plan.read_only &= class.read_only;
             plan.hint = plan.hint.or(class.route);
@@ -453,6 +496,8 @@ pub(super) struct BatchPlan {
     any_statement: bool,
     hint: Option<crate::sql::RouteHint>,
     user: Option<String>,
+    /// What the batch's statements may do to the transaction.
+    text: super::consistency::UnitText,
 }
 
 fn protocol(e: ProtocolError) -> ClientError {
@@ -471,6 +516,6 @@ fn terminal(e: Expect, tag: u8) -> bool {
         Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
         Expect::ClosePortal => tag == b'3',
         Expect::Sync => tag == b'Z',
-        Expect::SynthParse | Expect::SynthClose => false,
+        Expect::SynthParse | Expect::SynthClose | Expect::Position => false,
     }
 }

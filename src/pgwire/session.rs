@@ -51,11 +51,13 @@ pub(super) enum Expect {
     SynthParse,
     /// A statement Close: homeport keeps the server's copy and answers CloseComplete itself.
     SynthClose,
+    /// homeport's commit-position query behind a write: its answer is homeport's own.
+    Position,
 }
 
 pub struct Session<'a> {
     pub(super) app: &'a App,
-    pools: &'a WirePools,
+    pub(super) pools: &'a WirePools,
     pub(super) client: FramedReader<super::ClientRead>,
     out_half: super::ClientWrite,
     pub(super) out: BytesMut,
@@ -83,7 +85,13 @@ pub struct Session<'a> {
     pub(super) parsed_now: Vec<String>,
     pub(super) batch: Vec<Message>,
     /// Where the last statement ran: endpoint index and target, formatted on SHOW.
-    last_route: Option<(usize, crate::routing::Target)>,
+    pub(super) last_route: Option<(usize, crate::routing::Target)>,
+    /// The attached server was taken for a write (on the home primary).
+    pub(super) writing: bool,
+    /// Where this session's writes committed, and tokens the client set: reads must see these.
+    pub(super) token: crate::consistency::token::Token,
+    /// `homeport.max_staleness`: replica reads only within this bound.
+    pub(super) max_staleness: Option<std::time::Duration>,
     /// This session's cancel key and the server its statements run on now.
     cancel: super::cancel::Registration,
 }
@@ -138,6 +146,9 @@ impl<'a> Session<'a> {
             parsed_now: Vec::new(),
             batch: Vec::new(),
             last_route: None,
+            writing: false,
+            token: Default::default(),
+            max_staleness: None,
             cancel,
         }
     }
@@ -265,7 +276,12 @@ impl<'a> Session<'a> {
         }
         let mut buf = BytesMut::new();
         msg.write_to(&mut buf);
-        self.relay(buf, VecDeque::from([Expect::Sync])).await
+        let mut queue = VecDeque::from([Expect::Sync]);
+        if self.capture_ahead(super::consistency::UnitText::of(&sql)) {
+            super::consistency::position_query().write_to(&mut buf);
+            queue.push_back(Expect::Position);
+        }
+        self.relay(buf, queue).await
     }
 
     pub(super) fn txn_status(&self) -> u8 {
@@ -309,59 +325,88 @@ impl<'a> Session<'a> {
                 message: format!("unrecognized configuration parameter \"homeport.{name}\""),
             });
         }
+        let done = |tag| Ok(SettingOutput { row: None, tag });
         match setting {
-            Setting::Set { name, value, local } if name == "user" => {
-                let u = UserId::parse(value).map_err(|m| ClientError {
-                    code: "22023",
-                    message: format!("invalid homeport.user: {m}"),
-                })?;
-                if *local {
-                    self.txn_user = Some(u);
-                } else {
-                    self.user = Some(u);
-                }
-                Ok(SettingOutput {
-                    row: None,
-                    tag: "SET",
-                })
-            }
-            Setting::Reset { name } if name == "user" => {
-                self.user = None;
-                Ok(SettingOutput {
-                    row: None,
-                    tag: "RESET",
-                })
-            }
             Setting::Show { name } => {
-                let value = match name.as_str() {
-                    "user" => self
-                        .txn_user
-                        .as_ref()
-                        .or(self.user.as_ref())
-                        .map(|u| u.to_string())
-                        .unwrap_or_default(),
-                    _ => self
-                        .last_route
-                        .map(|(i, t)| {
-                            format!(
-                                "{}/{}",
-                                self.app.topology.snapshot().get(i).info.region,
-                                t.role_str()
-                            )
-                        })
-                        .unwrap_or_default(),
-                };
+                let value = self.show_setting(name)?;
                 Ok(SettingOutput {
                     row: Some((format!("homeport.{name}"), value)),
                     tag: "SHOW",
                 })
             }
-            _ => Err(ClientError {
-                code: "55P02",
-                message: "homeport.route is read-only; use a /*homeport_route='primary'*/ hint"
-                    .into(),
-            }),
+            Setting::Set { name, value, local } => match name.as_str() {
+                "user" => {
+                    let u = UserId::parse(value).map_err(|m| ClientError {
+                        code: "22023",
+                        message: format!("invalid homeport.user: {m}"),
+                    })?;
+                    if *local {
+                        self.txn_user = Some(u);
+                    } else {
+                        self.user = Some(u);
+                    }
+                    done("SET")
+                }
+                "consistency_token" => self.set_token(value).and(done("SET")),
+                "max_staleness" => {
+                    self.max_staleness =
+                        settings::parse_staleness(value).map_err(|m| ClientError {
+                            code: "22023",
+                            message: format!("invalid homeport.max_staleness: {m}"),
+                        })?;
+                    done("SET")
+                }
+                _ => Err(ClientError {
+                    code: "55P02",
+                    message: "homeport.route is read-only; use a /*homeport_route='primary'*/ hint"
+                        .into(),
+                }),
+            },
+            Setting::Reset { name } => match name.as_str() {
+                "user" => {
+                    self.user = None;
+                    done("RESET")
+                }
+                "consistency_token" => {
+                    self.token = Default::default();
+                    done("RESET")
+                }
+                "max_staleness" => {
+                    self.max_staleness = None;
+                    done("RESET")
+                }
+                _ => Err(ClientError {
+                    code: "55P02",
+                    message: "homeport.route is read-only".into(),
+                }),
+            },
         }
+    }
+
+    fn show_setting(&self, name: &str) -> Result<String, ClientError> {
+        Ok(match name {
+            "user" => self
+                .txn_user
+                .as_ref()
+                .or(self.user.as_ref())
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            "consistency_token" => self.show_token()?,
+            "max_staleness" => self
+                .max_staleness
+                .map(|d| format!("{}ms", d.as_millis()))
+                .unwrap_or_else(|| "off".into()),
+            _ => self
+                .last_route
+                .map(|(i, t)| {
+                    format!(
+                        "{}/{}",
+                        self.app.topology.snapshot().get(i).info.region,
+                        t.role_str()
+                    )
+                })
+                .unwrap_or_default(),
+        })
     }
 
     /// With a server attached (in a transaction or pinned), a statement for a user of another
@@ -450,27 +495,24 @@ impl<'a> Session<'a> {
                 code: "08006",
                 message: e.to_string(),
             })?;
-        let mut last = String::new();
-        for c in candidates {
-            match self.pools.acquire(c.index).await {
-                Ok(lease) => {
-                    self.last_route = Some((c.index, c.target));
-                    self.app.note_cross_region(c.index);
-                    self.txn_started = Some((std::time::Instant::now(), intent, c.target));
-                    self.on_replica = c.target != crate::routing::Target::Primary;
-                    self.server = Some(lease);
-                    self.shard = Some(home.clone());
-                    self.attached_user = Some(user.clone());
-                    self.sync_cancel_target();
-                    return Ok(());
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(ClientError {
+        let acquired = match intent {
+            Intent::Read => self.acquire_read(&home, candidates).await,
+            Intent::Write => self.acquire_first(&candidates).await,
+        };
+        let (lease, c) = acquired.map_err(|last| ClientError {
             code: "08006",
             message: format!("no server for shard {home} is reachable: {last}"),
-        })
+        })?;
+        self.last_route = Some((c.index, c.target));
+        self.app.note_cross_region(c.index);
+        self.txn_started = Some((std::time::Instant::now(), intent, c.target));
+        self.on_replica = c.target != crate::routing::Target::Primary;
+        self.writing = intent == Intent::Write && !self.on_replica;
+        self.server = Some(lease);
+        self.shard = Some(home.clone());
+        self.attached_user = Some(user.clone());
+        self.sync_cancel_target();
+        Ok(())
     }
 }
 

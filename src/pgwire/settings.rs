@@ -1,6 +1,6 @@
-//! homeport's own session settings on the wire: `SET [LOCAL] homeport.user = '...'`,
-//! `RESET homeport.user`, `SHOW homeport.user`, `SHOW homeport.route`. They are answered by
-//! homeport and never reach a server. Parsing is pure and unit-tested.
+//! homeport's own session settings on the wire: `SET [LOCAL] / RESET / SHOW` of `homeport.user`,
+//! `homeport.consistency_token` and `homeport.max_staleness`, and `SHOW homeport.route`. They are
+//! answered by homeport and never reach a server. Parsing is pure and unit-tested.
 
 /// A statement addressed to homeport itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +19,23 @@ pub enum Setting {
 }
 
 /// Settings homeport knows. Reserved ones are recognised but refused until implemented.
-pub const KNOWN: &[&str] = &["user", "route"];
-pub const RESERVED: &[&str] = &["consistency_token", "idempotency_key", "max_staleness"];
+pub const KNOWN: &[&str] = &["user", "route", "consistency_token", "max_staleness"];
+pub const RESERVED: &[&str] = &["idempotency_key"];
+
+/// A `homeport.max_staleness` value: `off` for no bound, a whole number
+/// of milliseconds, or a duration such as `200ms` or `2s`.
+pub fn parse_staleness(value: &str) -> Result<Option<std::time::Duration>, String> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("default") {
+        return Ok(None);
+    }
+    if let Ok(ms) = v.parse::<u64>() {
+        return Ok(Some(std::time::Duration::from_millis(ms)));
+    }
+    humantime::parse_duration(v)
+        .map(Some)
+        .map_err(|_| format!("{v:?} is not a duration; write e.g. 200ms, 2s, or off"))
+}
 
 /// Recognises `SET/RESET/SHOW homeport.<name>`; anything else is `None` (goes to a server).
 pub fn parse(sql: &str) -> Option<Setting> {
@@ -133,6 +148,16 @@ mod tests {
             parse("SET homeport.consistency_token = 'x'"),
             set("consistency_token", "x", false)
         );
+    }
+
+    #[test]
+    fn staleness_values() {
+        use std::time::Duration;
+        assert_eq!(parse_staleness("250"), Ok(Some(Duration::from_millis(250))));
+        assert_eq!(parse_staleness("2s"), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(parse_staleness("OFF"), Ok(None));
+        assert!(parse_staleness("soon").is_err());
+        assert!(parse_staleness("-5").is_err());
     }
 
     #[test]

@@ -41,6 +41,10 @@ with psycopg.connect(url, options=f"-c homeport.user={user}", autocommit=True) a
     ).fetchone()
     check("insert returns the id", isinstance(row[0], int), row)
     check("write ran on the home primary", route(conn) == f"{home}/primary", route(conn))
+    # The driver tracks the token homeport reports after each committed write.
+    token = conn.info.parameter_status("homeport.consistency_token")
+    check("ParameterStatus carries the consistency token", token is not None and token.startswith("v1."), token)
+    check("SHOW returns the same token", conn.execute("SHOW homeport.consistency_token").fetchone()[0] == token)
 
     # Read back from the primary (a hint), text and binary formats.
     for binary in (False, True):

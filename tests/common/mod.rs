@@ -138,3 +138,32 @@ pub async fn wait_caught_up(env: &Env, shard: &str, located: &str) {
     }
     panic!("replica of {shard} in {located} did not catch up");
 }
+
+/// The sandbox's consistency-token keys, to decode the tokens homeport hands out.
+pub fn token_keys(env: &Env) -> homeport::consistency::token::Keys {
+    homeport::consistency::token::Keys {
+        current: std::fs::read(env.sandbox.dir.join("consistency.key")).unwrap(),
+        previous: None,
+    }
+}
+
+/// Keeps `region`'s primary writing (a row every 20 ms, straight to the server) so a delayed
+/// replica really falls behind by its delay; abort the handle to stop.
+pub fn keep_primary_busy(env: &Env, region: &str) -> tokio::task::JoinHandle<()> {
+    let url = superuser_url(env.primary_port(region), "app");
+    tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        loop {
+            let _ = c
+                .execute(
+                    "INSERT INTO notes (user_id, body) VALUES ('bg', 'tick')",
+                    &[],
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
