@@ -172,6 +172,26 @@ async fn a_read_with_the_token_sees_the_write_and_stays_local_when_it_can() {
         fresh.body
     );
 
+    // A read-only transaction with the token is held to the same rule.
+    let txn = env
+        .send(
+            env.http
+                .post(env.url("us", "/v1/transaction"))
+                .header("homeport-user", "ada")
+                .header("consistency-token", &token)
+                .json(&json!({"intent": "read", "statements": [
+                    {"sql": "SELECT count(*) FROM notes WHERE user_id = 'ada'"},
+                    {"sql": "SELECT 1"}
+                ]})),
+        )
+        .await;
+    assert_eq!(
+        (txn.served_by(), &txn.body["results"][0]["rows"][0][0]),
+        ("eu/primary", &json!(1)),
+        "{:?}",
+        txn.body
+    );
+
     // Once the replica has replayed the write, the same token is served locally.
     let mut local = false;
     for _ in 0..100 {

@@ -209,6 +209,34 @@ pub async fn transaction(
     let home = home_of(app, &identity).await?;
     let candidates = candidates(app, &home, intent, on_primary)?;
     let token_in = request_token(app, headers)?;
+    let required = token_in.as_ref().and_then(|t| t.shards.get(&home)).copied();
+    if let (Some(required), Intent::Read, Some(config)) =
+        (required, intent, &app.config.consistency)
+    {
+        let (statements, classes) = (&t.statements, &classes);
+        let (results, served) = super::ryw::serve(
+            app,
+            &candidates,
+            &required,
+            config.max_wait,
+            |client, endpoint, deadline| async move {
+                if let Some(deadline) = deadline
+                    && !super::ryw::wait_replayed(&client, &endpoint, &required, deadline).await?
+                {
+                    return Ok(None);
+                }
+                run_transaction(client, &endpoint, statements, classes, intent)
+                    .await
+                    .map(Some)
+            },
+        )
+        .await
+        .map_err(serve_problem)?;
+        outcome.served = Some(served.clone());
+        return Ok(transaction_reply(
+            app, results, token_in, &home, &served, None,
+        ));
+    }
     let capture = intent == Intent::Write && app.config.consistency.is_some();
     let mut attempts = app.attempts(candidates, intent);
     let ((results, lsn), served) = loop {
@@ -227,15 +255,28 @@ pub async fn transaction(
         }
     };
     outcome.served = Some(served.clone());
+    Ok(transaction_reply(
+        app, results, token_in, &home, &served, lsn,
+    ))
+}
+
+fn transaction_reply(
+    app: &App,
+    results: Vec<QueryResult>,
+    token_in: Option<Token>,
+    home: &crate::types::RegionName,
+    served: &Served,
+    lsn: Option<crate::types::Lsn>,
+) -> Reply {
     #[derive(serde::Serialize)]
     struct Results {
         results: Vec<QueryResult>,
     }
-    let mut reply = Reply::serialize(StatusCode::OK, &Results { results }).served(&served);
-    if let Some(token) = response_token(app, token_in, &home, &served, lsn) {
+    let mut reply = Reply::serialize(StatusCode::OK, &Results { results }).served(served);
+    if let Some(token) = response_token(app, token_in, home, served, lsn) {
         reply = reply.header(CONSISTENCY_TOKEN, token);
     }
-    Ok(reply)
+    reply
 }
 
 /// One statement; in a READ ONLY transaction when `guard` is set.

@@ -34,6 +34,41 @@ pub async fn read(
     command: &str,
     max_wait: Duration,
 ) -> Result<RywRead, ServeError> {
+    let (result, served) = serve(
+        app,
+        candidates,
+        required,
+        max_wait,
+        |client, endpoint, deadline| async move {
+            match deadline {
+                None => execute::run(&client, &endpoint, sql, params, command)
+                    .await
+                    .map(Some),
+                Some(deadline) => {
+                    wait_and_read(&client, &endpoint, required, sql, params, command, deadline)
+                        .await
+                }
+            }
+        },
+    )
+    .await?;
+    Ok(RywRead { result, served })
+}
+
+/// Tries the copies nearest first for a read that must see `required`. `run` gets a connection
+/// to a copy, its endpoint name, and `None` if the copy is known to have the position, or the
+/// deadline until which it may wait for it; it answers `Ok(None)` if the copy never got there.
+pub async fn serve<T, F, Fut>(
+    app: &App,
+    candidates: &[Candidate],
+    required: &Position,
+    max_wait: Duration,
+    mut run: F,
+) -> Result<(T, Served), ServeError>
+where
+    F: FnMut(deadpool_postgres::Object, String, Option<Instant>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, DbError>>,
+{
     let started = Instant::now();
     let snapshot = app.topology.snapshot();
     let (ready, waiting) = split_candidates(&snapshot, candidates, Some(required));
@@ -52,24 +87,9 @@ pub async fn read(
                 continue;
             }
         };
-        let endpoint = app.pools.endpoint_name(c.index);
-        let attempt = if is_ready {
-            execute::run(&client, endpoint, sql, params, command)
-                .await
-                .map(Some)
-        } else {
-            wait_and_read(
-                &client,
-                endpoint,
-                required,
-                sql,
-                params,
-                command,
-                started + max_wait,
-            )
-            .await
-        };
-        match attempt {
+        let endpoint = app.pools.endpoint_name(c.index).to_string();
+        let deadline = (!is_ready).then_some(started + max_wait);
+        match run(client, endpoint, deadline).await {
             Ok(Some(result)) => {
                 if position > 0 {
                     app.ryw_fallback(if c.target == crate::routing::Target::Primary {
@@ -79,10 +99,7 @@ pub async fn read(
                     });
                 }
                 app.ryw_waited(started.elapsed());
-                return Ok(RywRead {
-                    result,
-                    served: app.served_for(c),
-                });
+                return Ok((result, app.served_for(c)));
             }
             Ok(None) => app.ryw_fallback("timeout"),
             Err(e @ (DbError::Unavailable { .. } | DbError::Lost { .. })) => {
@@ -100,6 +117,36 @@ pub async fn read(
     })
 }
 
+/// Asks a replica every [`POLL`] until `deadline` whether it has replayed `required`; for reads
+/// that are more than one statement, which then run after it answered yes.
+pub async fn wait_replayed(
+    client: &deadpool_postgres::Object,
+    endpoint: &str,
+    required: &Position,
+    deadline: Instant,
+) -> Result<bool, DbError> {
+    let check = client
+        .prepare_cached(CHECK_SQL)
+        .await
+        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let lsn = required.lsn.to_string();
+    loop {
+        let row = client
+            .query_one(&check, &[&lsn])
+            .await
+            .map_err(|e| DbError::from_pg(endpoint, e))?;
+        if row.get::<_, Option<bool>>(0) == Some(true) {
+            return Ok(true);
+        }
+        if Instant::now() + POLL > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+const CHECK_SQL: &str = "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn";
+
 /// The pipelined check-then-read until `deadline`; `None` if the replica never got there.
 async fn wait_and_read(
     client: &deadpool_postgres::Object,
@@ -111,7 +158,7 @@ async fn wait_and_read(
     deadline: Instant,
 ) -> Result<Option<QueryResult>, DbError> {
     let check = client
-        .prepare_cached("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
+        .prepare_cached(CHECK_SQL)
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     let stmt = client
