@@ -22,6 +22,10 @@ pub struct App {
     pub topology: Arc<Topology>,
     pub pools: Arc<Pools>,
     pub directory: Directory,
+    /// The regional Redis, when configured.
+    pub kv: Option<Arc<crate::kv::Kv>>,
+    /// Which primaries have homeport's idempotency schema, as far as this sidecar knows.
+    pub idempotency_schema: crate::idempotency::store::Schema,
     pub metrics: PrometheusHandle,
     pub http_metrics: RequestMetrics,
     pub wire_metrics: RequestMetrics,
@@ -59,7 +63,13 @@ impl App {
     pub fn new(config: Config, metrics: PrometheusHandle) -> App {
         let topology = Arc::new(Topology::from_config(&config));
         let pools = Arc::new(Pools::new(&topology.snapshot(), &config.postgres));
-        let directory = Directory::new(&config, topology.clone(), pools.clone());
+        let kv = config
+            .redis
+            .as_ref()
+            .map(|r| Arc::new(crate::kv::Kv::new(r)));
+        let idempotency_schema =
+            crate::idempotency::store::Schema::new(topology.snapshot().endpoints.len());
+        let directory = Directory::new(&config, topology.clone(), pools.clone(), kv.clone());
         let regions = config.regions().into_iter().map(|r| r.to_string());
         let cross_region = CrossRegionMetrics::new(config.region.as_str(), regions);
         App {
@@ -67,6 +77,8 @@ impl App {
             topology,
             pools,
             directory,
+            kv,
+            idempotency_schema,
             metrics,
             http_metrics: RequestMetrics::new("http"),
             wire_metrics: RequestMetrics::new("pg"),

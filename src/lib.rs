@@ -8,6 +8,8 @@
 //! - [`sql`]: lexer and conservative read-only classifier.
 //! - [`consistency`]: the signed, mergeable consistency token.
 //! - [`directory`]: user -> home region (claim, caches, directory table, placement).
+//! - [`idempotency`]: idempotency keys: the records in the home primary, the Redis shortcut.
+//! - [`kv`]: the regional Redis, best effort (directory cache, idempotency cache and locks).
 //! - [`auth`]: identity from a trusted header or a verified JWT.
 //! - [`db`]: per-endpoint connection pools and database errors.
 //! - [`app`]: shared sidecar state and the try-candidates-in-order data path.
@@ -26,6 +28,8 @@ pub mod db;
 pub mod dev;
 pub mod directory;
 pub mod http;
+pub mod idempotency;
+pub mod kv;
 pub mod metrics;
 pub mod net;
 pub mod pgwire;

@@ -17,6 +17,8 @@ pub const CROSS_REGION_REQUESTS_TOTAL: &str = "homeport_cross_region_requests_to
 pub const DIRECTORY_LOOKUPS_TOTAL: &str = "homeport_directory_lookups_total";
 pub const RYW_WAIT_SECONDS: &str = "homeport_ryw_wait_seconds";
 pub const RYW_FALLBACKS_TOTAL: &str = "homeport_ryw_fallbacks_total";
+pub const IDEMPOTENCY_TOTAL: &str = "homeport_idempotency_total";
+pub const IDEMPOTENCY_CACHE_TOTAL: &str = "homeport_idempotency_cache_lookups_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -30,6 +32,8 @@ pub const ALL: &[&str] = &[
     DIRECTORY_LOOKUPS_TOTAL,
     RYW_WAIT_SECONDS,
     RYW_FALLBACKS_TOTAL,
+    IDEMPOTENCY_TOTAL,
+    IDEMPOTENCY_CACHE_TOTAL,
 ];
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
@@ -42,6 +46,19 @@ pub fn ryw_wait(waited: Duration) {
 /// `replica` or `primary`.
 pub fn ryw_fallback(reason: &'static str) {
     counter!(RYW_FALLBACKS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A request with an idempotency key: `new` (applied now), `replayed` (already applied: the
+/// stored response, or on the wire the refusal to apply twice), `conflict` (same key in flight),
+/// `mismatch` (same key, different request).
+pub fn idempotency(result: &'static str, frontend: &'static str) {
+    counter!(IDEMPOTENCY_TOTAL, "result" => result, "frontend" => frontend).increment(1);
+}
+
+/// A lookup of a completed response in the regional Redis: `hit` or `miss` (the ratio is the
+/// share of same-region replays that needed no trip to the home primary).
+pub fn idempotency_cache(result: &'static str) {
+    counter!(IDEMPOTENCY_CACHE_TOTAL, "result" => result).increment(1);
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

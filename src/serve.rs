@@ -38,6 +38,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })?;
     let app = Arc::new(App::new(config, handle));
     let probes = topology::probe::spawn_all(app.topology.clone(), app.config.probe.clone());
+    let cleanup = crate::idempotency::store::spawn_cleanup(app.clone());
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
@@ -96,5 +97,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     for p in probes {
         p.abort();
     }
+    cleanup.abort();
     Ok(())
 }

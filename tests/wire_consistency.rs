@@ -303,7 +303,6 @@ async fn capturing_the_commit_position_costs_no_extra_round_trip() {
     assert_eq!(env.place("us", "cy", "eu").await.status, 201);
     // A second us sidecar with a link of its own to the eu primary, that probes only at start,
     // so the link carries nothing but the writes under test.
-    let us = env.sandbox.region("us");
     let shared = env
         .sandbox
         .link_to("us", env.primary_port("eu"))
@@ -313,27 +312,18 @@ async fn capturing_the_commit_position_costs_no_extra_round_trip() {
     let link = links
         .start(env.primary_port("eu"), Duration::from_millis(25))
         .unwrap();
-    let ports = homeport::dev::pick_ports(2).unwrap();
-    let config = std::fs::read_to_string(&us.config_path)
-        .unwrap()
+    let (config, http_port, pg_port) = common::region_config_on_new_ports(&env, "us");
+    let config = config
         .replace(&format!(":{shared}/"), &format!(":{}/", link.port))
-        .replace(
-            &format!("127.0.0.1:{}\"", us.http_port),
-            &format!("127.0.0.1:{}\"", ports[0]),
-        )
-        .replace(
-            &format!("127.0.0.1:{}\"", us.pg_port),
-            &format!("127.0.0.1:{}\"", ports[1]),
-        )
         .replace("interval = \"100ms\"", "interval = \"1h\"");
     let _sidecar = env
         .sandbox
-        .spawn_sidecar("us-quiet", &config, ports[0])
+        .spawn_sidecar("us-quiet", &config, http_port)
         .unwrap();
-    let c = session_on(ports[1], "cy").await;
+    let c = session_on(pg_port, "cy").await;
     let http = reqwest::Client::new();
     let http_write = || {
-        http.post(format!("http://127.0.0.1:{}/v1/query", ports[0]))
+        http.post(format!("http://127.0.0.1:{}/v1/query", http_port))
             .header("homeport-user", "cy")
             .json(&json!({"sql": "INSERT INTO notes (user_id, body) VALUES ('cy', $1)", "params": ["h"]}))
             .send()

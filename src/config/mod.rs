@@ -48,7 +48,21 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Consistency tokens; absent when `[consistency]` is not configured.
     pub consistency: Option<ConsistencyConfig>,
+    pub idempotency: IdempotencyConfig,
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// A write without an `Idempotency-Key` is refused (400).
+    pub require: bool,
+    /// How long a completed key is remembered.
+    pub ttl: Duration,
+    /// How long the regional in-flight lock in Redis lives if its holder never releases it.
+    pub lock_ttl: Duration,
+    pub cleanup_interval: Duration,
+    /// Expired records deleted per statement, so cleanup never holds many row locks.
+    pub cleanup_batch: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -483,9 +497,35 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             })
         }
     };
+    let idem = raw.idempotency;
+    let idempotency = IdempotencyConfig {
+        require: idem.require.unwrap_or(false),
+        ttl: idem.ttl.map_or(Duration::from_secs(24 * 3600), |d| d.0),
+        lock_ttl: idem.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
+        cleanup_interval: idem
+            .cleanup_interval
+            .map_or(Duration::from_secs(60), |d| d.0),
+        cleanup_batch: idem.cleanup_batch.unwrap_or(1000),
+    };
+    if idempotency.ttl < Duration::from_secs(1) {
+        return Err(ConfigError::new("idempotency.ttl", "must be at least 1s"));
+    }
+    if idempotency.lock_ttl < Duration::from_millis(100) {
+        return Err(ConfigError::new(
+            "idempotency.lock_ttl",
+            "must be at least 100ms",
+        ));
+    }
+    if idempotency.cleanup_batch == 0 {
+        return Err(ConfigError::new(
+            "idempotency.cleanup_batch",
+            "must be at least 1",
+        ));
+    }
     let config = Config {
         region,
         consistency,
+        idempotency,
         pg,
         http: HttpConfig {
             listen,

@@ -26,7 +26,19 @@ pub struct RawConfig {
     pub directory: RawDirectory,
     pub redis: Option<RawRedis>,
     pub consistency: Option<RawConsistency>,
+    #[serde(default)]
+    pub idempotency: RawIdempotency,
     pub shutdown_grace: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    pub require: Option<bool>,
+    pub ttl: Option<Dur>,
+    pub lock_ttl: Option<Dur>,
+    pub cleanup_interval: Option<Dur>,
+    pub cleanup_batch: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

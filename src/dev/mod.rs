@@ -494,6 +494,15 @@ impl Sandbox {
             .start(&pg_dir.join(name), &pg_dir.join(format!("{name}.log")))
     }
 
+    /// Stops a region's Redis (tests of homeport without it, or losing it mid-run).
+    pub fn stop_redis(&mut self, region: &str) {
+        if let Some(k) = self.index(region)
+            && let Some(r) = self.redis.get_mut(k)
+        {
+            r.stop(Duration::from_secs(2));
+        }
+    }
+
     /// Process id of a region's sidecar, for tests that signal it.
     pub fn sidecar_pid(&self, region: &str) -> Option<u32> {
         self.index(region)

@@ -184,6 +184,10 @@ pub fn render_config(p: &SidecarPlan) -> String {
         "[consistency]   # consistency tokens: one key shared by every region\nkey_file = \"{}\"\nmax_wait = \"50ms\"\n",
         p.consistency_key.display()
     );
+    let _ = writeln!(
+        s,
+        "[idempotency]   # Idempotency-Key on HTTP writes, SET LOCAL homeport.idempotency_key on the wire\nrequire = false\nttl = \"24h\"\nlock_ttl = \"5s\"   # a crashed request's Redis lock frees this fast\ncleanup_interval = \"1m\"\n"
+    );
     if let Some(port) = p.redis {
         let _ = writeln!(
             s,

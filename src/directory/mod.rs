@@ -5,7 +5,6 @@
 
 mod cache;
 mod placement;
-mod redis_cache;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,14 +72,20 @@ pub struct Directory {
     select_sql: String,
     insert_sql: String,
     cache: TtlCache,
-    redis: Option<redis_cache::RedisCache>,
+    redis: Option<std::sync::Arc<crate::kv::Kv>>,
+    redis_ttl: std::time::Duration,
     topology: Arc<Topology>,
     pools: Arc<Pools>,
     metrics: DirectoryMetrics,
 }
 
 impl Directory {
-    pub fn new(config: &Config, topology: Arc<Topology>, pools: Arc<Pools>) -> Directory {
+    pub fn new(
+        config: &Config,
+        topology: Arc<Topology>,
+        pools: Arc<Pools>,
+        kv: Option<Arc<crate::kv::Kv>>,
+    ) -> Directory {
         let table = &config.directory.table;
         Directory {
             local: config.region.clone(),
@@ -94,10 +99,8 @@ impl Directory {
                  SELECT home_region, false FROM {table} WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
             ),
             cache: TtlCache::new(config.directory.cache_ttl, config.directory.cache_capacity),
-            redis: config
-                .redis
-                .as_ref()
-                .map(|r| redis_cache::RedisCache::new(r, config.directory.cache_ttl)),
+            redis: kv,
+            redis_ttl: config.directory.cache_ttl,
             topology,
             pools,
             metrics: DirectoryMetrics::new(),
@@ -135,7 +138,10 @@ impl Directory {
             return Ok((region, Source::Cache));
         }
         if let Some(redis) = &self.redis
-            && let Some(region) = redis.get(user).await.and_then(|r| self.is_known_region(&r))
+            && let Some(region) = redis
+                .get(&redis_key(user))
+                .await
+                .and_then(|r| self.is_known_region(&r))
         {
             self.cache.insert(user.clone(), region.clone(), now);
             return Ok((region, Source::Redis));
@@ -161,7 +167,9 @@ impl Directory {
         self.cache
             .insert(user.clone(), region.clone(), Instant::now());
         if let Some(redis) = &self.redis {
-            redis.set(user, region).await;
+            redis
+                .set_ex(&redis_key(user), region.as_str(), self.redis_ttl)
+                .await;
         }
     }
 
@@ -253,4 +261,9 @@ pub fn table_ddl(table: &str) -> String {
            home_region text NOT NULL,\n  \
            created_at timestamptz NOT NULL DEFAULT now()\n);\n"
     )
+}
+
+/// The regional Redis key caching a user's home region.
+fn redis_key(user: &UserId) -> String {
+    format!("homeport:dir:{}", user.as_str())
 }

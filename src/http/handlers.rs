@@ -119,6 +119,24 @@ pub async fn query(
     let sql = q.sql.as_str();
     let command = class.command.as_str();
     let token_in = request_token(app, headers)?;
+    if intent == Intent::Write
+        && let Some(key) = super::idempotent::key(app, headers)?
+    {
+        let req = super::idempotent::Request {
+            key,
+            fingerprint: crate::idempotency::fingerprint("POST", "/v1/query", body),
+            user: &identity.user,
+            home: &home,
+            statements: vec![super::idempotent::Stmt {
+                sql,
+                params: &q.params,
+                command,
+            }],
+            shape: super::idempotent::Shape::Single,
+            token_in,
+        };
+        return super::idempotent::write(app, req, candidates, outcome).await;
+    }
     let capture = intent == Intent::Write && app.config.consistency.is_some();
     let required = token_in.as_ref().and_then(|t| t.shards.get(&home)).copied();
     if let (Some(required), Intent::Read, false, Some(config)) =
@@ -236,6 +254,29 @@ pub async fn transaction(
         return Ok(transaction_reply(
             app, results, token_in, &home, &served, None,
         ));
+    }
+    if intent == Intent::Write
+        && let Some(key) = super::idempotent::key(app, headers)?
+    {
+        let req = super::idempotent::Request {
+            key,
+            fingerprint: crate::idempotency::fingerprint("POST", "/v1/transaction", body),
+            user: &identity.user,
+            home: &home,
+            statements: t
+                .statements
+                .iter()
+                .zip(&classes)
+                .map(|(s, c)| super::idempotent::Stmt {
+                    sql: &s.sql,
+                    params: &s.params,
+                    command: &c.command,
+                })
+                .collect(),
+            shape: super::idempotent::Shape::Transaction,
+            token_in,
+        };
+        return super::idempotent::write(app, req, candidates, outcome).await;
     }
     let capture = intent == Intent::Write && app.config.consistency.is_some();
     let mut attempts = app.attempts(candidates, intent);
@@ -405,7 +446,7 @@ fn request_token(app: &App, headers: &HeaderMap) -> Result<Option<Token>, Proble
 }
 
 /// The token to send back: the request's, plus this write's commit position on `home`.
-fn response_token(
+pub(super) fn response_token(
     app: &App,
     incoming: Option<Token>,
     home: &crate::types::RegionName,
@@ -462,17 +503,17 @@ async fn run_transaction(
 
 /// Closes a server connection instead of pooling it if a transaction on it did not finish
 /// (the request was abandoned mid-way): it might still be inside that transaction.
-struct TxGuard(Option<deadpool_postgres::Object>);
+pub(super) struct TxGuard(pub(super) Option<deadpool_postgres::Object>);
 
 impl TxGuard {
-    fn client(&self) -> &deadpool_postgres::Object {
+    pub(super) fn client(&self) -> &deadpool_postgres::Object {
         self.0
             .as_ref()
             .expect("guard holds the connection until finished")
     }
 
     /// The connection is idle again and may go back to the pool.
-    fn finish(mut self) {
+    pub(super) fn finish(mut self) {
         self.0.take();
     }
 }
@@ -523,7 +564,7 @@ async fn run_write_transaction_capturing(
 }
 
 /// Marks which statement of a transaction failed; the whole transaction was rolled back.
-struct StatementFailed(usize, DbError);
+pub(super) struct StatementFailed(pub(super) usize, pub(super) DbError);
 
 impl From<StatementFailed> for DbError {
     fn from(f: StatementFailed) -> Self {
@@ -624,7 +665,7 @@ fn candidates(
     Ok(app.candidates(home, effective)?)
 }
 
-fn serve_problem(e: ServeError) -> Problem {
+pub(super) fn serve_problem(e: ServeError) -> Problem {
     match e {
         ServeError::Route(r) => r.into(),
         ServeError::Db(d) => d.into(),
@@ -633,7 +674,7 @@ fn serve_problem(e: ServeError) -> Problem {
 
 /// Keeps the per-connection prepared-statement cache bounded: apps that inline values into SQL
 /// would otherwise grow it without limit.
-fn trim_statement_cache(client: &deadpool_postgres::Object) {
+pub(super) fn trim_statement_cache(client: &deadpool_postgres::Object) {
     if client.statement_cache.size() > STATEMENT_CACHE_LIMIT {
         client.statement_cache.clear();
     }

@@ -4,6 +4,7 @@
 
 mod execute;
 mod handlers;
+mod idempotent;
 pub mod problem;
 mod ryw;
 mod time;
@@ -59,6 +60,16 @@ impl Reply {
             status,
             content_type: "application/json",
             body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A JSON body that is already text (a stored response).
+    pub fn raw_json(status: StatusCode, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(body),
             headers: Vec::new(),
         }
     }

@@ -199,15 +199,28 @@ impl ServerConn {
     /// homeport's own one-value query on an idle connection: the first column of the first row,
     /// or `None` if the statement failed or returned no value. The connection is idle again after.
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ProtocolError> {
+        let (outcome, _) = self.run_own(sql).await?;
+        Ok(outcome.ok().flatten())
+    }
+
+    /// Runs homeport's own simple query: its first value or the server's ErrorResponse, and
+    /// the transaction status the server reported after it.
+    pub async fn run_own(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Result<Option<String>, Message>, u8), ProtocolError> {
         let mut buf = BytesMut::new();
         codec::query(sql).write_to(&mut buf);
         self.send_raw(&buf).await?;
-        let mut value = None;
+        let mut outcome = Ok(None);
         loop {
             let m = self.recv().await?;
             match m.tag {
-                b'D' if value.is_none() => value = codec::first_value(&m.body).map(String::from),
-                b'Z' => return Ok(value),
+                b'D' if matches!(outcome, Ok(None)) => {
+                    outcome = Ok(codec::first_value(&m.body).map(String::from))
+                }
+                b'E' => outcome = Err(m),
+                b'Z' => return Ok((outcome, m.body.first().copied().unwrap_or(b'I'))),
                 _ => {}
             }
         }

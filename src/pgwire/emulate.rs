@@ -42,7 +42,7 @@ impl Session<'_> {
     }
 
     /// Answers a settings-only batch message by message.
-    pub(super) fn emulate(&mut self, batch: &[Message]) -> Result<(), SessionError> {
+    pub(super) async fn emulate(&mut self, batch: &[Message]) -> Result<(), SessionError> {
         let mut current: Option<Setting> = None;
         let mut failed = false;
         for m in batch {
@@ -98,17 +98,19 @@ impl Session<'_> {
                         _ => self.send(codec::empty(b'n')),
                     }
                 }
-                b'E' => match current.clone().map(|s| self.apply_setting(&s)) {
-                    Some(Ok(out)) => {
-                        if let Some((_, value)) = &out.row {
-                            self.send(codec::text_data_row(value));
+                b'E' => match current.clone() {
+                    Some(s) => match self.apply_setting_io(&s).await {
+                        Ok(out) => {
+                            if let Some((_, value)) = &out.row {
+                                self.send(codec::text_data_row(value));
+                            }
+                            self.send(codec::command_complete(out.tag));
                         }
-                        self.send(codec::command_complete(out.tag));
-                    }
-                    Some(Err(e)) => {
-                        self.fail(e);
-                        failed = true;
-                    }
+                        Err(e) => {
+                            self.fail(e);
+                            failed = true;
+                        }
+                    },
                     None => self.send(codec::empty(b'I')),
                 },
                 b'C' => self.send(codec::empty(b'3')),

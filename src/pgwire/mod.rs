@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod codec;
 mod consistency;
 mod emulate;
+mod idempotency;
 mod pool;
 mod relay;
 pub mod scram;

@@ -208,6 +208,7 @@ impl Session<'_> {
         self.server_status = Some(status);
         if status == b'I' {
             self.txn_user = None;
+            self.txn_key = None;
             self.record_transaction();
             if !self.pinned {
                 if let Some(lease) = self.server.take() {
@@ -251,6 +252,7 @@ impl Session<'_> {
             );
         }
         self.txn_failed = false;
+        self.txn_key = None;
         self.server = None;
         self.server_status = None;
         self.pinned = false;
@@ -268,7 +270,7 @@ impl Session<'_> {
     pub(super) async fn run_batch(&mut self, sync: bool) -> Result<(), SessionError> {
         let batch = std::mem::take(&mut self.batch);
         if self.settings_only(&batch).is_some() {
-            return self.emulate(&batch);
+            return self.emulate(&batch).await;
         }
         let plan = match self.plan_batch(&batch) {
             Ok(p) => p,

@@ -70,7 +70,7 @@ pub struct Session<'a> {
     pub(super) pinned: bool,
     /// The shard of the attached server.
     pub(super) shard: Option<crate::types::RegionName>,
-    attached_user: Option<UserId>,
+    pub(super) attached_user: Option<UserId>,
     home_cache: Option<(UserId, crate::types::RegionName)>,
     /// When the current transaction took its server, with its intent and target, for metrics.
     pub(super) txn_started: Option<(std::time::Instant, Intent, crate::routing::Target)>,
@@ -92,6 +92,8 @@ pub struct Session<'a> {
     pub(super) token: crate::consistency::token::Token,
     /// `homeport.max_staleness`: replica reads only within this bound.
     pub(super) max_staleness: Option<std::time::Duration>,
+    /// `SET LOCAL homeport.idempotency_key`: the key the open transaction claimed.
+    pub(super) txn_key: Option<crate::idempotency::Key>,
     /// This session's cancel key and the server its statements run on now.
     cancel: super::cancel::Registration,
 }
@@ -149,6 +151,7 @@ impl<'a> Session<'a> {
             writing: false,
             token: Default::default(),
             max_staleness: None,
+            txn_key: None,
             cancel,
         }
     }
@@ -244,7 +247,16 @@ impl<'a> Session<'a> {
     async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
         let sql = Reader::new(&msg.body, "query").cstr()?.to_string();
         if let Some(setting) = settings::parse(&sql) {
-            self.answer_setting(setting);
+            self.answer_setting(setting).await;
+            let status = self.txn_status();
+            self.send(codec::ready_for_query(status));
+            return Ok(());
+        }
+        if settings::hides_setting(&sql) {
+            self.fail(ClientError {
+                code: "0A000",
+                message: "homeport.* settings must be sent as a statement of their own, not inside a multi-statement query".into(),
+            });
             let status = self.txn_status();
             self.send(codec::ready_for_query(status));
             return Ok(());
@@ -288,8 +300,8 @@ impl<'a> Session<'a> {
         self.server_status.unwrap_or(b'I')
     }
 
-    fn answer_setting(&mut self, setting: Setting) {
-        match self.apply_setting(&setting) {
+    async fn answer_setting(&mut self, setting: Setting) {
+        match self.apply_setting_io(&setting).await {
             Ok(out) => {
                 if let Some((column, value)) = &out.row {
                     self.send(codec::text_row_description(column));
@@ -298,6 +310,20 @@ impl<'a> Session<'a> {
                 self.send(codec::command_complete(out.tag));
             }
             Err(e) => self.fail(e),
+        }
+    }
+
+    /// Carries out `SET/RESET/SHOW homeport.*`, including the ones that need the server
+    /// (`SET LOCAL homeport.idempotency_key`); the caller writes the protocol messages.
+    pub(super) async fn apply_setting_io(
+        &mut self,
+        setting: &Setting,
+    ) -> Result<SettingOutput, ClientError> {
+        match setting {
+            Setting::Set { name, value, local } if name == "idempotency_key" => {
+                self.claim_idempotency_key(value, *local).await
+            }
+            _ => self.apply_setting(setting),
         }
     }
 
@@ -375,6 +401,10 @@ impl<'a> Session<'a> {
                     self.max_staleness = None;
                     done("RESET")
                 }
+                "idempotency_key" => Err(ClientError {
+                    code: "0A000",
+                    message: "a claimed homeport.idempotency_key stays with its transaction; roll back to release it".into(),
+                }),
                 _ => Err(ClientError {
                     code: "55P02",
                     message: "homeport.route is read-only".into(),
@@ -392,6 +422,11 @@ impl<'a> Session<'a> {
                 .map(|u| u.to_string())
                 .unwrap_or_default(),
             "consistency_token" => self.show_token()?,
+            "idempotency_key" => self
+                .txn_key
+                .as_ref()
+                .map(|k| k.as_str().to_string())
+                .unwrap_or_default(),
             "max_staleness" => self
                 .max_staleness
                 .map(|d| format!("{}ms", d.as_millis()))

@@ -19,8 +19,14 @@ pub enum Setting {
 }
 
 /// Settings homeport knows. Reserved ones are recognised but refused until implemented.
-pub const KNOWN: &[&str] = &["user", "route", "consistency_token", "max_staleness"];
-pub const RESERVED: &[&str] = &["idempotency_key"];
+pub const KNOWN: &[&str] = &[
+    "user",
+    "route",
+    "consistency_token",
+    "max_staleness",
+    "idempotency_key",
+];
+pub const RESERVED: &[&str] = &[];
 
 /// A `homeport.max_staleness` value: `off` for no bound, a whole number
 /// of milliseconds, or a duration such as `200ms` or `2s`.
@@ -75,6 +81,42 @@ pub fn parse(sql: &str) -> Option<Setting> {
         }
         _ => None,
     }
+}
+
+/// Whether a query that is not one setting statement still holds one (`BEGIN; SET LOCAL
+/// homeport.x = ...; ...`): the server would take it for an ordinary placeholder setting and
+/// silently accept it, so such queries are refused instead.
+pub fn hides_setting(sql: &str) -> bool {
+    use crate::sql::lexer::{Token, tokenize};
+    if !sql
+        .as_bytes()
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"homeport."))
+    {
+        return false;
+    }
+    let tokens = tokenize(sql);
+    let mut at_start = true;
+    for (i, t) in tokens.iter().enumerate() {
+        if at_start
+            && let Token::Word(verb) = t
+            && matches!(verb.as_str(), "set" | "reset" | "show")
+        {
+            let mut j = i + 1;
+            if matches!(tokens.get(j), Some(Token::Word(w)) if w == "local" || w == "session") {
+                j += 1;
+            }
+            if matches!(tokens.get(j), Some(Token::Word(w)) if w == "homeport")
+                && tokens.get(j + 1) == Some(&Token::Dot)
+            {
+                return true;
+            }
+        }
+        // A statement starts after a semicolon; comments in front of it do not count.
+        at_start =
+            matches!(t, Token::Semicolon) || (at_start && matches!(t, Token::BlockComment(_)));
+    }
+    false
 }
 
 /// `homeport.user` -> `user` (case-insensitive prefix, like PostgreSQL's custom settings).
@@ -148,6 +190,17 @@ mod tests {
             parse("SET homeport.consistency_token = 'x'"),
             set("consistency_token", "x", false)
         );
+    }
+
+    #[test]
+    fn settings_hidden_in_longer_queries_are_found() {
+        assert!(hides_setting(
+            "BEGIN; SET LOCAL homeport.idempotency_key = 'k'; INSERT INTO t VALUES (1)"
+        ));
+        assert!(hides_setting("select 1; show HOMEPORT.route"));
+        assert!(!hides_setting("SELECT 'SET homeport.user = 1'"));
+        assert!(!hides_setting("INSERT INTO homeport.things VALUES (1)"));
+        assert!(!hides_setting("SELECT 1"));
     }
 
     #[test]

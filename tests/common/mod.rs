@@ -167,3 +167,21 @@ pub fn keep_primary_busy(env: &Env, region: &str) -> tokio::task::JoinHandle<()>
         }
     })
 }
+
+/// `region`'s generated sidecar config moved to fresh HTTP and wire ports, for tests that start
+/// a variant of a sidecar next to the sandbox's own: (config text, http port, wire port).
+pub fn region_config_on_new_ports(env: &Env, region: &str) -> (String, u16, u16) {
+    let r = env.sandbox.region(region);
+    let ports = homeport::dev::pick_ports(2).unwrap();
+    let config = std::fs::read_to_string(&r.config_path)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}\"", r.http_port),
+            &format!("127.0.0.1:{}\"", ports[0]),
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"", r.pg_port),
+            &format!("127.0.0.1:{}\"", ports[1]),
+        );
+    (config, ports[0], ports[1])
+}

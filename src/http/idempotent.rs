@@ -1,0 +1,377 @@
+//! Writes with an `Idempotency-Key` header (see `crate::idempotency` for the design).
+//!
+//! In the regional Redis first: a cached completed response with the same fingerprint is replayed
+//! at once, a different fingerprint is 422, and a held in-flight lock is 409. Then on the home
+//! primary, in one transaction: BEGIN, the claim and the first statement go out together; the
+//! remaining statements run; the stored response, COMMIT and the commit-position query go out
+//! together. An idempotent `/v1/query` therefore costs two round trips to the home primary where
+//! a plain write costs one. A claim that finds the key completed replays the stored response.
+
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use super::execute::{self, QueryResult};
+use super::handlers::{
+    CONSISTENCY_TOKEN, Outcome, StatementFailed, TxGuard, response_token, serve_problem,
+    trim_statement_cache,
+};
+use super::problem::Problem;
+use super::{Reply, SERVED_BY};
+use crate::app::{App, Served};
+use crate::consistency::token::Token;
+use crate::db::DbError;
+use crate::idempotency::{Key, Refusal, cache, store};
+use crate::metrics;
+use crate::routing::Candidate;
+use crate::types::{Intent, RegionName, UserId};
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const REPLAYED: &str = "idempotent-replayed";
+
+/// One statement of the write.
+pub struct Stmt<'a> {
+    pub sql: &'a str,
+    pub params: &'a [Value],
+    pub command: &'a str,
+}
+
+/// How the results become the response body.
+#[derive(Clone, Copy)]
+pub enum Shape {
+    /// `/v1/query`: the one result.
+    Single,
+    /// `/v1/transaction`: `{"results": [...]}`.
+    Transaction,
+}
+
+/// The request's key, if it has one; a write without one when keys are required is a 400.
+pub fn key(app: &App, headers: &HeaderMap) -> Result<Option<Key>, Problem> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        if app.config.idempotency.require {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency-key-required",
+                "Idempotency-Key required",
+                "this homeport requires an Idempotency-Key header on every write (idempotency.require = true)",
+            ));
+        }
+        return Ok(None);
+    };
+    let bad = |detail: String| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-idempotency-key",
+            "Bad Idempotency-Key",
+            detail,
+        )
+    };
+    if headers.get_all(IDEMPOTENCY_KEY).iter().count() > 1 {
+        return Err(bad("send one Idempotency-Key header, not several".into()));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| bad("the idempotency key must be printable ASCII".into()))?;
+    Key::parse(text).map(Some).map_err(bad)
+}
+
+pub struct Request<'a> {
+    pub key: Key,
+    pub fingerprint: Vec<u8>,
+    pub user: &'a UserId,
+    pub home: &'a RegionName,
+    pub statements: Vec<Stmt<'a>>,
+    pub shape: Shape,
+    pub token_in: Option<Token>,
+}
+
+pub async fn write(
+    app: &App,
+    req: Request<'_>,
+    candidates: Vec<Candidate>,
+    outcome: &mut Outcome,
+) -> Result<Reply, Problem> {
+    let kv = app.kv.as_deref();
+    let fingerprint_hex = cache::hex(&req.fingerprint);
+    if let Some(kv) = kv {
+        match cache::get(kv, req.user, &req.key).await {
+            Some(hit) if hit.fingerprint == fingerprint_hex => {
+                metrics::idempotency_cache("hit");
+                metrics::idempotency("replayed", "http");
+                let reply = Reply::raw_json(
+                    StatusCode::from_u16(hit.status).unwrap_or(StatusCode::OK),
+                    hit.body,
+                )
+                .header(REPLAYED, "true".into())
+                .header(SERVED_BY, format!("{}/cache", app.config.region));
+                return Ok(match merged_token(app, req.token_in, hit.token) {
+                    Some(t) => reply.header(CONSISTENCY_TOKEN, t),
+                    None => reply,
+                });
+            }
+            Some(_) => {
+                metrics::idempotency_cache("hit");
+                metrics::idempotency("mismatch", "http");
+                return Err(refused(Refusal::Mismatch, &req.key));
+            }
+            None => metrics::idempotency_cache("miss"),
+        }
+    }
+    let holder = cache::hex(&crate::pgwire::scram::random_bytes(12));
+    let locked = match kv {
+        Some(kv) => {
+            let lock_ttl = app.config.idempotency.lock_ttl;
+            match cache::lock(kv, req.user, &req.key, &holder, lock_ttl).await {
+                Some(false) => {
+                    metrics::idempotency("conflict", "http");
+                    return Err(refused(Refusal::InFlight, &req.key));
+                }
+                taken => taken == Some(true),
+            }
+        }
+        None => false,
+    };
+    let result = on_home_primary(app, &req, candidates, outcome).await;
+    if let (Some(kv), true) = (kv, locked) {
+        cache::unlock(kv, req.user, &req.key, &holder).await;
+    }
+    let done = result?;
+    if let Some(kv) = kv {
+        let entry = cache::Cached {
+            fingerprint: fingerprint_hex,
+            status: done.status.as_u16(),
+            body: done.body.clone(),
+            token: done.token.clone(),
+        };
+        cache::put(kv, req.user, &req.key, &entry, app.config.idempotency.ttl).await;
+    }
+    let mut reply = Reply::raw_json(done.status, done.body).served(&done.served);
+    if done.replayed {
+        reply = reply.header(REPLAYED, "true".into());
+    }
+    if let Some(t) = done.token {
+        reply = reply.header(CONSISTENCY_TOKEN, t);
+    }
+    Ok(reply)
+}
+
+/// The response a key's write produced (now or, when `replayed`, earlier).
+struct Done {
+    status: StatusCode,
+    body: String,
+    token: Option<String>,
+    served: Served,
+    replayed: bool,
+}
+
+async fn on_home_primary(
+    app: &App,
+    req: &Request<'_>,
+    candidates: Vec<Candidate>,
+    outcome: &mut Outcome,
+) -> Result<Done, Problem> {
+    let mut attempts = app.attempts(candidates, Intent::Write);
+    let (client, served) = attempts.next().await.map_err(serve_problem)?;
+    outcome.served = Some(served.clone());
+    trim_statement_cache(&client);
+    let endpoint = served.endpoint.clone();
+    let endpoint = endpoint.as_str();
+    let pg = |e| Problem::from(DbError::from_pg(endpoint, e));
+    app.idempotency_schema
+        .ensure(&app.pools, served.index)
+        .await
+        .map_err(Problem::from)?;
+    let guard = TxGuard(Some(client));
+    let c = guard.client();
+    let claim = c.prepare_cached(store::CLAIM_SQL).await.map_err(pg)?;
+    let record = c.prepare_cached(store::RECORD_SQL).await.map_err(pg)?;
+    let lsn_stmt = c
+        .prepare_cached("SELECT pg_current_wal_lsn()::text")
+        .await
+        .map_err(pg)?;
+    let ttl = app.config.idempotency.ttl.as_secs_f64();
+    let (user, key) = (req.user.as_str(), req.key.as_str());
+    let first = &req.statements[0];
+    let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&user, &key, &req.fingerprint, &"completed", &ttl];
+    let (begin, claimed, first_result) = tokio::join!(
+        c.batch_execute("BEGIN"),
+        c.execute(&claim, &claim_params),
+        execute::run(c, endpoint, first.sql, first.params, first.command),
+    );
+    begin.map_err(pg)?;
+    if let Err(e) = claimed {
+        c.batch_execute("ROLLBACK").await.map_err(pg)?;
+        let refusal = e
+            .as_db_error()
+            .and_then(|db| Refusal::from_sqlstate(db.code().code()));
+        let Some(refusal) = refusal else {
+            guard.finish();
+            return Err(pg(e));
+        };
+        if refusal != Refusal::Completed {
+            guard.finish();
+            metrics::idempotency(refusal.metric(), "http");
+            return Err(refused(refusal, &req.key));
+        }
+        let done = replay(app, req, c, endpoint, served).await;
+        guard.finish();
+        return done;
+    }
+    let mut results = Vec::with_capacity(req.statements.len());
+    let mut failed = first_result.map(|r| results.push(r)).err().map(|e| (0, e));
+    for (i, s) in req.statements.iter().enumerate().skip(1) {
+        if failed.is_some() {
+            break;
+        }
+        match execute::run(c, endpoint, s.sql, s.params, s.command).await {
+            Ok(r) => results.push(r),
+            Err(e) => failed = Some((i, e)),
+        }
+    }
+    if let Some((i, e)) = failed {
+        // Rolled back: no write and no record, so the client may retry with the same key.
+        c.batch_execute("ROLLBACK").await.map_err(pg)?;
+        guard.finish();
+        let e = match req.shape {
+            Shape::Single => e,
+            Shape::Transaction => StatementFailed(i, e).into(),
+        };
+        return Err(e.into());
+    }
+    let body = shape(req.shape, results);
+    let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&user, &key, &200i16, &body];
+    let (recorded, commit, lsn) = tokio::join!(
+        c.execute(&record, &record_params),
+        c.batch_execute("COMMIT"),
+        c.query_one(&lsn_stmt, &[]),
+    );
+    recorded.map_err(pg)?;
+    commit.map_err(pg)?;
+    guard.finish();
+    metrics::idempotency("new", "http");
+    let lsn = lsn
+        .ok()
+        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
+    Ok(Done {
+        status: StatusCode::OK,
+        body,
+        token,
+        served,
+        replayed: false,
+    })
+}
+
+/// The stored response of a completed key, with a token from the primary's position now (which
+/// is at or past the original commit, so it covers the original write).
+async fn replay(
+    app: &App,
+    req: &Request<'_>,
+    c: &deadpool_postgres::Object,
+    endpoint: &str,
+    served: Served,
+) -> Result<Done, Problem> {
+    let pg = |e| Problem::from(DbError::from_pg(endpoint, e));
+    let (user, key) = (req.user.as_str(), req.key.as_str());
+    let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &key];
+    let (row, lsn) = tokio::join!(
+        c.query_opt(store::LOOKUP_SQL, &lookup_params),
+        c.query_one("SELECT pg_current_wal_lsn()::text", &[]),
+    );
+    let row = row.map_err(pg)?;
+    let stored = row.and_then(|r| {
+        let status: Option<i16> = r.get(0);
+        let body: Option<String> = r.get(1);
+        let fingerprint: Vec<u8> = r.get(2);
+        (fingerprint == req.fingerprint).then_some((status?, body?))
+    });
+    let Some((status, body)) = stored else {
+        // Expired between the claim and now, or written by the wire endpoint: nothing to replay.
+        metrics::idempotency("mismatch", "http");
+        return Err(refused(Refusal::Mismatch, &req.key));
+    };
+    metrics::idempotency("replayed", "http");
+    let lsn = lsn
+        .ok()
+        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
+    Ok(Done {
+        status: StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),
+        body,
+        token,
+        served,
+        replayed: true,
+    })
+}
+
+fn shape(shape: Shape, mut results: Vec<QueryResult>) -> String {
+    #[derive(serde::Serialize)]
+    struct Results {
+        results: Vec<QueryResult>,
+    }
+    let text = match shape {
+        Shape::Single => serde_json::to_string(&results.remove(0)),
+        Shape::Transaction => serde_json::to_string(&Results { results }),
+    };
+    text.unwrap_or_default()
+}
+
+/// The cached token merged with the one the request brought.
+fn merged_token(app: &App, incoming: Option<Token>, cached: Option<String>) -> Option<String> {
+    let config = app.config.consistency.as_ref()?;
+    let cached = cached.and_then(|t| Token::decode(&t, &config.keys).ok());
+    match (incoming, cached) {
+        (Some(a), Some(b)) => Some(a.merge(&b)),
+        (a, b) => a.or(b),
+    }
+    .map(|t| t.encode(&config.keys))
+}
+
+fn refused(refusal: Refusal, key: &Key) -> Problem {
+    let key = key.as_str();
+    let mut p = match refusal {
+        Refusal::InFlight => Problem {
+            retry_after: Some(1),
+            ..Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request with this key in flight",
+                format!(
+                    "a request with idempotency key {key:?} is still running; retry when it finished"
+                ),
+            )
+        },
+        Refusal::Mismatch => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-mismatch",
+            "Idempotency key reused",
+            format!("idempotency key {key:?} was already used for a different request"),
+        ),
+        Refusal::Completed => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-completed",
+            "Already applied",
+            format!("idempotency key {key:?} was already applied"),
+        ),
+    };
+    p.sqlstate = Some(refusal.sqlstate().into());
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_shape_of_their_endpoint() {
+        let r = || QueryResult {
+            command: "INSERT".into(),
+            row_count: 1,
+            columns: vec![],
+            rows: vec![],
+        };
+        assert!(shape(Shape::Single, vec![r()]).starts_with("{\"command\":\"INSERT\""));
+        assert!(shape(Shape::Transaction, vec![r(), r()]).starts_with("{\"results\":["));
+    }
+}

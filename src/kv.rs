@@ -1,0 +1,110 @@
+//! The regional Redis, as homeport uses it: a best-effort key-value store for caches and
+//! advisory locks. Every call has a timeout, errors count as "Redis had nothing to say", and a
+//! broken connection is dropped and re-made on the next call, so Redis being slow or down never
+//! fails a request and never decides anything that PostgreSQL has not decided first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+use crate::config::RedisConfig;
+
+pub struct Kv {
+    client: Option<redis::Client>,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    timeout: Duration,
+}
+
+impl Kv {
+    pub fn new(config: &RedisConfig) -> Self {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| tracing::warn!(error = %e, "redis URL rejected; running without Redis"))
+            .ok();
+        Kv {
+            client,
+            conn: ArcSwapOption::empty(),
+            timeout: config.timeout,
+        }
+    }
+
+    async fn connection(&self) -> Option<MultiplexedConnection> {
+        if let Some(c) = self.conn.load_full() {
+            return Some(MultiplexedConnection::clone(&c));
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let conn = self
+            .client
+            .as_ref()?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .ok()?;
+        self.conn.store(Some(Arc::new(conn.clone())));
+        Some(conn)
+    }
+
+    /// Runs one command with the timeout; `None` (and a fresh connection next time) on failure.
+    async fn call<T, F, Fut>(&self, op: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.connection().await?;
+        match tokio::time::timeout(self.timeout, op(conn)).await {
+            Ok(Ok(v)) => Some(v),
+            _ => {
+                self.conn.store(None);
+                None
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        self.call(|mut c| async move { c.get::<_, Option<String>>(key).await })
+            .await
+            .flatten()
+    }
+
+    pub async fn set_ex(&self, key: &str, value: &str, ttl: Duration) {
+        let secs = ttl.as_secs().max(1);
+        self.call(|mut c| async move { c.set_ex::<_, _, ()>(key, value, secs).await })
+            .await;
+    }
+
+    /// `SET key value NX PX ttl`: `Some(true)` if this call took the key, `Some(false)` if it was
+    /// taken, `None` if Redis could not say.
+    pub async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Option<bool> {
+        let ms = ttl.as_millis().max(1) as u64;
+        self.call(|mut c| async move {
+            let reply: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut c)
+                .await?;
+            Ok(reply.is_some())
+        })
+        .await
+    }
+
+    /// Deletes `key` if it still holds `value` (so a lock that expired and was taken by another
+    /// holder is left alone).
+    pub async fn del_if(&self, key: &str, value: &str) {
+        self.call(|mut c| async move {
+            redis::cmd("EVAL")
+                .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+                .arg(1)
+                .arg(key)
+                .arg(value)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await;
+    }
+}
