@@ -561,3 +561,51 @@ async fn set_local_idempotency_key_on_the_wire() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_deleted_in_batches_and_free_again() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("eu", "hal", "eu").await.status, 201);
+    // An eu sidecar (eu cleans the eu shard) with a one-second memory and quick cleanup.
+    let (config, http_port, _) = common::region_config_on_new_ports(&env, "eu");
+    let config = config
+        .replace("ttl = \"24h\"", "ttl = \"1s\"")
+        .replace("cleanup_interval = \"1m\"", "cleanup_interval = \"200ms\"\ncleanup_batch = 2");
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("eu-forgetful", &config, http_port)
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http_port}/v1/query");
+    let post = |key: String| {
+        env.http
+            .post(&url)
+            .header("homeport-user", "hal")
+            .header("idempotency-key", key)
+            .json(&json!({"sql": "INSERT INTO notes (user_id, body) VALUES ('hal', 'again')"}))
+    };
+    for i in 0..5 {
+        assert_eq!(env.send(post(format!("e{i}"))).await.status, 200);
+    }
+    let replay = env.send(post("e0".into())).await;
+    assert!(replayed(&replay), "within the ttl the key replays");
+    let direct = env.direct(env.primary_port("eu")).await;
+    let mut left = i64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = direct
+            .query_one(
+                "SELECT count(*) FROM homeport.idempotency_keys WHERE user_id = 'hal'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "expired records were deleted");
+    let reused = env.send(post("e0".into())).await;
+    assert_eq!((reused.status, replayed(&reused)), (200, false));
+    assert_eq!(rows(&env, "eu", "hal", "again").await, 6);
+}
