@@ -200,22 +200,22 @@ async fn on_home_primary(
     );
     begin.map_err(pg)?;
     if let Err(e) = claimed {
-        c.batch_execute("ROLLBACK").await.map_err(pg)?;
         let refusal = e
             .as_db_error()
             .and_then(|db| Refusal::from_sqlstate(db.code().code()));
-        let Some(refusal) = refusal else {
+        if refusal == Some(Refusal::Completed) {
+            // ROLLBACK and the stored response's lookup go out together.
+            let done = replay(app, req, c, endpoint, served).await;
             guard.finish();
+            return done;
+        }
+        c.batch_execute("ROLLBACK").await.map_err(pg)?;
+        guard.finish();
+        let Some(refusal) = refusal else {
             return Err(pg(e));
         };
-        if refusal != Refusal::Completed {
-            guard.finish();
-            metrics::idempotency(refusal.metric(), "http");
-            return Err(refused(refusal, &req.key));
-        }
-        let done = replay(app, req, c, endpoint, served).await;
-        guard.finish();
-        return done;
+        metrics::idempotency(refusal.metric(), "http");
+        return Err(refused(refusal, &req.key));
     }
     let mut results = Vec::with_capacity(req.statements.len());
     let mut failed = first_result.map(|r| results.push(r)).err().map(|e| (0, e));
@@ -263,8 +263,9 @@ async fn on_home_primary(
     })
 }
 
-/// The stored response of a completed key, with a token from the primary's position now (which
-/// is at or past the original commit, so it covers the original write).
+/// Rolls back the refused transaction and reads the stored response of the completed key, in
+/// one round trip, with a token from the primary's position now (at or past the original
+/// commit, so it covers the original write).
 async fn replay(
     app: &App,
     req: &Request<'_>,
@@ -275,10 +276,12 @@ async fn replay(
     let pg = |e| Problem::from(DbError::from_pg(endpoint, e));
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &key];
-    let (row, lsn) = tokio::join!(
+    let (rollback, row, lsn) = tokio::join!(
+        c.batch_execute("ROLLBACK"),
         c.query_opt(store::LOOKUP_SQL, &lookup_params),
         c.query_one("SELECT pg_current_wal_lsn()::text", &[]),
     );
+    rollback.map_err(pg)?;
     let row = row.map_err(pg)?;
     let stored = row.and_then(|r| {
         let status: Option<i16> = r.get(0);
