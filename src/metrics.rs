@@ -41,8 +41,8 @@ pub fn ryw_wait(waited: Duration) {
     histogram!(RYW_WAIT_SECONDS).record(waited.as_secs_f64());
 }
 
-/// A read with a token passed over a copy: `timeout` (waited max_wait), `history` (other
-/// timeline or cluster), `unavailable`; and where it finally ran when not the nearest copy:
+/// A read with a token passed over a copy: `timeout` (waited max_wait), `lagging` (its measured
+/// lag is longer than max_wait, so no wait), `history` (other timeline or cluster), `unavailable`; and where it finally ran when not the nearest copy:
 /// `replica` or `primary`.
 pub fn ryw_fallback(reason: &'static str) {
     counter!(RYW_FALLBACKS_TOTAL, "reason" => reason).increment(1);

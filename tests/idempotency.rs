@@ -568,9 +568,10 @@ async fn expired_keys_are_deleted_in_batches_and_free_again() {
     assert_eq!(env.place("eu", "hal", "eu").await.status, 201);
     // An eu sidecar (eu cleans the eu shard) with a one-second memory and quick cleanup.
     let (config, http_port, _) = common::region_config_on_new_ports(&env, "eu");
-    let config = config
-        .replace("ttl = \"24h\"", "ttl = \"1s\"")
-        .replace("cleanup_interval = \"1m\"", "cleanup_interval = \"200ms\"\ncleanup_batch = 2");
+    let config = config.replace("ttl = \"24h\"", "ttl = \"1s\"").replace(
+        "cleanup_interval = \"1m\"",
+        "cleanup_interval = \"200ms\"\ncleanup_batch = 2",
+    );
     let _sidecar = env
         .sandbox
         .spawn_sidecar("eu-forgetful", &config, http_port)

@@ -35,6 +35,12 @@ pub fn replica_eligibility(status: &EndpointStatus, required: &Position) -> Elig
     }
 }
 
+/// Whether waiting up to `max_wait` for a replica behind the position can pay off: not when its
+/// measured lag (how long a commit takes to show up there) is longer than the wait.
+pub fn worth_waiting(status: &EndpointStatus, max_wait: std::time::Duration) -> bool {
+    status.lag.is_none_or(|lag| lag <= max_wait)
+}
+
 /// Splits read candidates (nearest first) into those that can serve now and those worth waiting
 /// for; candidates that can never serve are dropped. The primary always qualifies: the write
 /// committed there (or on its predecessor, whose history it continues) unless it is another
@@ -109,6 +115,23 @@ mod tests {
         assert_eq!(
             replica_eligibility(&EndpointStatus::default(), &need(1, 1, 100)),
             Eligibility::NotYet
+        );
+    }
+
+    #[test]
+    fn no_waiting_for_a_replica_lagging_more_than_the_wait() {
+        use std::time::Duration;
+        let lagging = |ms| EndpointStatus {
+            lag: Some(Duration::from_millis(ms)),
+            ..Default::default()
+        };
+        let wait = Duration::from_millis(50);
+        assert!(worth_waiting(&lagging(10), wait));
+        assert!(worth_waiting(&lagging(50), wait));
+        assert!(!worth_waiting(&lagging(200), wait));
+        assert!(
+            worth_waiting(&EndpointStatus::default(), wait),
+            "unknown lag: try"
         );
     }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::execute::{self, QueryResult};
 use crate::app::{App, ServeError, Served};
-use crate::consistency::ryw::split_candidates;
+use crate::consistency::ryw::{split_candidates, worth_waiting};
 use crate::consistency::token::Position;
 use crate::db::DbError;
 use crate::routing::{Candidate, RouteError};
@@ -77,6 +77,10 @@ where
         let is_ready = ready.contains(c);
         if !is_ready && !waiting.contains(c) {
             app.ryw_fallback("history");
+            continue;
+        }
+        if !is_ready && !worth_waiting(&snapshot.get(c.index).status, max_wait) {
+            app.ryw_fallback("lagging");
             continue;
         }
         let client = match app.pools.get(c.index).await {

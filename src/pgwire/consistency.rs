@@ -16,7 +16,7 @@ use super::backend::ServerConn;
 use super::codec::{self, Message, ProtocolError};
 use super::pool::Lease;
 use super::session::{ClientError, Session};
-use crate::consistency::ryw::split_candidates;
+use crate::consistency::ryw::{split_candidates, worth_waiting};
 use crate::consistency::token::{Position, Token};
 use crate::routing::{Candidate, Target};
 
@@ -60,6 +60,10 @@ impl Session<'_> {
             let is_ready = ready.contains(c);
             if !is_ready && !waiting.contains(c) {
                 self.app.ryw_fallback("history");
+                continue;
+            }
+            if !is_ready && !worth_waiting(&snapshot.get(c.index).status, max_wait) {
+                self.app.ryw_fallback("lagging");
                 continue;
             }
             let mut lease = match self.pools.acquire(c.index).await {
