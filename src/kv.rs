@@ -75,36 +75,24 @@ impl Kv {
             .await;
     }
 
-    /// `SET key value NX PX ttl`: `Some(true)` if this call took the key, `Some(false)` if it was
-    /// taken, `None` if Redis could not say.
-    pub async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Option<bool> {
-        let ms = ttl.as_millis().max(1) as u64;
+    /// Runs a Lua script atomically in Redis (one round trip); `None` if Redis could not answer.
+    pub async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Option<T> {
         self.call(|mut c| async move {
-            let reply: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms)
-                .query_async(&mut c)
-                .await?;
-            Ok(reply.is_some())
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(script).arg(keys.len());
+            for k in keys {
+                cmd.arg(*k);
+            }
+            for a in args {
+                cmd.arg(*a);
+            }
+            cmd.query_async::<T>(&mut c).await
         })
         .await
-    }
-
-    /// Deletes `key` if it still holds `value` (so a lock that expired and was taken by another
-    /// holder is left alone).
-    pub async fn del_if(&self, key: &str, value: &str) {
-        self.call(|mut c| async move {
-            redis::cmd("EVAL")
-                .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
-                .arg(1)
-                .arg(key)
-                .arg(value)
-                .query_async::<i64>(&mut c)
-                .await
-        })
-        .await;
     }
 }

@@ -246,7 +246,7 @@ async fn redis_down_or_stale_never_duplicates_or_loses_a_write() {
     let mut redis = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
         .await
         .unwrap();
-    let lock = "homeport:idem:3:dee:stale:lock";
+    let lock = "homeport:idem:{3:dee:stale}:lock";
     let cmd = format!(
         "*5\r\n$3\r\nSET\r\n${}\r\n{lock}\r\n$4\r\ndead\r\n$2\r\nPX\r\n$4\r\n1500\r\n",
         lock.len()

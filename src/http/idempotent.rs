@@ -27,6 +27,7 @@ use crate::types::{Intent, RegionName, UserId};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const REPLAYED: &str = "idempotent-replayed";
+const POSITION_SQL: &str = "SELECT pg_current_wal_lsn()::text";
 
 /// One statement of the write.
 pub struct Stmt<'a> {
@@ -92,10 +93,16 @@ pub async fn write(
 ) -> Result<Reply, Problem> {
     let kv = app.kv.as_deref();
     let fingerprint_hex = cache::hex(&req.fingerprint);
+    let holder = cache::hex(&crate::pgwire::scram::random_bytes(12));
     if let Some(kv) = kv {
-        match cache::get(kv, req.user, &req.key).await {
-            Some(hit) if hit.fingerprint == fingerprint_hex => {
+        let lock_ttl = app.config.idempotency.lock_ttl;
+        match cache::before(kv, req.user, &req.key, &holder, lock_ttl).await {
+            cache::Before::Cached(hit) => {
                 metrics::idempotency_cache("hit");
+                if hit.fingerprint != fingerprint_hex {
+                    metrics::idempotency("mismatch", "http");
+                    return Err(refused(Refusal::Mismatch, &req.key));
+                }
                 metrics::idempotency("replayed", "http");
                 let reply = Reply::raw_json(
                     StatusCode::from_u16(hit.status).unwrap_or(StatusCode::OK),
@@ -108,33 +115,24 @@ pub async fn write(
                     None => reply,
                 });
             }
-            Some(_) => {
-                metrics::idempotency_cache("hit");
-                metrics::idempotency("mismatch", "http");
-                return Err(refused(Refusal::Mismatch, &req.key));
+            cache::Before::Busy => {
+                metrics::idempotency_cache("miss");
+                metrics::idempotency("conflict", "http");
+                return Err(refused(Refusal::InFlight, &req.key));
             }
-            None => metrics::idempotency_cache("miss"),
+            cache::Before::Locked => metrics::idempotency_cache("miss"),
+            cache::Before::Unknown => {}
         }
     }
-    let holder = cache::hex(&crate::pgwire::scram::random_bytes(12));
-    let locked = match kv {
-        Some(kv) => {
-            let lock_ttl = app.config.idempotency.lock_ttl;
-            match cache::lock(kv, req.user, &req.key, &holder, lock_ttl).await {
-                Some(false) => {
-                    metrics::idempotency("conflict", "http");
-                    return Err(refused(Refusal::InFlight, &req.key));
-                }
-                taken => taken == Some(true),
+    let done = match on_home_primary(app, &req, candidates, outcome).await {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(kv) = kv {
+                cache::after(kv, req.user, &req.key, &holder, None).await;
             }
+            return Err(e);
         }
-        None => false,
     };
-    let result = on_home_primary(app, &req, candidates, outcome).await;
-    if let (Some(kv), true) = (kv, locked) {
-        cache::unlock(kv, req.user, &req.key, &holder).await;
-    }
-    let done = result?;
     if let Some(kv) = kv {
         let entry = cache::Cached {
             fingerprint: fingerprint_hex,
@@ -142,7 +140,8 @@ pub async fn write(
             body: done.body.clone(),
             token: done.token.clone(),
         };
-        cache::put(kv, req.user, &req.key, &entry, app.config.idempotency.ttl).await;
+        let ttl = app.config.idempotency.ttl;
+        cache::after(kv, req.user, &req.key, &holder, Some((&entry, ttl))).await;
     }
     let mut reply = Reply::raw_json(done.status, done.body).served(&done.served);
     if done.replayed {
@@ -182,12 +181,14 @@ async fn on_home_primary(
         .map_err(Problem::from)?;
     let guard = TxGuard(Some(client));
     let c = guard.client();
-    let claim = c.prepare_cached(store::CLAIM_SQL).await.map_err(pg)?;
-    let record = c.prepare_cached(store::RECORD_SQL).await.map_err(pg)?;
-    let lsn_stmt = c
-        .prepare_cached("SELECT pg_current_wal_lsn()::text")
-        .await
-        .map_err(pg)?;
+    // Prepared once per connection, all in one round trip.
+    let (claim, record, lookup, lsn_stmt) = tokio::try_join!(
+        c.prepare_cached(store::CLAIM_SQL),
+        c.prepare_cached(store::RECORD_SQL),
+        c.prepare_cached(store::LOOKUP_SQL),
+        c.prepare_cached(POSITION_SQL),
+    )
+    .map_err(pg)?;
     let ttl = app.config.idempotency.ttl.as_secs_f64();
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let first = &req.statements[0];
@@ -205,7 +206,7 @@ async fn on_home_primary(
             .and_then(|db| Refusal::from_sqlstate(db.code().code()));
         if refusal == Some(Refusal::Completed) {
             // ROLLBACK and the stored response's lookup go out together.
-            let done = replay(app, req, c, endpoint, served).await;
+            let done = replay(app, req, c, endpoint, served, (&lookup, &lsn_stmt)).await;
             guard.finish();
             return done;
         }
@@ -239,8 +240,8 @@ async fn on_home_primary(
         return Err(e.into());
     }
     let body = shape(req.shape, results);
-    let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&user, &key, &200i16, &body];
+    let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&user, &key, &req.fingerprint, &200i16, &body, &ttl];
     let (recorded, commit, lsn) = tokio::join!(
         c.execute(&record, &record_params),
         c.batch_execute("COMMIT"),
@@ -272,14 +273,15 @@ async fn replay(
     c: &deadpool_postgres::Object,
     endpoint: &str,
     served: Served,
+    (lookup, lsn_stmt): (&tokio_postgres::Statement, &tokio_postgres::Statement),
 ) -> Result<Done, Problem> {
     let pg = |e| Problem::from(DbError::from_pg(endpoint, e));
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &key];
     let (rollback, row, lsn) = tokio::join!(
         c.batch_execute("ROLLBACK"),
-        c.query_opt(store::LOOKUP_SQL, &lookup_params),
-        c.query_one("SELECT pg_current_wal_lsn()::text", &[]),
+        c.query_opt(lookup, &lookup_params),
+        c.query_one(lsn_stmt, &[]),
     );
     rollback.map_err(pg)?;
     let row = row.map_err(pg)?;

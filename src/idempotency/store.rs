@@ -19,7 +19,8 @@
 //! ```
 //!
 //! A request in flight has no committed row: it holds a transaction-scoped advisory lock on the
-//! key and an uncommitted row; both vanish if it rolls back or its connection dies.
+//! key (and, on the wire, an uncommitted row); both vanish if it rolls back or its connection
+//! dies.
 
 use std::time::Duration;
 
@@ -69,8 +70,12 @@ BEGIN
             MESSAGE = format('idempotency key %L was already used for a different request', p_key);
     END IF;
     DELETE FROM homeport.idempotency_keys WHERE user_id = p_user AND key = p_key;
-    INSERT INTO homeport.idempotency_keys (user_id, key, fingerprint, state, expires_at)
-    VALUES (p_user, p_key, p_fingerprint, p_state, now() + make_interval(secs => p_ttl_seconds));
+    -- The wire's record goes in now (homeport does not see that transaction's COMMIT coming);
+    -- HTTP inserts its record with the response just before COMMIT.
+    IF p_state = 'applied' THEN
+        INSERT INTO homeport.idempotency_keys (user_id, key, fingerprint, state, expires_at)
+        VALUES (p_user, p_key, p_fingerprint, p_state, now() + make_interval(secs => p_ttl_seconds));
+    END IF;
 END
 $claim$;
 "#,
@@ -78,8 +83,10 @@ $claim$;
 
 /// The claim, run first inside the write's transaction (see the module docs).
 pub const CLAIM_SQL: &str = "SELECT homeport.idempotency_claim($1, $2, $3, $4, $5)";
-/// Stores the response of an HTTP write, just before its COMMIT.
-pub const RECORD_SQL: &str = "UPDATE homeport.idempotency_keys SET status = $3, response = $4 WHERE user_id = $1 AND key = $2";
+/// The record of an HTTP write with its response, just before its COMMIT.
+pub const RECORD_SQL: &str = "INSERT INTO homeport.idempotency_keys \
+     (user_id, key, fingerprint, state, status, response, expires_at) \
+     VALUES ($1, $2, $3, 'completed', $4, $5, now() + make_interval(secs => $6))";
 /// The stored response of a completed key.
 pub const LOOKUP_SQL: &str = "SELECT status, response, fingerprint FROM homeport.idempotency_keys \
      WHERE user_id = $1 AND key = $2 AND expires_at > now()";
