@@ -160,6 +160,30 @@ impl App {
         }
     }
 
+    /// Runs `work` on endpoint `index` unless the probes declare that endpoint down first; then
+    /// the work is abandoned (its connection is dropped with it) and the request hears that the
+    /// server became unreachable, with the outcome of a write unknown.
+    pub async fn while_up<T, E: From<DbError>>(
+        &self,
+        index: usize,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let poll = self
+            .config
+            .probe
+            .interval
+            .min(std::time::Duration::from_millis(250));
+        tokio::select! {
+            biased;
+            r = work => r,
+            () = self.topology.down(index, poll) => Err(DbError::Lost {
+                endpoint: self.pools.endpoint_name(index).to_string(),
+                reason: "the probes found the server unreachable while the request was waiting for it".into(),
+            }
+            .into()),
+        }
+    }
+
     /// Starts trying `candidates` in order; see [`Attempts`].
     pub fn attempts(&self, candidates: Vec<Candidate>, intent: Intent) -> Attempts<'_> {
         Attempts {

@@ -141,11 +141,13 @@ pub struct RawShard {
     pub replicas: Vec<RawEndpoint>,
 }
 
+/// A list is tried first: serde would also read `["url1", "url2"]` as one endpoint table
+/// (`url`, `region` from a sequence).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
-    One(RawEndpoint),
     Many(Vec<RawEndpoint>),
+    One(RawEndpoint),
 }
 
 impl OneOrMany {

@@ -25,6 +25,19 @@ fn shipped_examples_parse() {
 }
 
 #[test]
+fn two_primary_candidates_as_plain_urls_are_two_candidates() {
+    let text = example().replace(
+        "primary = [\"postgresql://pg-eu-primary.eu.internal:5432\"]",
+        "primary = [\"postgresql://pg-eu-a.eu.internal:5432\", \"postgresql://pg-eu-b.eu.internal:5432\"]",
+    );
+    let c = Config::parse(&text).unwrap();
+    let eu = c.shard(&RegionName::parse("eu").unwrap()).unwrap();
+    assert_eq!(eu.primaries.len(), 2);
+    assert_eq!(eu.primaries[1].name, "pg-eu-b.eu.internal:5432/app");
+    assert_eq!(eu.primaries[1].region.as_str(), "eu");
+}
+
+#[test]
 fn unknown_key_is_reported_with_its_path() {
     let text = example().replace("[probe]\n", "[probe]\nintervall = \"1s\"\n");
     let e = err(&text);

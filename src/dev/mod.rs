@@ -487,6 +487,11 @@ impl Sandbox {
         self.pg.stop(&self.dir.join("pg").join(name));
     }
 
+    /// Promotes a replica of the sandbox (by name, e.g. `eu-replica-us`) to a primary.
+    pub fn promote_server(&self, name: &str) -> Result<(), DevError> {
+        self.pg.promote(&self.dir.join("pg").join(name))
+    }
+
     /// Starts a server stopped with [`Sandbox::stop_server`] again.
     pub fn start_server(&self, name: &str) -> Result<(), DevError> {
         let pg_dir = self.dir.join("pg");

@@ -113,6 +113,17 @@ impl PgTools {
         )
     }
 
+    /// Promotes a standby to primary (a new timeline) and waits until it accepts writes.
+    pub fn promote(&self, data: &Path) -> Result<(), DevError> {
+        run(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(data)
+                .args(["-w", "-t", "60", "promote"]),
+            "pg_ctl promote",
+        )
+    }
+
     /// Stops a server if it runs; errors are ignored because cleanup must go on.
     pub fn stop(&self, data: &Path) {
         if data.join("postmaster.pid").exists() {

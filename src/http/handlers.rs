@@ -168,7 +168,7 @@ pub async fn query(
     let ((result, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
-        match run_one(
+        let run = run_one(
             client,
             &served.endpoint,
             sql,
@@ -176,9 +176,8 @@ pub async fn query(
             command,
             guard_reads,
             capture,
-        )
-        .await
-        {
+        );
+        match app.while_up(served.index, run).await {
             Ok(r) => break (r, served),
             Err(e) => attempts.failed(e).map_err(serve_problem)?,
         }
@@ -283,14 +282,17 @@ pub async fn transaction(
     let ((results, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
-        let run = if capture {
-            run_write_transaction_capturing(client, &served.endpoint, &t.statements, &classes).await
-        } else {
-            run_transaction(client, &served.endpoint, &t.statements, &classes, intent)
-                .await
-                .map(|r| (r, None))
+        let run = async {
+            if capture {
+                run_write_transaction_capturing(client, &served.endpoint, &t.statements, &classes)
+                    .await
+            } else {
+                run_transaction(client, &served.endpoint, &t.statements, &classes, intent)
+                    .await
+                    .map(|r| (r, None))
+            }
         };
-        match run {
+        match app.while_up(served.index, run).await {
             Ok(r) => break (r, served),
             Err(e) => attempts.failed(e).map_err(serve_problem)?,
         }

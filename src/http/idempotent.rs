@@ -172,6 +172,18 @@ async fn on_home_primary(
     let (client, served) = attempts.next().await.map_err(serve_problem)?;
     outcome.served = Some(served.clone());
     trim_statement_cache(&client);
+    let index = served.index;
+    app.while_up(index, keyed_transaction(app, req, client, served))
+        .await
+}
+
+/// The claim, the statements, the record and COMMIT on the home primary's connection `client`.
+async fn keyed_transaction(
+    app: &App,
+    req: &Request<'_>,
+    client: deadpool_postgres::Object,
+    served: Served,
+) -> Result<Done, Problem> {
     let endpoint = served.endpoint.clone();
     let endpoint = endpoint.as_str();
     let pg = |e| Problem::from(DbError::from_pg(endpoint, e));

@@ -93,7 +93,7 @@ where
         };
         let endpoint = app.pools.endpoint_name(c.index).to_string();
         let deadline = (!is_ready).then_some(started + max_wait);
-        match run(client, endpoint, deadline).await {
+        match app.while_up(c.index, run(client, endpoint, deadline)).await {
             Ok(Some(result)) => {
                 if position > 0 {
                     app.ryw_fallback(if c.target == crate::routing::Target::Primary {

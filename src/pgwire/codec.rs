@@ -55,6 +55,8 @@ pub enum ProtocolError {
     Malformed(&'static str),
     #[error("{0}")]
     Unsupported(String),
+    #[error("the probes found the server unreachable while waiting for its answer")]
+    Unreachable,
 }
 
 /// A buffered reader that cuts messages out of one shared buffer: a message body is a slice of

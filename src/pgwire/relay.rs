@@ -53,7 +53,19 @@ impl Session<'_> {
             let Some(lease) = self.server.as_mut() else {
                 break;
             };
-            let m = match lease.conn.recv().await {
+            let poll = self
+                .app
+                .config
+                .probe
+                .interval
+                .min(std::time::Duration::from_millis(250));
+            // `biased`: a message already buffered is taken without arming the probe watch.
+            let m = tokio::select! {
+                biased;
+                m = lease.conn.recv() => m,
+                () = self.app.topology.down(lease.endpoint, poll) => Err(ProtocolError::Unreachable),
+            };
+            let m = match m {
                 Ok(m) => m,
                 Err(e) => {
                     self.server_lost(e);

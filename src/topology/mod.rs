@@ -112,6 +112,15 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Resolves once the probes declare endpoint `index` down (at once if it is down now). A
+    /// request waiting on a server races this, so a partition or a dead server fails the request
+    /// within the probes' detection time instead of leaving it hanging.
+    pub async fn down(&self, index: usize, poll: std::time::Duration) {
+        while self.snapshot().get(index).is_up() {
+            tokio::time::sleep(poll).await;
+        }
+    }
+
     pub fn from_config(config: &Config) -> Topology {
         let mut endpoints = Vec::new();
         let shards = config

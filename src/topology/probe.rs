@@ -17,12 +17,17 @@ use crate::types::{Lsn, Role};
 
 /// `pg_is_in_recovery()` is the role; the WAL position is the replay position on a replica and
 /// the insert position on a primary. Text results keep this a single simple-protocol round trip.
-/// The system identifier and the control file's timeline identify which history a position
-/// belongs to (consistency tokens carry both); both are readable without superuser rights.
+/// The system identifier and the timeline identify which history a position belongs to
+/// (consistency tokens carry both); all of it is readable without superuser rights. A primary's
+/// timeline comes from the name of its current WAL file (its first 8 hex digits): the control
+/// file's checkpoint timeline stays the old one after a promotion until the next checkpoint. A
+/// replica reports its last restartpoint's timeline, which can only lag behind (then tokens of the
+/// new timeline go to the primary, never to a copy that lacks them).
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
      (SELECT system_identifier FROM pg_control_system())::text, \
-     (SELECT timeline_id FROM pg_control_checkpoint())::text";
+     (CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::text";
 
 /// What one successful probe saw.
 #[derive(Debug, Clone, Copy, PartialEq)]

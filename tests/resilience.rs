@@ -1,0 +1,305 @@
+//! Faults against a real two-region sandbox whose sidecars reach the other region through link
+//! relays: a region cut off from the others keeps serving its reads (directory included) and
+//! fails remote writes fast, then recovers by itself; a promoted replica takes over writes
+//! without a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, options, start, wait_caught_up};
+use serde_json::json;
+
+/// What happened to one request during a fault.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Seen {
+    Status(u16, String),
+    /// No answer within the client's patience: a hang.
+    Hung,
+}
+
+async fn post(env: &Env, region: &str, user: &str, sql: &str) -> (Seen, Duration, Option<String>) {
+    let started = Instant::now();
+    let sent = env
+        .http
+        .post(env.url(region, "/v1/query"))
+        .header("homeport-user", user)
+        .timeout(Duration::from_secs(15))
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await;
+    let elapsed = started.elapsed();
+    match sent {
+        Ok(r) => {
+            let served = r
+                .headers()
+                .get("homeport-served-by")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            (Seen::Status(r.status().as_u16(), served), elapsed, retry)
+        }
+        Err(_) => (Seen::Hung, elapsed, None),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_region_keeps_serving_reads_and_fails_remote_writes_fast() {
+    let mut opts = options(&["eu", "us"]);
+    opts.link_delay = Some(Duration::from_millis(5));
+    let env = start(opts).await;
+    assert_eq!(env.place("us", "ana", "eu").await.status, 201);
+    assert_eq!(env.place("us", "ben", "us").await.status, 201);
+    // Placed through eu: the us sidecar has never looked cyd up, so its first lookup happens
+    // during the cut and must be answered by the directory's local replica.
+    assert_eq!(env.place("eu", "cyd", "eu").await.status, 201);
+    let eu = env.direct(env.primary_port("eu")).await;
+    eu.batch_execute("INSERT INTO notes (user_id, body) VALUES ('ana', 'kept'), ('cyd', 'kept')")
+        .await
+        .unwrap();
+    wait_caught_up(&env, "eu", "us").await;
+
+    env.sandbox.partition("us", true);
+    let cut_at = Instant::now();
+    let mut seen: Vec<(&str, Seen, Duration, Option<String>)> = Vec::new();
+    while cut_at.elapsed() < Duration::from_secs(4) {
+        let (a, b, c, d, e) = tokio::join!(
+            post(
+                &env,
+                "us",
+                "ana",
+                "SELECT count(*) FROM notes WHERE user_id = 'ana'"
+            ),
+            post(
+                &env,
+                "us",
+                "ben",
+                "SELECT count(*) FROM notes WHERE user_id = 'ben'"
+            ),
+            post(
+                &env,
+                "us",
+                "cyd",
+                "SELECT count(*) FROM notes WHERE user_id = 'cyd'"
+            ),
+            post(
+                &env,
+                "us",
+                "ben",
+                "INSERT INTO notes (user_id, body) VALUES ('ben', 'local')"
+            ),
+            post(
+                &env,
+                "us",
+                "ana",
+                "INSERT INTO notes (user_id, body) VALUES ('ana', 'remote')"
+            ),
+        );
+        seen.push(("read eu-homed", a.0, a.1, a.2));
+        seen.push(("read us-homed", b.0, b.1, b.2));
+        seen.push(("read unseen user", c.0, c.1, c.2));
+        seen.push(("write us-homed", d.0, d.1, d.2));
+        seen.push(("write eu-homed", e.0, e.1, e.2));
+    }
+    let total = seen.len();
+    let hung = seen.iter().filter(|s| s.1 == Seen::Hung).count();
+    assert_eq!(hung, 0, "no request hangs: {seen:?}");
+    for (what, s, _, retry) in &seen {
+        match (*what, s) {
+            ("read eu-homed" | "read unseen user", Seen::Status(200, by)) => {
+                assert_eq!(by, "us/replica")
+            }
+            ("read us-homed" | "write us-homed", Seen::Status(200, by)) => {
+                assert_eq!(by, "us/primary")
+            }
+            ("write eu-homed", Seen::Status(502 | 503, _)) => {
+                assert!(retry.is_some(), "a failed remote write says when to retry")
+            }
+            other => panic!("during the cut: {other:?}"),
+        }
+    }
+    let slowest_remote_write = seen
+        .iter()
+        .filter(|s| s.0 == "write eu-homed")
+        .map(|s| s.2)
+        .max()
+        .unwrap();
+    println!(
+        "cut: {total} requests, all answered; slowest failed remote write {slowest_remote_write:?}"
+    );
+
+    // The wire endpoint: local reads go on, a remote write fails with a clear SQLSTATE.
+    let url = format!(
+        "postgresql://app@127.0.0.1:{}/app?options=-c%20homeport.user%3Dana",
+        env.sandbox.region("us").pg_port
+    );
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM notes WHERE user_id = 'ana'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let err = tokio::time::timeout(
+        Duration::from_secs(15),
+        c.execute(
+            "INSERT INTO notes (user_id, body) VALUES ('ana', 'wire')",
+            &[],
+        ),
+    )
+    .await
+    .expect("the remote write fails instead of hanging")
+    .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("08006"), "{err:?}");
+    assert_eq!(
+        env.send(env.http.get(env.url("us", "/readyz")))
+            .await
+            .status,
+        200,
+        "the region still serves"
+    );
+
+    // The link returns: writes resume by themselves.
+    env.sandbox.partition("us", false);
+    let healed_at = Instant::now();
+    let mut resumed = false;
+    while healed_at.elapsed() < Duration::from_secs(30) {
+        let (s, _, _) = post(
+            &env,
+            "us",
+            "ana",
+            "INSERT INTO notes (user_id, body) VALUES ('ana', 'after')",
+        )
+        .await;
+        if s == Seen::Status(200, "eu/primary".into()) {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "writes resumed after the link came back");
+    println!(
+        "healed: remote writes resumed after {:?}",
+        healed_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_takes_over_writes_without_a_restart() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "fay", "eu").await.status, 201);
+    // A us sidecar that knows the eu replica as a second primary candidate (like libpq's
+    // host list with target_session_attrs=read-write).
+    let replica = env.replica_port("eu", "us");
+    let primary = env.primary_port("eu");
+    let (config, http_port, _) = common::region_config_on_new_ports(&env, "us");
+    let primary_url = format!("postgresql://app@127.0.0.1:{primary}/app");
+    let replica_url = format!("postgresql://app@127.0.0.1:{replica}/app");
+    let config = config.replace(
+        &format!("primary = [\"{primary_url}\"]"),
+        &format!("primary = [\"{primary_url}\", {{ url = \"{replica_url}\", region = \"us\" }}]"),
+    );
+    assert!(config.contains(&replica_url));
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("us-failover", &config, http_port)
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http_port}/v1/query");
+    let request = |sql: &str, token: Option<&str>| {
+        let mut r = env
+            .http
+            .post(&url)
+            .header("homeport-user", "fay")
+            .json(&json!({ "sql": sql }));
+        if let Some(t) = token {
+            r = r.header("consistency-token", t);
+        }
+        env.send(r)
+    };
+
+    let mut acknowledged = 0;
+    let mut old_token = String::new();
+    for i in 0..20 {
+        let w = request(
+            &format!("INSERT INTO notes (user_id, body) VALUES ('fay', 'before {i}')"),
+            None,
+        )
+        .await;
+        assert_eq!((w.status, w.served_by()), (200, "eu/primary"));
+        acknowledged += 1;
+        old_token = w.header("consistency-token").unwrap().to_string();
+    }
+    wait_caught_up(&env, "eu", "us").await;
+
+    env.sandbox.stop_server("eu-primary");
+    let promoting = Instant::now();
+    env.sandbox.promote_server("eu-replica-us").unwrap();
+    let promoted = Instant::now();
+    let promote_took = promoting.elapsed();
+    let mut failed_meanwhile = 0;
+    let first_write = loop {
+        let w = request(
+            "INSERT INTO notes (user_id, body) VALUES ('fay', 'after')",
+            None,
+        )
+        .await;
+        if w.status == 200 {
+            break w;
+        }
+        assert!(
+            matches!(w.status, 502 | 503),
+            "during the failover writes fail clearly: {} {:?}",
+            w.status,
+            w.body
+        );
+        failed_meanwhile += 1;
+        assert!(
+            promoted.elapsed() < Duration::from_secs(30),
+            "writes never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let failover = promoted.elapsed();
+    assert_eq!(first_write.served_by(), "us/primary", "the promoted server");
+    println!(
+        "failover: pg_ctl promote took {promote_took:?}; first successful write {failover:?} after it returned ({failed_meanwhile} writes refused meanwhile)"
+    );
+
+    // Every write acknowledged before the failover is there.
+    let new_primary = env.direct(replica).await;
+    let n: i64 = new_primary
+        .query_one(
+            "SELECT count(*) FROM notes WHERE user_id = 'fay' AND body LIKE 'before %'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, acknowledged);
+
+    // A token from the old timeline is served by the primary, and sees its write.
+    let read = request(
+        "SELECT count(*) FROM notes WHERE user_id = 'fay' AND body LIKE 'before %'",
+        Some(&old_token),
+    )
+    .await;
+    assert_eq!(
+        (read.status, read.served_by(), &read.body["rows"][0][0]),
+        (200, "us/primary", &json!(acknowledged))
+    );
+    // New writes carry tokens of the new timeline, which verify and serve.
+    let new_token = first_write.header("consistency-token").unwrap();
+    let keys = common::token_keys(&env);
+    let eu = homeport::types::RegionName::parse("eu").unwrap();
+    let old = homeport::consistency::token::Token::decode(&old_token, &keys).unwrap();
+    let new = homeport::consistency::token::Token::decode(new_token, &keys).unwrap();
+    assert!(new.shards[&eu].timeline > old.shards[&eu].timeline);
+}
