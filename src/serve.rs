@@ -85,14 +85,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("draining");
     app.start_draining();
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(grace, server).await.is_err() {
+    // HTTP requests and wire transactions in flight finish within one shared grace period.
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
         tracing::warn!(
             ?grace,
             "in-flight requests did not finish within the grace period"
         );
     }
     if let Some(w) = wire {
-        w.abort();
+        let abort = w.abort_handle();
+        if tokio::time::timeout_at(deadline, w).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "wire transactions still open at the end of the grace period"
+            );
+            abort.abort();
+        }
     }
     for p in probes {
         p.abort();

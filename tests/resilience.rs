@@ -303,3 +303,209 @@ async fn a_promoted_replica_takes_over_writes_without_a_restart() {
     let new = homeport::consistency::token::Token::decode(new_token, &keys).unwrap();
     assert!(new.shards[&eu].timeline > old.shards[&eu].timeline);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_fast_and_clearly_without_harming_others() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "gil", "us").await.status, 201);
+    // A us sidecar with tiny pools and a low client limit.
+    let (config, http_port, pg_port) = common::region_config_on_new_ports(&env, "us");
+    let config = config
+        .replace("max_client_conn = 1000", "max_client_conn = 40")
+        .replace("pool_size = 20", "pool_size = 2")
+        .replace("pool_size = 16", "pool_size = 2");
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("us-small", &config, http_port)
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http_port}/v1/query");
+    let query = |sql: &'static str| {
+        env.http
+            .post(&url)
+            .header("homeport-user", "gil")
+            .json(&json!({ "sql": sql, "intent": "write" }))
+            .send()
+    };
+
+    // HTTP: both connections of the primary's pool busy; the next request waits acquire_timeout
+    // (1 s) at most, then gets a clear 503.
+    let busy = tokio::spawn({
+        let (a, b) = (query("SELECT pg_sleep(3)"), query("SELECT pg_sleep(3)"));
+        async move { tokio::join!(a, b) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let refused = query("SELECT 1").await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("timed out"),
+        "{body}"
+    );
+    let (a, b) = busy.await.unwrap();
+    assert_eq!(
+        (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+        (200, 200),
+        "the busy requests finished normally"
+    );
+    println!("pool exhausted: refused after {waited:?}");
+
+    // Wire: a session opened before a flood of clients keeps working; past max_client_conn the
+    // flood is refused with 53300, and nothing of it lingers once it goes away.
+    let wire_url =
+        format!("postgresql://app@127.0.0.1:{pg_port}/app?options=-c%20homeport.user%3Dgil");
+    let (survivor, conn) = tokio_postgres::connect(&wire_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        match tokio_postgres::connect(&wire_url, tokio_postgres::NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                flood.push(c);
+            }
+            Err(e) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(flood.len(), 39, "up to max_client_conn sessions");
+    assert_eq!(refused, 261);
+    let one: i32 = survivor.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the existing session is unharmed");
+    drop(flood);
+    let mut admitted = false;
+    for _ in 0..50 {
+        if tokio_postgres::connect(&wire_url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "new clients are admitted once the flood is gone");
+
+    // Wire pool exhaustion: two sessions hold both server connections in open transactions; a
+    // third session's statement fails after acquire_timeout with a clear error, then works.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let (c, conn) = tokio_postgres::connect(&wire_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.batch_execute("BEGIN").await.unwrap();
+        c.batch_execute("INSERT INTO notes (user_id, body) VALUES ('gil', 'held')")
+            .await
+            .unwrap();
+        holders.push(c);
+    }
+    let err = survivor
+        .batch_execute("INSERT INTO notes (user_id, body) VALUES ('gil', 'waits')")
+        .await
+        .unwrap_err();
+    let message = err.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("timed out"), "{message}");
+    for h in &holders {
+        h.batch_execute("COMMIT").await.unwrap();
+    }
+    survivor
+        .batch_execute("INSERT INTO notes (user_id, body) VALUES ('gil', 'after')")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_and_transactions_then_exits() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "ivo", "us").await.status, 201);
+    let us = env.sandbox.region("us").clone();
+    let wire = || async {
+        let url = format!(
+            "postgresql://app@127.0.0.1:{}/app?options=-c%20homeport.user%3Divo",
+            us.pg_port
+        );
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let in_txn = wire().await;
+    let idle = wire().await;
+    in_txn.batch_execute("BEGIN").await.unwrap();
+    in_txn
+        .batch_execute("INSERT INTO notes (user_id, body) VALUES ('ivo', 'drained')")
+        .await
+        .unwrap();
+    let slow = tokio::spawn({
+        let req = env
+            .http
+            .post(env.url("us", "/v1/query"))
+            .header("homeport-user", "ivo")
+            .json(&json!({"sql": "SELECT pg_sleep(1.5)", "intent": "write"}));
+        async move { req.send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = env.sandbox.sidecar_pid("us").unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+
+    // New connections are refused soon after the signal.
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if tokio::net::TcpStream::connect(("127.0.0.1", us.http_port))
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the HTTP listener closed");
+    // The idle session was told to go; the one inside a transaction finishes it.
+    let err = idle.simple_query("SELECT 1").await.unwrap_err();
+    assert!(err.code().is_none_or(|c| c.code() == "57P01"), "{err:?}");
+    in_txn
+        .batch_execute("INSERT INTO notes (user_id, body) VALUES ('ivo', 'drained too')")
+        .await
+        .unwrap();
+    in_txn.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the in-flight request finished"
+    );
+    let mut exited = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+        {
+            exited = true;
+            break;
+        }
+    }
+    assert!(exited, "the sidecar exited once drained");
+    let n: i64 = env
+        .direct(env.primary_port("us"))
+        .await
+        .query_one(
+            "SELECT count(*) FROM notes WHERE user_id = 'ivo' AND body LIKE 'drained%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "the drained transaction committed");
+}

@@ -76,13 +76,18 @@ pub async fn serve(
             continue;
         };
         let (app, pools, auth, tls) = (app.clone(), pools.clone(), auth.clone(), tls.clone());
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = session(&app, &pools, &auth, tls.as_deref(), stream).await {
+            if let Err(e) = session(&app, &pools, &auth, tls.as_deref(), stream, stop).await {
                 tracing::debug!(error = %e, "wire session ended with an error");
             }
             drop(permit);
         });
     }
+    // Draining: no new clients; sessions end at their next transaction boundary. Returns when
+    // the last one ended (the caller bounds this by the grace period).
+    drop(listener);
+    let _ = slots.acquire_many(max_clients as u32).await;
 }
 
 async fn refuse(mut stream: TcpStream) {
@@ -104,6 +109,7 @@ async fn session(
     auth: &ClientAuth,
     tls: Option<&tls::TlsSettings>,
     stream: TcpStream,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), session::SessionError> {
     // Startup packets are read exactly (no read-ahead): after an SSLRequest the next bytes are
     // the client's TLS handshake.
@@ -237,7 +243,7 @@ async fn session(
     Message::new(b'Z', vec![b'I']).write_to(&mut buf);
     w.write_all(&buf).await.map_err(ProtocolError::from)?;
     session::Session::new(app, pools, r, w, user, registration)
-        .run()
+        .run(shutdown)
         .await
 }
 

@@ -156,10 +156,31 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Serves the client until it terminates or breaks the protocol.
-    pub async fn run(mut self) -> Result<(), SessionError> {
+    /// Serves the client until it terminates or breaks the protocol, or homeport drains: then the
+    /// session ends at its next transaction boundary with FATAL 57P01, as PostgreSQL does.
+    pub async fn run(
+        mut self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), SessionError> {
         loop {
-            let msg = match self.next_client_message().await {
+            let between_transactions =
+                self.batch.is_empty() && !matches!(self.server_status, Some(b'T' | b'E'));
+            let draining = *shutdown.borrow();
+            if between_transactions && draining {
+                return self.terminate_for_shutdown().await;
+            }
+            let next = if between_transactions {
+                tokio::select! {
+                    m = self.next_client_message() => Some(m),
+                    _ = shutdown.wait_for(|s| *s) => None,
+                }
+            } else {
+                Some(self.next_client_message().await)
+            };
+            let Some(next) = next else {
+                return self.terminate_for_shutdown().await;
+            };
+            let msg = match next {
                 Ok(m) => m,
                 Err(ProtocolError::Closed) => return Ok(()),
                 Err(e) => {
@@ -191,6 +212,16 @@ impl<'a> Session<'a> {
             }
             self.flush().await?;
         }
+    }
+
+    async fn terminate_for_shutdown(&mut self) -> Result<(), SessionError> {
+        self.send(codec::error_response(
+            "FATAL",
+            "57P01",
+            "terminating connection: homeport is shutting down",
+        ));
+        let _ = self.flush().await;
+        Ok(())
     }
 
     /// The client's next message. While a pinned session sits idle on its server, whatever the
