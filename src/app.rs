@@ -92,6 +92,10 @@ impl App {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Ready to serve: not draining, every endpoint probed at least once, and a local endpoint
     /// up (or, in a region without local copies, any endpoint up).
     pub fn is_ready(&self) -> bool {

@@ -54,9 +54,9 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => match homeport::config::Config::load(&config) {
+            Command::Serve { config: path } => match homeport::config::Config::load(&path) {
                 Err(e) => fail(e.to_string()),
-                Ok(config) => match homeport::serve::run(config).await {
+                Ok(config) => match homeport::serve::run(config, Some(path)).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(e.to_string()),
                 },

@@ -19,6 +19,7 @@ pub const RYW_WAIT_SECONDS: &str = "homeport_ryw_wait_seconds";
 pub const RYW_FALLBACKS_TOTAL: &str = "homeport_ryw_fallbacks_total";
 pub const IDEMPOTENCY_TOTAL: &str = "homeport_idempotency_total";
 pub const IDEMPOTENCY_CACHE_TOTAL: &str = "homeport_idempotency_cache_lookups_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "homeport_config_reloads_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -34,6 +35,7 @@ pub const ALL: &[&str] = &[
     RYW_FALLBACKS_TOTAL,
     IDEMPOTENCY_TOTAL,
     IDEMPOTENCY_CACHE_TOTAL,
+    CONFIG_RELOADS_TOTAL,
 ];
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
@@ -59,6 +61,11 @@ pub fn idempotency(result: &'static str, frontend: &'static str) {
 /// share of same-region replays that needed no trip to the home primary).
 pub fn idempotency_cache(result: &'static str) {
     counter!(IDEMPOTENCY_CACHE_TOTAL, "result" => result).increment(1);
+}
+
+/// A config reload: `ok`, `invalid` (the file did not validate) or `needs_restart`.
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -1,16 +1,20 @@
-//! `homeport serve`: wires config, topology probes, pools, directory and the HTTP front end
-//! together, and runs until SIGTERM/SIGINT, then drains: `/readyz` turns false, the listener
-//! closes, in-flight requests finish within `shutdown_grace`.
+//! `homeport serve`: builds the first config generation (topology probes, pools, directory),
+//! starts the HTTP and wire front ends and the reload watcher, and runs until SIGTERM/SIGINT,
+//! then drains: `/readyz` turns false, the listeners close, in-flight requests and wire
+//! transactions finish within `shutdown_grace`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::app::App;
 use crate::config::Config;
-use crate::{http, metrics, pgwire, topology};
+use crate::reload::{self, Current, Generation};
+use crate::{http, metrics, pgwire};
 
 /// Why the sidecar could not start; printed as one line by `main`.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +30,9 @@ pub enum StartError {
     Signals(std::io::Error),
 }
 
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Runs the sidecar. With `config_path`, SIGHUP or a change of that file reloads the config
+/// (see [`crate::reload`]).
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
     let handle = metrics::install();
     let listen = config.http.listen;
     let grace = config.shutdown_grace;
@@ -36,14 +42,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             addr: listen,
             source,
         })?;
-    let app = Arc::new(App::new(config, handle));
-    let probes = topology::probe::spawn_all(app.topology.clone(), app.config.probe.clone());
-    let cleanup = crate::idempotency::store::spawn_cleanup(app.clone());
+    let pg = config.pg.clone();
+    let cancel = Arc::new(pgwire::CancelRegistry::default());
+    let current: Current = Arc::new(ArcSwap::new(Generation::start(
+        config,
+        handle.clone(),
+        &cancel,
+    )));
     let mut term = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let wire = match app.config.pg.clone() {
+    let wire = match pg {
         Some(pg) => {
             let wire_listener =
                 TcpListener::bind(pg.listen)
@@ -52,20 +62,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                         addr: pg.listen,
                         source,
                     })?;
-            let pools = Arc::new(pgwire::WirePools::new(
-                &app.topology.snapshot(),
-                pg.pool_size,
-                app.config.postgres.acquire_timeout,
-                app.config.postgres.connect_timeout,
-            ));
             let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth));
             let tls = match &pg.tls {
                 Some(t) => Some(Arc::new(pgwire::tls::load(t).map_err(StartError::Tls)?)),
                 None => None,
             };
             Some(tokio::spawn(pgwire::serve(
-                app.clone(),
-                pools,
+                current.clone(),
                 auth,
                 tls,
                 wire_listener,
@@ -75,16 +78,29 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
-    let server = tokio::spawn(http::serve(app.clone(), listener, stop_rx));
-    tracing::info!(region = %app.config.region, %listen, "homeport serving");
+    let reloads = config_path.map(|path| {
+        tokio::spawn(reload::watch(
+            path,
+            current.clone(),
+            cancel.clone(),
+            handle.clone(),
+            Duration::from_secs(2),
+            stop_rx.clone(),
+        ))
+    });
+    let server = tokio::spawn(http::serve(current.clone(), listener, stop_rx));
+    tracing::info!(region = %current.load().app.config.region, %listen, "homeport serving");
 
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
     tracing::info!("draining");
-    app.start_draining();
+    current.load().app.start_draining();
     let _ = stop_tx.send(true);
+    if let Some(r) = reloads {
+        r.abort();
+    }
     // HTTP requests and wire transactions in flight finish within one shared grace period.
     let deadline = tokio::time::Instant::now() + grace;
     if tokio::time::timeout_at(deadline, server).await.is_err() {
@@ -103,9 +119,5 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             abort.abort();
         }
     }
-    for p in probes {
-        p.abort();
-    }
-    cleanup.abort();
     Ok(())
 }

@@ -509,3 +509,118 @@ async fn sigterm_drains_requests_and_transactions_then_exits() {
         .get(0);
     assert_eq!(n, 2, "the drained transaction committed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_file_changes_reload_the_topology_without_dropping_anyone() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "jon", "eu").await.status, 201);
+    let primary = env.primary_port("eu");
+    let (good, http_port, pg_port) = common::region_config_on_new_ports(&env, "us");
+    let primary_url = format!("postgresql://app@127.0.0.1:{primary}/app");
+    // Start with the eu shard's primary at a wrong address.
+    let dead = homeport::dev::pick_ports(1).unwrap()[0];
+    let wrong = good.replace(
+        &format!("primary = [\"{primary_url}\"]"),
+        &format!("primary = [\"postgresql://app@127.0.0.1:{dead}/app\"]"),
+    );
+    assert_ne!(wrong, good);
+    let sidecar = env
+        .sandbox
+        .spawn_sidecar("us-reload", &wrong, http_port)
+        .unwrap();
+    let path = env.sandbox.dir.join("us-reload").join("homeport.toml");
+    let http = reqwest::Client::new(); // keeps its connection alive across the reload
+    let url = format!("http://127.0.0.1:{http_port}");
+    let write = || {
+        http.post(format!("{url}/v1/query"))
+            .header("homeport-user", "jon")
+            .json(&json!({"sql": "INSERT INTO notes (user_id, body) VALUES ('jon', 'x')"}))
+            .send()
+    };
+    assert_eq!(write().await.unwrap().status().as_u16(), 503);
+    let wire_url =
+        format!("postgresql://app@127.0.0.1:{pg_port}/app?options=-c%20homeport.user%3Djon");
+    let (session, conn) = tokio_postgres::connect(&wire_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    session
+        .query_one("SELECT count(*) FROM notes", &[])
+        .await
+        .unwrap();
+
+    let hup = || {
+        std::process::Command::new("kill")
+            .args(["-HUP", &sidecar.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    std::fs::write(&path, &good).unwrap();
+    hup();
+    let until_written = |what: &'static str| async move {
+        for _ in 0..100 {
+            if write().await.unwrap().status().as_u16() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what}: writes never resumed");
+    };
+    until_written("after SIGHUP").await;
+    // The wire session opened before the reload moves to the new config at its next transaction.
+    session
+        .execute(
+            "INSERT INTO notes (user_id, body) VALUES ('jon', 'wire')",
+            &[],
+        )
+        .await
+        .expect("the old session writes through the reloaded topology");
+
+    // A file that does not validate is refused; the sidecar keeps serving with what it had.
+    std::fs::write(&path, "region = [this is not toml").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(write().await.unwrap().status().as_u16(), 200);
+    // A change of a listener needs a restart: refused too.
+    let relisten = good.replace(
+        &format!("127.0.0.1:{http_port}\""),
+        &format!("127.0.0.1:{dead}\""),
+    );
+    std::fs::write(&path, relisten).unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(write().await.unwrap().status().as_u16(), 200);
+    // Without a signal, a changed file is noticed too: back to the wrong primary.
+    std::fs::write(&path, &wrong).unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        if write().await.unwrap().status().as_u16() == 503 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the file change was picked up");
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for result in ["ok", "invalid", "needs_restart"] {
+        assert!(
+            metrics.contains(&format!(
+                "homeport_config_reloads_total{{result=\"{result}\"}}"
+            )),
+            "{result}: {metrics}"
+        );
+    }
+    let one: i64 = session
+        .query_one("SELECT 1::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(one, 1, "the wire session survived every reload");
+}

@@ -11,7 +11,6 @@ mod time;
 pub mod values;
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -102,14 +101,19 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
 
 /// Serves HTTP on `listener` until `shutdown` flips to true, then stops accepting and waits for
 /// in-flight requests (bounded by the caller's grace period).
-pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    current: crate::reload::Current,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     while let Some(stream) = crate::net::accept(&listener, &mut shutdown).await {
-        let header_timeout = app.config.http.header_timeout;
-        let app = app.clone();
+        let header_timeout = current.load().app.config.http.header_timeout;
+        let current = current.clone();
+        // Each request runs on the config generation current when it arrived.
         let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(handle(&app, req).await) }
+            let generation = current.load_full();
+            async move { Ok::<_, Infallible>(handle(&generation.app, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

@@ -29,7 +29,7 @@ const POLL: Duration = Duration::from_millis(5);
 /// `consistency.max_wait` when no `[consistency]` section is configured.
 const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(50);
 
-impl Session<'_> {
+impl Session {
     /// A server for a read of `home`'s data: the nearest copy within the session's staleness
     /// bound that has the session's writes. Returns the last reason when no copy can serve.
     pub(super) async fn acquire_read(

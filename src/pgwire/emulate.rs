@@ -11,7 +11,7 @@ use super::codec::{self, Message, Reader};
 use super::session::{ClientStatement, Session, SessionError};
 use super::settings::{self, Setting};
 
-impl Session<'_> {
+impl Session {
     /// The setting a batch is about, if every statement it parses or binds is a homeport setting.
     pub(super) fn settings_only(&self, batch: &[Message]) -> Option<Vec<Setting>> {
         let mut found = Vec::new();

@@ -11,7 +11,7 @@ use super::session::{ClientError, Session, SettingOutput};
 use crate::idempotency::{Key, Refusal, store, wire_fingerprint};
 use crate::metrics;
 
-impl Session<'_> {
+impl Session {
     /// Claims `value` as the open transaction's idempotency key.
     pub(super) async fn claim_idempotency_key(
         &mut self,

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::app::App;
 use crate::types::UserId;
+pub use cancel::CancelRegistry;
 use codec::{Message, ProtocolError};
 pub use pool::WirePools;
 
@@ -61,8 +62,7 @@ impl ClientAuth {
 }
 
 pub async fn serve(
-    app: Arc<App>,
-    pools: Arc<WirePools>,
+    current: crate::reload::Current,
     auth: Arc<ClientAuth>,
     tls: Option<Arc<tls::TlsSettings>>,
     listener: TcpListener,
@@ -75,10 +75,10 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let (app, pools, auth, tls) = (app.clone(), pools.clone(), auth.clone(), tls.clone());
+        let (current, auth, tls) = (current.clone(), auth.clone(), tls.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = session(&app, &pools, &auth, tls.as_deref(), stream, stop).await {
+            if let Err(e) = session(current, &auth, tls.as_deref(), stream, stop).await {
                 tracing::debug!(error = %e, "wire session ended with an error");
             }
             drop(permit);
@@ -104,13 +104,17 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 async fn session(
-    app: &App,
-    pools: &WirePools,
+    current: crate::reload::Current,
     auth: &ClientAuth,
     tls: Option<&tls::TlsSettings>,
     stream: TcpStream,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), session::SessionError> {
+    let generation = current.load_full();
+    let app = &generation.app;
+    let Some(pools) = generation.wire_pools.as_deref() else {
+        return Ok(());
+    };
     // Startup packets are read exactly (no read-ahead): after an SSLRequest the next bytes are
     // the client's TLS handshake.
     let mut stream = stream;
@@ -242,7 +246,7 @@ async fn session(
     codec::backend_key_data(registration.pid, registration.secret).write_to(&mut buf);
     Message::new(b'Z', vec![b'I']).write_to(&mut buf);
     w.write_all(&buf).await.map_err(ProtocolError::from)?;
-    session::Session::new(app, pools, r, w, user, registration)
+    session::Session::new(generation.clone(), current, r, w, user, registration)
         .run(shutdown)
         .await
 }

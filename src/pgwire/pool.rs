@@ -64,6 +64,7 @@ impl WirePools {
         size: usize,
         acquire_timeout: Duration,
         connect_timeout: Duration,
+        cancel: Arc<super::cancel::CancelRegistry>,
     ) -> WirePools {
         let pools = snapshot
             .endpoints
@@ -81,7 +82,7 @@ impl WirePools {
             acquire_timeout,
             connect_timeout,
             params: Mutex::new(None),
-            cancel: Default::default(),
+            cancel,
         }
     }
 

@@ -12,7 +12,7 @@ use super::session::{
     ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
 };
 
-impl Session<'_> {
+impl Session {
     /// Sends `buf` to the attached server and relays responses until every expectation is met.
     pub(super) async fn relay(
         &mut self,
@@ -355,7 +355,7 @@ impl Session<'_> {
                     let name = r.cstr().map_err(protocol)?;
                     let rest = r.rest();
                     let sql = Reader::new(rest, "parse").cstr().map_err(protocol)?;
-                    note(&mut plan, sql, self.app);
+                    note(&mut plan, sql, &self.app);
                     if name.is_empty() {
                         self.unnamed_sql = Some(sql.into());
                     } else {
@@ -389,7 +389,7 @@ impl Session<'_> {
                         self.statements.get(name).map(|s| s.sql.clone())
                     };
                     match sql {
-                        Some(sql) => note(&mut plan, &sql, self.app),
+                        Some(sql) => note(&mut plan, &sql, &self.app),
                         None if name.is_empty() => {}
                         None => {
                             return Err(ClientError {

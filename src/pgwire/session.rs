@@ -55,9 +55,13 @@ pub(super) enum Expect {
     Position,
 }
 
-pub struct Session<'a> {
-    pub(super) app: &'a App,
-    pub(super) pools: &'a WirePools,
+pub struct Session {
+    pub(super) app: Arc<App>,
+    pub(super) pools: Arc<WirePools>,
+    /// The config generation the session uses now, and where to find the newest one: the
+    /// session moves to a reloaded config at its next transaction boundary.
+    generation: Arc<crate::reload::Generation>,
+    current: crate::reload::Current,
     pub(super) client: FramedReader<super::ClientRead>,
     out_half: super::ClientWrite,
     pub(super) out: BytesMut,
@@ -116,18 +120,25 @@ pub(super) struct ClientError {
     pub(super) message: String,
 }
 
-impl<'a> Session<'a> {
+impl Session {
     pub fn new(
-        app: &'a App,
-        pools: &'a WirePools,
+        generation: Arc<crate::reload::Generation>,
+        current: crate::reload::Current,
         client: FramedReader<super::ClientRead>,
         out_half: super::ClientWrite,
         user: Option<UserId>,
         cancel: super::cancel::Registration,
     ) -> Self {
+        let app = generation.app.clone();
+        let pools = generation
+            .wire_pools
+            .clone()
+            .expect("wire sessions exist only with [pg] configured");
         Session {
             app,
             pools,
+            generation,
+            current,
             client,
             out_half,
             out: BytesMut::with_capacity(8192),
@@ -212,6 +223,24 @@ impl<'a> Session<'a> {
             }
             self.flush().await?;
         }
+    }
+
+    /// Moves to the newest config generation if there is one (between transactions, with no
+    /// server attached, so nothing in flight belongs to the old one).
+    fn follow_reload(&mut self) {
+        let latest = self.current.load();
+        if Arc::ptr_eq(&latest, &self.generation) {
+            return;
+        }
+        let Some(pools) = latest.wire_pools.clone() else {
+            return;
+        };
+        self.generation = latest.clone();
+        self.app = latest.app.clone();
+        self.pools = pools;
+        self.home_cache = None;
+        self.shard = None;
+        self.last_route = None;
     }
 
     async fn terminate_for_shutdown(&mut self) -> Result<(), SessionError> {
@@ -515,6 +544,8 @@ impl<'a> Session<'a> {
         hint: Option<RouteHint>,
         comment_user: Option<&str>,
     ) -> Result<(), ClientError> {
+        // A new transaction starts: on the newest config, if it was reloaded meanwhile.
+        self.follow_reload();
         let user = match comment_user {
             Some(u) => UserId::parse(u).map_err(|m| ClientError { code: "22023", message: m })?,
             None => self.txn_user.clone().or_else(|| self.user.clone()).ok_or_else(|| ClientError {
