@@ -508,6 +508,20 @@ impl Sandbox {
         }
     }
 
+    /// Starts a region's Redis again (after [`Sandbox::stop_redis`]) on the same port, empty.
+    pub fn restart_redis(&mut self, region: &str) -> Result<(), DevError> {
+        let k = self
+            .index(region)
+            .ok_or_else(|| DevError::Argument(format!("no region {region}")))?;
+        let (Some(port), Some(bin)) = (self.regions[k].redis_port, sidecar::find_redis()) else {
+            return Ok(());
+        };
+        self.stop_redis(region);
+        let dir = self.dir.join(region);
+        self.redis[k] = sidecar::spawn_redis(&bin, port, &dir)?;
+        wait_port(port, Duration::from_secs(10))
+    }
+
     /// Process id of a region's sidecar, for tests that signal it.
     pub fn sidecar_pid(&self, region: &str) -> Option<u32> {
         self.index(region)
