@@ -645,9 +645,15 @@ async fn homeport_authenticates_to_servers_with_scram() {
             "[postgres]\n",
             &format!("[postgres]\npassword_file = \"{}\"\n", secret.display()),
         );
+    // Debug logging: the most talkative level must not reveal a secret either.
     let _sidecar = env
         .sandbox
-        .spawn_sidecar("us-password", &config, http_port)
+        .spawn_sidecar_with_env(
+            "us-password",
+            &config,
+            http_port,
+            &[("HOMEPORT_LOG", "debug")],
+        )
         .unwrap();
 
     // The wire front end's own server connections authenticate with SCRAM...
@@ -683,4 +689,50 @@ async fn homeport_authenticates_to_servers_with_scram() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
+
+    // Secrets never show: not in the log, the topology, the metrics or `homeport check`.
+    let key = std::fs::read_to_string(env.sandbox.dir.join("consistency.key")).unwrap();
+    let log = std::fs::read_to_string(env.sandbox.dir.join("us-password/homeport.log")).unwrap();
+    assert!(
+        log.contains("DEBUG") || log.contains("debug"),
+        "debug logging was on: {log}"
+    );
+    let topology = env
+        .send(
+            env.http
+                .get(format!("http://127.0.0.1:{http_port}/v1/topology")),
+        )
+        .await
+        .body
+        .to_string();
+    let metrics = env
+        .send(
+            env.http
+                .get(format!("http://127.0.0.1:{http_port}/metrics")),
+        )
+        .await
+        .body
+        .to_string();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_homeport"))
+        .args(["check", "--config"])
+        .arg(env.sandbox.dir.join("us-password/homeport.toml"))
+        .output()
+        .unwrap();
+    let check = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for (what, text) in [
+        ("log", &log),
+        ("topology", &topology),
+        ("metrics", &metrics),
+        ("check", &check),
+    ] {
+        assert!(
+            !text.contains("server-side secret"),
+            "password in the {what}"
+        );
+        assert!(!text.contains(key.trim()), "consistency key in the {what}");
+    }
 }

@@ -469,13 +469,27 @@ impl Sandbox {
         config: &str,
         http_port: u16,
     ) -> Result<Managed, DevError> {
+        self.spawn_sidecar_with_env(name, config, http_port, &[])
+    }
+
+    /// [`Sandbox::spawn_sidecar`] with extra environment variables (e.g. `HOMEPORT_LOG`).
+    pub fn spawn_sidecar_with_env(
+        &self,
+        name: &str,
+        config: &str,
+        http_port: u16,
+        env: &[(&str, &str)],
+    ) -> Result<Managed, DevError> {
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| DevError::Setup(e.to_string()))?;
         let path = dir.join("homeport.toml");
         std::fs::write(&path, config).map_err(|e| DevError::Setup(e.to_string()))?;
         let log = dir.join("homeport.log");
         let mut cmd = std::process::Command::new(&self.options.homeport_exe);
-        cmd.arg("serve").arg("--config").arg(&path);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .envs(env.iter().copied());
         let mut child = Managed::spawn(name, &mut cmd, &log)?;
         sidecar::wait_ready(&mut child, http_port, &log, Duration::from_secs(30))?;
         Ok(child)
