@@ -126,12 +126,21 @@ impl App {
         let snapshot = self.topology.snapshot();
         match intent {
             Intent::Write => routing::write_candidate(&snapshot, shard).map(|c| vec![c]),
-            Intent::Read => routing::read_candidates(
-                &snapshot,
-                shard,
-                &self.config.region,
-                self.config.routing.primary_reads,
-            ),
+            Intent::Read => {
+                let routing = &self.config.routing;
+                let nearest = routing::read_candidates(
+                    &snapshot,
+                    shard,
+                    &self.config.region,
+                    routing.primary_reads,
+                )?;
+                Ok(routing::demote_slow(
+                    &snapshot,
+                    nearest,
+                    routing.slow_rtt,
+                    routing.max_lag,
+                ))
+            }
         }
     }
 

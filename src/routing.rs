@@ -7,6 +7,8 @@
 //!   it is in the sidecar's region, the other replicas by measured RTT, then the primary
 //!   (`primary_reads = "last-resort"` moves the primary to the very end in every case).
 
+use std::time::Duration;
+
 use crate::config::PrimaryReads;
 use crate::topology::{EndpointView, Snapshot};
 use crate::types::{RegionName, ShardId};
@@ -110,6 +112,25 @@ pub fn read_candidates(
         return Err(RouteError::NoCopy(shard.clone()));
     }
     Ok(out)
+}
+
+/// Moves replicas that are slow to answer (smoothed probe RTT over `slow_rtt`) or far behind
+/// (measured lag over `max_lag`) to the end of the list, keeping the order otherwise: they still
+/// serve when nothing else can, but no read waits on them while a healthy copy exists.
+pub fn demote_slow(
+    snapshot: &Snapshot,
+    candidates: Vec<Candidate>,
+    slow_rtt: Duration,
+    max_lag: Duration,
+) -> Vec<Candidate> {
+    let slow = |c: &Candidate| {
+        let s = &snapshot.get(c.index).status;
+        c.target != Target::Primary
+            && (s.rtt.is_some_and(|r| r > slow_rtt) || s.lag.is_some_and(|l| l > max_lag))
+    };
+    let (mut fine, demoted): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|c| !slow(c));
+    fine.extend(demoted);
+    fine
 }
 
 #[cfg(test)]
@@ -264,5 +285,29 @@ mod tests {
             ("eu", "eu", P, true, 1),
         ]);
         assert_eq!(order(&s, "eu", "eu", PrimaryReads::Nearest), [(2, PT)]);
+    }
+
+    #[test]
+    fn slow_or_far_behind_replicas_go_last() {
+        let mut s = snapshot(&[
+            ("eu", "us", Role::Replica, true, 1),
+            ("eu", "ap", Role::Replica, true, 40),
+            ("eu", "eu", Role::Primary, true, 80),
+        ]);
+        let all = read_candidates(&s, &region("eu"), &region("us"), PrimaryReads::Nearest).unwrap();
+        let order = |c: &[Candidate]| c.iter().map(|c| c.index).collect::<Vec<_>>();
+        let (rtt, lag) = (Duration::from_millis(250), Duration::from_secs(30));
+        assert_eq!(order(&demote_slow(&s, all.clone(), rtt, lag)), [0, 1, 2]);
+        // The local replica answers slowly: everything else first.
+        s.endpoints[0].status.rtt = Some(Duration::from_millis(900));
+        assert_eq!(order(&demote_slow(&s, all.clone(), rtt, lag)), [1, 2, 0]);
+        // ... or is a minute behind.
+        s.endpoints[0].status.rtt = Some(Duration::from_millis(1));
+        s.endpoints[0].status.lag = Some(Duration::from_secs(60));
+        assert_eq!(order(&demote_slow(&s, all.clone(), rtt, lag)), [1, 2, 0]);
+        // A slow primary is never demoted: it is the copy of last resort anyway.
+        s.endpoints[0].status.lag = None;
+        s.endpoints[2].status.rtt = Some(Duration::from_secs(2));
+        assert_eq!(order(&demote_slow(&s, all, rtt, lag)), [0, 1, 2]);
     }
 }

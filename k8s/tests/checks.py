@@ -254,11 +254,14 @@ def check_configmap(region, outdir):
 
 
 def homeport_binary():
-    for candidate in (os.environ.get("HOMEPORT_BIN"), REPO / "target/release/homeport",
-                      REPO / "target/debug/homeport", shutil.which("homeport")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+    """$HOMEPORT_BIN, else the newer of this checkout's release and debug builds, else PATH."""
+    if os.environ.get("HOMEPORT_BIN"):
+        return os.environ["HOMEPORT_BIN"]
+    built = [p for p in (REPO / "target/release/homeport", REPO / "target/debug/homeport")
+             if p.is_file() and os.access(p, os.X_OK)]
+    if built:
+        return str(max(built, key=lambda p: p.stat().st_mtime))
+    return shutil.which("homeport")
 
 
 def check_homeport_accepts(region, outdir):

@@ -160,6 +160,10 @@ pub enum PrimaryReads {
 #[derive(Debug, Clone)]
 pub struct RoutingConfig {
     pub primary_reads: PrimaryReads,
+    /// Replicas whose smoothed probe RTT is above this are tried after every other copy.
+    pub slow_rtt: Duration,
+    /// Replicas whose measured lag is above this are tried after every other copy.
+    pub max_lag: Duration,
 }
 
 /// One PostgreSQL server as configured.
@@ -539,7 +543,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         },
         postgres: pg_defaults.settings,
         probe,
-        routing: RoutingConfig { primary_reads },
+        routing: RoutingConfig {
+            primary_reads,
+            slow_rtt: raw
+                .routing
+                .slow_rtt
+                .map_or(Duration::from_millis(250), |d| d.0),
+            max_lag: raw.routing.max_lag.map_or(Duration::from_secs(30), |d| d.0),
+        },
         shards,
         directory,
         redis,

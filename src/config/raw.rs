@@ -115,6 +115,8 @@ pub struct RawProbe {
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
     pub primary_reads: Option<String>,
+    pub slow_rtt: Option<Dur>,
+    pub max_lag: Option<Dur>,
 }
 
 /// An endpoint is a connection URL, or a table when it needs more than a URL.
