@@ -62,7 +62,11 @@ pub enum ServeError {
 impl App {
     pub fn new(config: Config, metrics: PrometheusHandle) -> App {
         let topology = Arc::new(Topology::from_config(&config));
-        let pools = Arc::new(Pools::new(&topology.snapshot(), &config.postgres));
+        let pools = Arc::new(Pools::new(
+            &topology.snapshot(),
+            &config.postgres,
+            &topology.tls,
+        ));
         let kv = config
             .redis
             .as_ref()

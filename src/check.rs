@@ -14,12 +14,16 @@ pub async fn run(config: &Config) -> (String, bool) {
     let snapshot = topology.snapshot();
     let probes = snapshot.endpoints.iter().map(|e| {
         let info = e.info.clone();
+        let topology = topology.clone();
         let timeout = config.probe.timeout.max(config.postgres.connect_timeout);
         async move {
             let mut client = None;
-            let r = tokio::time::timeout(timeout, probe::probe_once(&info, &mut client))
-                .await
-                .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
+            let r = tokio::time::timeout(
+                timeout,
+                probe::probe_once(&info, &topology.tls, &mut client),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
             (info, r)
         }
     });

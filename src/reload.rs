@@ -51,6 +51,7 @@ impl Generation {
                 app.config.postgres.acquire_timeout,
                 app.config.postgres.connect_timeout,
                 cancel.clone(),
+                app.topology.tls.clone(),
             ))
         });
         Arc::new(Generation {

@@ -133,6 +133,9 @@ pub enum AuthConfig {
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     pub password: Option<String>,
+    /// With `sslmode = "verify-full"`: the trusted authorities; every server connection then
+    /// uses TLS, and the server's certificate must chain to one of them and name its host.
+    pub tls_roots: Option<std::sync::Arc<rustls::RootCertStore>>,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
     pub acquire_timeout: Duration,

@@ -100,6 +100,10 @@ pub struct RawPostgres {
     pub statement_timeout: Option<Dur>,
     pub acquire_timeout: Option<Dur>,
     pub pool_size: Option<usize>,
+    /// `disable` (default) or `verify-full`.
+    pub sslmode: Option<String>,
+    /// PEM file of the certificate authorities that sign the servers' certificates.
+    pub sslrootcert: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

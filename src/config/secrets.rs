@@ -32,9 +32,29 @@ pub fn pg_defaults(raw: &RawPostgres) -> Result<PgDefaults, ConfigError> {
             "must be between 1 and 10000",
         ));
     }
+    let tls_roots = match (
+        raw.sslmode.as_deref().unwrap_or("disable"),
+        &raw.sslrootcert,
+    ) {
+        ("disable", _) => None,
+        ("verify-full", Some(path)) => Some(std::sync::Arc::new(root_store(path)?)),
+        ("verify-full", None) => {
+            return Err(ConfigError::new(
+                "postgres.sslrootcert",
+                "sslmode = \"verify-full\" needs the CA certificates that sign the servers' certificates",
+            ));
+        }
+        (other, _) => {
+            return Err(ConfigError::new(
+                "postgres.sslmode",
+                format!("unknown value {other:?}; use \"disable\" or \"verify-full\""),
+            ));
+        }
+    };
     Ok(PgDefaults {
         settings: PostgresConfig {
             password,
+            tls_roots,
             connect_timeout: raw
                 .connect_timeout
                 .map(|d| d.0)
@@ -86,12 +106,32 @@ impl PgDefaults {
             pg.application_name(&self.application_name);
         }
         pg.connect_timeout(self.settings.connect_timeout);
+        if self.settings.tls_roots.is_some() {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         let ms = self.settings.statement_timeout.as_millis();
         if ms > 0 {
             pg.options(format!("-c statement_timeout={ms}"));
         }
         Ok(pg)
     }
+}
+
+/// The certificate authorities in a PEM file.
+fn root_store(path: &str) -> Result<rustls::RootCertStore, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |m: String| ConfigError::new("postgres.sslrootcert", format!("{path}: {m}"));
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        store
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if store.is_empty() {
+        return Err(bad("no certificate found".into()));
+    }
+    Ok(store)
 }
 
 /// Reads a secret from a file (trailing newline removed) or an environment variable.

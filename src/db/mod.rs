@@ -2,6 +2,8 @@
 //! snapshot), acquire with a bounded wait, and the error type for everything that can go wrong
 //! between homeport and a PostgreSQL server.
 
+pub mod tls;
+
 use std::time::Duration;
 
 use deadpool_postgres::{
@@ -37,15 +39,11 @@ impl DbError {
             Some(code) if !is_unavailable(code) => DbError::Server(e),
             Some(_) => DbError::Unavailable {
                 endpoint: endpoint.to_string(),
-                reason: e.to_string(),
-            },
-            None if e.is_closed() => DbError::Lost {
-                endpoint: endpoint.to_string(),
-                reason: e.to_string(),
+                reason: describe(&e),
             },
             None => DbError::Lost {
                 endpoint: endpoint.to_string(),
-                reason: e.to_string(),
+                reason: describe(&e),
             },
         }
     }
@@ -63,6 +61,21 @@ impl DbError {
     }
 }
 
+/// An error with its causes ("error performing TLS handshake: invalid peer certificate: ...").
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn is_unavailable(code: &SqlState) -> bool {
     *code == SqlState::ADMIN_SHUTDOWN
         || *code == SqlState::CRASH_SHUTDOWN
@@ -76,18 +89,18 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(snapshot: &Snapshot, settings: &PostgresConfig) -> Pools {
+    pub fn new(snapshot: &Snapshot, settings: &PostgresConfig, tls: &tls::ServerTls) -> Pools {
         let pools = snapshot
             .endpoints
             .iter()
             .map(|e| {
-                let manager = Manager::from_config(
-                    e.info.pg.clone(),
-                    NoTls,
-                    ManagerConfig {
-                        recycling_method: RecyclingMethod::Fast,
-                    },
-                );
+                let config = ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                };
+                let manager = match tls.make_connect() {
+                    Some(tls) => Manager::from_config(e.info.pg.clone(), tls, config),
+                    None => Manager::from_config(e.info.pg.clone(), NoTls, config),
+                };
                 let pool = Pool::builder(manager)
                     .max_size(settings.pool_size)
                     .runtime(Runtime::Tokio1)
@@ -113,7 +126,7 @@ impl Pools {
             endpoint: name.clone(),
             reason: match e {
                 PoolError::Timeout(_) => "timed out waiting for a connection".into(),
-                PoolError::Backend(e) => e.to_string(),
+                PoolError::Backend(e) => describe(&e),
                 other => other.to_string(),
             },
         })

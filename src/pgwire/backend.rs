@@ -9,17 +9,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_postgres::config::Host;
+
+use crate::db::tls::{ServerStream, ServerTls};
 
 use super::codec::{self, FramedReader, Message, ProtocolError, Reader};
 
 /// One authenticated server connection, idle at ReadyForQuery when in a pool.
 pub struct ServerConn {
-    reader: FramedReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FramedReader<ReadHalf<Box<dyn ServerStream>>>,
+    writer: WriteHalf<Box<dyn ServerStream>>,
     pub params: Vec<(String, String)>,
     /// Process id and secret key, for cancel requests.
     pub key: (i32, i32),
@@ -47,6 +48,7 @@ impl ServerConn {
     pub async fn connect(
         pg: &tokio_postgres::Config,
         timeout: Duration,
+        tls: &ServerTls,
     ) -> Result<ServerConn, ConnectError> {
         let host = match pg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
@@ -61,7 +63,11 @@ impl ServerConn {
             })?
             .map_err(|e| ConnectError::Connect(addr.clone(), e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let stream = tokio::time::timeout(timeout, secure(stream, &host, tls))
+            .await
+            .map_err(|_| ConnectError::Connect(addr.clone(), "TLS handshake timed out".into()))?
+            .map_err(|e| ConnectError::Connect(addr.clone(), e))?;
+        let (r, w) = tokio::io::split(stream);
         let mut conn = ServerConn {
             reader: FramedReader::new(r),
             writer: w,
@@ -224,5 +230,26 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+}
+
+/// With TLS configured: SSLRequest, and the handshake if the server agrees (a server that does
+/// not is refused: verify-full never falls back to plain text). Without: the TCP stream as is.
+async fn secure(
+    mut tcp: TcpStream,
+    host: &str,
+    tls: &ServerTls,
+) -> Result<Box<dyn ServerStream>, String> {
+    let ServerTls::VerifyFull(config) = tls else {
+        return Ok(Box::new(tcp));
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(|e| e.to_string())?;
+    match tcp.read_u8().await.map_err(|e| e.to_string())? {
+        b'S' => crate::db::tls::handshake(config, host, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}")),
+        _ => Err("the server does not accept TLS (sslmode verify-full)".into()),
     }
 }

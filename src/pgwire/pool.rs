@@ -24,6 +24,7 @@ pub struct WirePools {
     params: Mutex<Option<Vec<(String, String)>>>,
     /// Client sessions' cancel keys and the servers they currently run on.
     pub cancel: Arc<super::cancel::CancelRegistry>,
+    tls: crate::db::tls::ServerTls,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,7 @@ impl WirePools {
         acquire_timeout: Duration,
         connect_timeout: Duration,
         cancel: Arc<super::cancel::CancelRegistry>,
+        tls: crate::db::tls::ServerTls,
     ) -> WirePools {
         let pools = snapshot
             .endpoints
@@ -83,6 +85,7 @@ impl WirePools {
             connect_timeout,
             params: Mutex::new(None),
             cancel,
+            tls,
         }
     }
 
@@ -102,7 +105,7 @@ impl WirePools {
         let conn = match idle {
             Some(c) => c,
             None => {
-                let c = ServerConn::connect(&pool.pg, self.connect_timeout).await?;
+                let c = ServerConn::connect(&pool.pg, self.connect_timeout, &self.tls).await?;
                 let mut params = self.params.lock().unwrap_or_else(|p| p.into_inner());
                 if params.is_none() {
                     *params = Some(c.params.clone());

@@ -107,6 +107,8 @@ impl Snapshot {
 /// Shared handle to the current snapshot.
 pub struct Topology {
     current: ArcSwap<Snapshot>,
+    /// How every connection to these servers is made: plain or TLS (`postgres.sslmode`).
+    pub tls: crate::db::tls::ServerTls,
     /// WAL position history of each shard's primary, fed and read only by probe tasks.
     lag: std::sync::Mutex<std::collections::HashMap<ShardId, lag::LagTracker>>,
 }
@@ -132,6 +134,7 @@ impl Topology {
         }
         Topology {
             current: ArcSwap::from_pointee(Snapshot { endpoints }),
+            tls: crate::db::tls::ServerTls::new(config.postgres.tls_roots.as_ref()),
             lag: Default::default(),
         }
     }

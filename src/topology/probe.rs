@@ -12,6 +12,7 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use super::health::smooth_rtt;
 use super::{EndpointInfo, Topology};
 use crate::config::ProbeConfig;
+use crate::db::tls::ServerTls;
 use crate::metrics;
 use crate::types::{Lsn, Role};
 
@@ -57,7 +58,11 @@ async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConf
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let outcome = tokio::time::timeout(config.timeout, probe_once(&info, &mut client)).await;
+        let outcome = tokio::time::timeout(
+            config.timeout,
+            probe_once(&info, &topology.tls, &mut client),
+        )
+        .await;
         let outcome = match outcome {
             Ok(r) => r,
             Err(_) => Err(format!("probe timed out after {:?}", config.timeout)),
@@ -73,10 +78,11 @@ async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConf
 /// Runs the probe query once, connecting first if needed.
 pub async fn probe_once(
     info: &EndpointInfo,
+    tls: &ServerTls,
     client: &mut Option<Client>,
 ) -> Result<ProbeResult, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(connect(&info.pg).await?);
+        *client = Some(connect(&info.pg, tls).await?);
     }
     let c = client.as_ref().expect("connected above");
     let started = Instant::now();
@@ -107,11 +113,23 @@ pub async fn probe_once(
     })
 }
 
-pub async fn connect(pg: &tokio_postgres::Config) -> Result<Client, String> {
-    let (client, connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+pub async fn connect(pg: &tokio_postgres::Config, tls: &ServerTls) -> Result<Client, String> {
+    let client = match tls.make_connect() {
+        Some(tls) => {
+            let (client, connection) =
+                pg.connect(tls).await.map_err(|e| crate::db::describe(&e))?;
+            tokio::spawn(connection);
+            client
+        }
+        None => {
+            let (client, connection) = pg
+                .connect(NoTls)
+                .await
+                .map_err(|e| crate::db::describe(&e))?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     Ok(client)
 }
 
