@@ -57,6 +57,9 @@ pub enum ServeError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The request's consistency token cannot be honoured here (another database cluster).
+    #[error("{0}")]
+    Token(String),
 }
 
 impl App {

@@ -86,6 +86,8 @@ pub struct PgConfig {
     pub listen: SocketAddr,
     /// Client sessions accepted at once; more are refused with SQLSTATE 53300.
     pub max_client_conn: usize,
+    /// A client must finish startup, TLS and authentication within this, or it is closed.
+    pub login_timeout: Duration,
     /// Server connections per endpoint for the wire front end.
     pub pool_size: usize,
     pub auth: PgAuth,
@@ -468,6 +470,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(PgConfig {
                 listen,
                 max_client_conn,
+                login_timeout: p.login_timeout.map_or(Duration::from_secs(10), |d| d.0),
                 pool_size,
                 auth,
                 tls,

@@ -59,6 +59,7 @@ pub struct RawPg {
     #[serde(default)]
     pub users: Vec<RawPgUser>,
     pub max_client_conn: Option<usize>,
+    pub login_timeout: Option<Dur>,
     pub pool_size: Option<usize>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,

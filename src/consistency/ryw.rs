@@ -35,6 +35,28 @@ pub fn replica_eligibility(status: &EndpointStatus, required: &Position) -> Elig
     }
 }
 
+/// The system identifier of the shard's primary when it differs from the token's: the token was
+/// issued by another database cluster (another environment, or a rebuilt shard), so no copy here
+/// can be shown to have its write.
+pub fn foreign_system(
+    snapshot: &Snapshot,
+    candidates: &[Candidate],
+    required: &Position,
+) -> Option<u64> {
+    candidates
+        .iter()
+        .filter(|c| c.target == Target::Primary)
+        .find_map(|c| snapshot.get(c.index).status.system_id)
+        .filter(|s| *s != required.system_id)
+}
+
+/// What to tell a client whose token came from another cluster.
+pub fn foreign_message(token_system: u64, here: u64) -> String {
+    format!(
+        "the consistency token was issued by another database cluster (system {token_system}, this shard's primary is system {here}); it cannot be honoured here"
+    )
+}
+
 /// Whether waiting up to `max_wait` for a replica behind the position can pay off: not when its
 /// measured lag (how long a commit takes to show up there) is longer than the wait.
 pub fn worth_waiting(status: &EndpointStatus, max_wait: std::time::Duration) -> bool {
@@ -187,5 +209,32 @@ mod tests {
             replica_eligibility(&status(1, 1, 500), &need(1, 2, 100)),
             Eligibility::Never
         );
+    }
+
+    #[test]
+    fn a_token_from_another_cluster_is_recognised() {
+        use std::sync::Arc;
+
+        use crate::topology::{Configured, EndpointInfo, EndpointView};
+        let primary = EndpointView {
+            info: Arc::new(EndpointInfo {
+                index: 0,
+                name: "p".into(),
+                shard: crate::types::RegionName::parse("eu").unwrap(),
+                region: crate::types::RegionName::parse("eu").unwrap(),
+                configured: Configured::PrimaryCandidate,
+                pg: tokio_postgres::Config::new(),
+            }),
+            status: status(7, 1, 500),
+        };
+        let snapshot = Snapshot {
+            endpoints: vec![primary],
+        };
+        let c = [Candidate {
+            index: 0,
+            target: Target::Primary,
+        }];
+        assert_eq!(foreign_system(&snapshot, &c, &need(7, 1, 100)), None);
+        assert_eq!(foreign_system(&snapshot, &c, &need(8, 1, 100)), Some(7));
     }
 }

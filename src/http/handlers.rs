@@ -671,6 +671,15 @@ pub(super) fn serve_problem(e: ServeError) -> Problem {
     match e {
         ServeError::Route(r) => r.into(),
         ServeError::Db(d) => d.into(),
+        ServeError::Token(detail) => Problem {
+            sqlstate: Some("22023".into()),
+            ..Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-consistency-token",
+                "Bad consistency token",
+                detail,
+            )
+        },
     }
 }
 

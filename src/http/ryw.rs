@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::execute::{self, QueryResult};
 use crate::app::{App, ServeError, Served};
-use crate::consistency::ryw::{split_candidates, worth_waiting};
+use crate::consistency::ryw::{foreign_message, foreign_system, split_candidates, worth_waiting};
 use crate::consistency::token::Position;
 use crate::db::DbError;
 use crate::routing::{Candidate, RouteError};
@@ -71,6 +71,12 @@ where
 {
     let started = Instant::now();
     let snapshot = app.topology.snapshot();
+    if let Some(system) = foreign_system(&snapshot, candidates, required) {
+        return Err(ServeError::Token(foreign_message(
+            required.system_id,
+            system,
+        )));
+    }
     let (ready, waiting) = split_candidates(&snapshot, candidates, Some(required));
     let mut last_error = None;
     for (position, c) in candidates.iter().enumerate() {

@@ -16,7 +16,7 @@ use super::backend::ServerConn;
 use super::codec::{self, Message, ProtocolError};
 use super::pool::Lease;
 use super::session::{ClientError, Session};
-use crate::consistency::ryw::{split_candidates, worth_waiting};
+use crate::consistency::ryw::{foreign_message, foreign_system, split_candidates, worth_waiting};
 use crate::consistency::token::{Position, Token};
 use crate::routing::{Candidate, Target};
 
@@ -36,7 +36,7 @@ impl Session {
         &mut self,
         home: &crate::types::RegionName,
         candidates: Vec<Candidate>,
-    ) -> Result<(Lease, Candidate), String> {
+    ) -> Result<(Lease, Candidate), ClientError> {
         let snapshot = self.app.topology.snapshot();
         let candidates = match self.max_staleness {
             Some(max) => {
@@ -45,8 +45,14 @@ impl Session {
             None => candidates,
         };
         let Some(required) = self.token.shards.get(home).copied() else {
-            return self.acquire_first(&candidates).await;
+            return self.acquire_first(home, &candidates).await;
         };
+        if let Some(system) = foreign_system(&snapshot, &candidates, &required) {
+            return Err(ClientError {
+                code: "22023",
+                message: foreign_message(required.system_id, system),
+            });
+        }
         let max_wait = self
             .app
             .config
@@ -100,14 +106,15 @@ impl Session {
             self.app.ryw_waited(started.elapsed());
             return Ok((lease, *c));
         }
-        Err(last)
+        Err(unreachable(home, last))
     }
 
     /// The first candidate whose pool lends a connection.
     pub(super) async fn acquire_first(
         &mut self,
+        home: &crate::types::RegionName,
         candidates: &[Candidate],
-    ) -> Result<(Lease, Candidate), String> {
+    ) -> Result<(Lease, Candidate), ClientError> {
         let mut last = "no copy qualifies".to_string();
         for c in candidates {
             match self.pools.acquire(c.index).await {
@@ -115,7 +122,7 @@ impl Session {
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(last)
+        Err(unreachable(home, last))
     }
 
     /// Whether the unit about to be sent should carry the position query behind it: a write on a
@@ -198,6 +205,13 @@ impl Session {
                 code: "55000",
                 message: "this homeport has no [consistency] keys configured, so it cannot sign or verify tokens".into(),
             })
+    }
+}
+
+fn unreachable(home: &crate::types::RegionName, last: String) -> ClientError {
+    ClientError {
+        code: "08006",
+        message: format!("no server for shard {home} is reachable: {last}"),
     }
 }
 

@@ -72,7 +72,14 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(max_clients));
     while let Some(stream) = crate::net::accept(&listener, &mut shutdown).await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+            let limit = current
+                .load()
+                .app
+                .config
+                .pg
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(10), |pg| pg.login_timeout);
+            tokio::spawn(tokio::time::timeout(limit, refuse(stream)));
             continue;
         };
         let (current, auth, tls) = (current.clone(), auth.clone(), tls.clone());
@@ -103,6 +110,14 @@ async fn refuse(mut stream: TcpStream) {
     }
 }
 
+/// What a successful login hands to the session.
+struct Login {
+    reader: codec::FramedReader<ClientRead>,
+    writer: ClientWrite,
+    user: Option<UserId>,
+    registration: cancel::Registration,
+}
+
 async fn session(
     current: crate::reload::Current,
     auth: &ClientAuth,
@@ -111,10 +126,48 @@ async fn session(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), session::SessionError> {
     let generation = current.load_full();
-    let app = &generation.app;
     let Some(pools) = generation.wire_pools.as_deref() else {
         return Ok(());
     };
+    // A client that does not finish logging in within the limit loses its slot (slowloris).
+    let limit = generation
+        .app
+        .config
+        .pg
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |pg| pg.login_timeout);
+    let login =
+        match tokio::time::timeout(limit, login(&generation.app, pools, auth, tls, stream)).await {
+            Ok(login) => login?,
+            Err(_) => {
+                tracing::debug!(?limit, "wire client did not log in in time");
+                return Ok(());
+            }
+        };
+    let Some(l) = login else {
+        return Ok(());
+    };
+    session::Session::new(
+        generation.clone(),
+        current,
+        l.reader,
+        l.writer,
+        l.user,
+        l.registration,
+    )
+    .run(shutdown)
+    .await
+}
+
+/// Startup, TLS, authentication and the server parameters; `None` when the client was answered
+/// and the connection ends (a cancel request, a refusal).
+async fn login(
+    app: &App,
+    pools: &WirePools,
+    auth: &ClientAuth,
+    tls: Option<&tls::TlsSettings>,
+    stream: TcpStream,
+) -> Result<Option<Login>, session::SessionError> {
     // Startup packets are read exactly (no read-ahead): after an SSLRequest the next bytes are
     // the client's TLS handshake.
     let mut stream = stream;
@@ -162,7 +215,7 @@ async fn session(
         )
         .write_to(&mut buf);
         let _ = w.write_all(&buf).await;
-        return Ok(());
+        return Ok(None);
     }
     let params = match code {
         codec::CANCEL_REQUEST => {
@@ -172,7 +225,7 @@ async fn session(
             {
                 let _ = cancel::send_cancel(&target).await;
             }
-            return Ok(());
+            return Ok(None);
         }
         codec::PROTOCOL_3 => codec::startup_params(&body)?,
         other => {
@@ -203,7 +256,7 @@ async fn session(
                     codec::error_response("FATAL", "22023", &format!("invalid homeport.user: {m}"))
                         .write_to(&mut buf);
                     let _ = w.write_all(&buf).await;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -219,7 +272,7 @@ async fn session(
             let m = format!("password authentication failed for user \"{login}\" ({e})");
             codec::error_response("FATAL", "28P01", &m).write_to(&mut buf);
             let _ = w.write_all(&buf).await;
-            return Ok(());
+            return Ok(None);
         }
     }
     let mut buf = bytes::BytesMut::new();
@@ -239,16 +292,19 @@ async fn session(
             )
             .write_to(&mut buf);
             let _ = w.write_all(&buf).await;
-            return Ok(());
+            return Ok(None);
         }
     }
     let registration = pools.cancel.register();
     codec::backend_key_data(registration.pid, registration.secret).write_to(&mut buf);
     Message::new(b'Z', vec![b'I']).write_to(&mut buf);
     w.write_all(&buf).await.map_err(ProtocolError::from)?;
-    session::Session::new(generation.clone(), current, r, w, user, registration)
-        .run(shutdown)
-        .await
+    Ok(Some(Login {
+        reader: r,
+        writer: w,
+        user,
+        registration,
+    }))
 }
 
 /// The SCRAM-SHA-256 exchange. An unknown user goes through the same steps against a verifier

@@ -592,14 +592,10 @@ impl Session {
                 code: "08006",
                 message: e.to_string(),
             })?;
-        let acquired = match intent {
-            Intent::Read => self.acquire_read(&home, candidates).await,
-            Intent::Write => self.acquire_first(&candidates).await,
+        let (lease, c) = match intent {
+            Intent::Read => self.acquire_read(&home, candidates).await?,
+            Intent::Write => self.acquire_first(&home, &candidates).await?,
         };
-        let (lease, c) = acquired.map_err(|last| ClientError {
-            code: "08006",
-            message: format!("no server for shard {home} is reachable: {last}"),
-        })?;
         self.last_route = Some((c.index, c.target));
         self.app.note_cross_region(c.index);
         self.txn_started = Some((std::time::Instant::now(), intent, c.target));
