@@ -255,7 +255,10 @@ async fn soak_mixed_traffic_under_scheduled_faults() {
         }
     }
     for body in &wire_uncertain {
-        assert!(count("soak-us", body.clone()).await <= 1, "{body} applied twice");
+        assert!(
+            count("soak-us", body.clone()).await <= 1,
+            "{body} applied twice"
+        );
     }
     let t = &tally;
     println!(
