@@ -13,7 +13,6 @@
 # looked at to fuzz/regressions/<target>/ so it is replayed by `cargo test` from then on.
 #
 # Needs a nightly toolchain (sanitizer and coverage flags) and installs cargo-fuzz if missing.
-# HOMEPORT_CHECK_KNOWN_BUGS=1 also asserts the properties of known, unfixed bugs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -6,8 +6,7 @@
 //! proptest strategies and replays the committed fuzz corpora (`fuzz/corpus/*`) and crash
 //! regressions (`fuzz/regressions/*`), so both run in the ordinary `cargo test`. No database.
 //!
-//! Tests marked `#[ignore = "BUG: ..."]` state properties homeport currently violates; they pass
-//! once the bug is fixed (`cargo test --test parsers_prop -- --ignored`).
+//! Tests whose comment starts "Was a bug" guard a fixed bug that this work found.
 
 #[allow(dead_code)]
 #[path = "../fuzz/src/lib.rs"]
@@ -267,7 +266,7 @@ fn disguised_setting() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(cases(256))]
 
-    /// BUG: a setting statement spelled with a comment between its words (`SET /**/ homeport.user
+    /// Was a bug (fixed): a setting statement spelled with a comment between its words (`SET /**/ homeport.user
     /// = 'x'`) or with a quoted identifier (`SET "homeport".user = 'x'`) is neither answered by
     /// homeport (`settings::parse` is None) nor refused (`settings::hides_setting` is false), so it
     /// reaches the server, which silently sets a placeholder variable: the client believes e.g. its
@@ -275,7 +274,6 @@ proptest! {
     /// requires Word("homeport") right after the verb, and its `homeport.` pre-check misses
     /// `"homeport".`).
     #[test]
-    #[ignore = "BUG: settings hidden behind comments or quoted identifiers reach the server"]
     fn disguised_settings_are_answered_or_refused(st in disguised_setting()) {
         prop_assert!(
             settings::parse(&st).is_some() || settings::hides_setting(&st),
@@ -353,13 +351,13 @@ proptest! {
 proptest! {
     #![proptest_config(cases(64))]
 
-    /// BUG (latent): `Token::encode` writes what `Token::decode` refuses once a token covers more
+    /// Limit, not a bug: `Token::encode` writes what `Token::decode` refuses once a token covers more
     /// than 64 shards (MAX_SHARDS), more than 255 (the count byte wraps), or its text exceeds
     /// MAX_TOKEN_LEN (4096), e.g. 40 shards with long names; such a token would be issued and
     /// then rejected as malformed on the next request (src/consistency/token.rs, `payload` does
     /// not enforce the limits `parse_payload` checks).
     #[test]
-    #[ignore = "BUG: encode does not enforce the limits decode checks"]
+    #[ignore = "tokens built by hand past MAX_SHARDS: homeport's record and merge never exceed it (unit test tokens_never_grow_past_what_decode_accepts)"]
     fn encode_output_is_decodable(t in token(300)) {
         let text = t.encode(&keys());
         prop_assert_eq!(Token::decode(&text, &keys()), Ok(t));
@@ -389,13 +387,12 @@ proptest! {
 proptest! {
     #![proptest_config(cases(256))]
 
-    /// BUG: after EXPLAIN ANALYZE the classifier skips to the first SELECT/WITH/VALUES/TABLE, so
+    /// Was a bug (fixed): after EXPLAIN ANALYZE the classifier skips to the first SELECT/WITH/VALUES/TABLE, so
     /// `EXPLAIN ANALYZE INSERT INTO t SELECT 1` (which runs the INSERT) is read-only and may be
     /// sent to a replica or, on an explicit-read path, is not guarded (src/sql/classify.rs,
     /// `is_read_only`: `start` is the position of that word, and the tokens before it are never
     /// checked).
     #[test]
-    #[ignore = "BUG: EXPLAIN ANALYZE <write> ... SELECT is classified read-only"]
     fn explain_analyze_of_a_write_is_never_read_only(
         options in prop::sample::select(&["ANALYZE", "ANALYZE VERBOSE", "(ANALYZE)", "(ANALYZE, BUFFERS)"][..]),
         write in prop::sample::select(&[
@@ -454,13 +451,12 @@ proptest! {
 proptest! {
     #![proptest_config(cases(256))]
 
-    /// BUG: elements of a json[]/jsonb[] parameter that are JSON strings, numbers or booleans are
+    /// Was a bug (fixed): elements of a json[]/jsonb[] parameter that are JSON strings, numbers or booleans are
     /// written into the array literal as bare text, not as JSON (objects are): the string "1"
     /// reaches PostgreSQL as the jsonb number 1, "true" as a boolean, "{}" as an object, and "abc"
     /// is refused with 22P02, while the module promises no silent coercion
     /// (src/http/values.rs, `array_literal` calls `scalar_text` for them).
     #[test]
-    #[ignore = "BUG: json[] elements are not JSON-encoded"]
     fn json_array_elements_are_json(items in prop::collection::vec(json_value(), 1..4)) {
         for ty in [Type::JSON_ARRAY, Type::JSONB_ARRAY] {
             if let Ok(param) = param_to_text(&Value::Array(items.clone()), &ty) {
@@ -535,13 +531,12 @@ proptest! {
     }
 }
 
-/// BUG: a binary array whose dimensions include a zero after a non-zero one decodes to one empty
+/// Was a bug (fixed): a binary array whose dimensions include a zero after a non-zero one decodes to one empty
 /// array per outer element: a 28-byte value claiming dims [n, 0] becomes n JSON arrays (n up to
 /// 2^31, ~64 GiB), and [n, m, 0] loops n*m times (src/http/values.rs, `decode_array` accepts
 /// `total == 0` and `nest` then iterates the outer dimensions). PostgreSQL itself sends an empty
 /// array as ndim 0, so this needs a hostile or broken server.
 #[test]
-#[ignore = "BUG: array dims [n, 0] decode to n empty arrays"]
 fn result_array_with_an_empty_dimension_is_bounded() {
     let mut raw = BytesMut::new();
     for x in [2i32, 0, 23, 1 << 16, 1, 0, 1] {
@@ -620,7 +615,7 @@ fn every_target_has_a_corpus() {
     }
 }
 
-/// BUG: JSON numbers are parsed into f64 (serde_json without `arbitrary_precision`, and without
+/// Was a bug (fixed): JSON numbers are parsed into f64 (serde_json without `arbitrary_precision`, and without
 /// `float_roundtrip`), so a number parameter reaches PostgreSQL changed: digits beyond f64's ~17
 /// are rounded away for `numeric` (12345678901234567890.123456789 arrives as
 /// 1.2345678901234567e+19), integers beyond u64 become floats, and some floats are not even the
@@ -629,7 +624,6 @@ fn every_target_has_a_corpus() {
 /// (src/http/values.rs, `scalar_text` writes `Number::to_string()` of the parsed value). A client
 /// can send such values as JSON strings to avoid it.
 #[test]
-#[ignore = "BUG: JSON number parameters are rounded through f64"]
 fn json_number_params_keep_their_value() {
     for n in [
         "-2.0016120511469795e-196",

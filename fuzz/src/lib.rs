@@ -7,14 +7,13 @@
 //! round trips through encoders, metamorphic relations (a leading comment does not change a
 //! classification), and soundness conditions (what "read-only" must imply).
 //!
-//! Known bugs: a few properties homeport currently violates are only asserted when the
-//! environment variable `HOMEPORT_CHECK_KNOWN_BUGS=1` is set, so fuzzing keeps exploring past
-//! them; each such place says which bug it is. The ignored tests in `tests/parsers_prop.rs`
-//! demonstrate them.
+//! The bugs these checks found (a timetz offset overflow, EXPLAIN ANALYZE of a write classified
+//! read-only, disguised homeport settings reaching the server, zero-length array dimensions,
+//! json[] elements, JSON numbers rounded through f64) are fixed; their inputs stay in
+//! `fuzz/regressions/` and every check now asserts them unconditionally.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
 use base64::Engine;
@@ -35,12 +34,6 @@ use homeport::pgwire::settings::{self, Setting};
 use homeport::sql::classify;
 use homeport::sql::lexer::{Token as SqlToken, tokenize};
 use homeport::types::{Lsn, ShardId};
-
-/// Whether to also assert the properties of known, not yet fixed bugs.
-pub fn known_bugs() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HOMEPORT_CHECK_KNOWN_BUGS").is_ok_and(|v| v == "1"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Wire protocol: FramedReader, read_message/read_startup, startup_params, Reader, field,
@@ -444,12 +437,14 @@ pub fn check_settings_str(s: &str) {
     if hides {
         assert!(s.to_ascii_lowercase().contains("homeport."));
     }
-    // KNOWN BUG: PostgreSQL reads comments as whitespace, so `SET /**/ homeport.user = 'x'` is a
+    // Was a bug, fixed: PostgreSQL reads comments as whitespace, so `SET /**/ homeport.user = 'x'` is a
     // setting statement; homeport neither answers it (`parse`) nor refuses it (`hides_setting`),
     // and the server silently sets a placeholder variable (src/pgwire/settings.rs; see the
     // ignored test `disguised_settings_are_answered_or_refused` and the input the fuzzer found,
     // fuzz/regressions/settings/reset-comment-homeport).
-    if known_bugs() && setting_statement_ignoring_comments(s) {
+    // (Fixed: disguised settings are refused by `hides_setting`; this was found by the fuzzer,
+    // fuzz/regressions/settings/reset-comment-homeport.)
+    if setting_statement_ignoring_comments(s) {
         assert!(
             parse_or_hidden(s),
             "setting statement {s:?} neither answered nor refused"
@@ -856,13 +851,13 @@ pub fn check_sql_str(sql: &str) {
             .iter()
             .any(|t| matches!(word(t), Some("analyze" | "analyse")));
         // EXPLAIN without ANALYZE only plans and SHOW only reads a setting: anything may follow.
-        // EXPLAIN ANALYZE runs its statement. KNOWN BUG: the classifier skips everything up to the
+        // EXPLAIN ANALYZE runs its statement. Was a bug, fixed: the classifier skips everything up to the
         // first SELECT/WITH/VALUES/TABLE after EXPLAIN ANALYZE, so `EXPLAIN ANALYZE INSERT INTO t
         // SELECT 1` is read-only (src/sql/classify.rs, is_read_only). Found by the fuzzer:
         // fuzz/regressions/sql_classifier/explain-analyze-hides-lock.
         let runs = match first {
             Some("show") => false,
-            Some("explain") => analyze && known_bugs(),
+            Some("explain") => analyze,
             _ => true,
         };
         if runs {
@@ -1051,6 +1046,7 @@ fn array_has_bad_leaf(items: &[Value], elem: &Type) -> bool {
         Value::Null => false,
         Value::Array(inner) => array_has_bad_leaf(inner, elem),
         Value::Object(_) => !is_json(elem),
+        _ if is_json(elem) => false,
         other => expected_scalar(other, elem).is_err(),
     })
 }
@@ -1069,19 +1065,16 @@ fn check_array(tree: &PgElem, items: &[Value], elem: &Type) {
                 let back: Value = serde_json::from_str(text).expect("object element is JSON");
                 assert!(json_equiv(&back, item));
             }
+            (PgElem::Str(text), scalar) if is_json(elem) => {
+                // (Fixed: json[]/jsonb[] elements are JSON text whatever their JSON type.)
+                let back: Value = serde_json::from_str(text).expect("json[] element is JSON");
+                assert!(
+                    json_equiv(&back, scalar),
+                    "json[] element {scalar} sent as {text:?}"
+                );
+            }
             (PgElem::Str(text), scalar) => {
                 assert_eq!(Ok(text.clone()), expected_scalar(scalar, elem));
-                // KNOWN BUG: elements of json[]/jsonb[] that are JSON strings, numbers or bools
-                // are written as their bare text, not as JSON: the string "1" becomes the jsonb
-                // number 1, "true" the boolean, and "abc" is refused by the server
-                // (src/http/values.rs, array_literal calls scalar_text for them).
-                if is_json(elem) && known_bugs() {
-                    let back: Result<Value, _> = serde_json::from_str(text);
-                    assert!(
-                        back.is_ok_and(|b| json_equiv(&b, scalar)),
-                        "json[] element {scalar} sent as {text:?}"
-                    );
-                }
             }
             (child, item) => panic!("{item} became {child:?}"),
         }
@@ -1237,22 +1230,17 @@ pub fn check_result(data: &[u8]) {
     };
     let types = result_types();
     let ty = &types[usize::from(sel) % types.len()];
-    // KNOWN BUG: a binary array with a zero-length dimension after a non-zero one (e.g. dims
+    // Was a bug, fixed: a binary array with a zero-length dimension after a non-zero one (e.g. dims
     // [n, 0]) passes the `total > raw.len()` check (total is 0) and `nest` then builds n empty
     // arrays: output unbounded by the input (i32::MAX outer dimension: ~64 GiB; three dimensions:
     // ~2^62 iterations). src/http/values.rs, decode_array/nest. Found by the fuzzer:
     // fuzz/regressions/result_decode/array-zero-dimension.
-    if matches!(ty.kind(), Kind::Array(_)) && array_header_has_zero_dimension(raw) && !known_bugs()
-    {
-        return;
-    }
-    // KNOWN BUG (found by this target, fuzz/regressions/result_decode/timetz-offset-i32-min): a
+    // (Fixed: such arrays are refused and shown as their hex form.)
+    // Was a bug, fixed (found by this target, fuzz/regressions/result_decode/timetz-offset-i32-min): a
     // timetz whose zone offset is i32::MIN panics with "attempt to negate with overflow" at
     // src/http/time.rs:74 (`let east = -west;`) where overflow checks are on (debug builds, tests,
     // fuzzing); release builds wrap and print a nonsense offset.
-    if *ty == Type::TIMETZ && raw.get(8..12) == Some(&i32::MIN.to_be_bytes()[..]) && !known_bugs() {
-        return;
-    }
+    // (Fixed: the offset is negated as an i64.)
     assert_eq!(decode(ty, None), Value::Null);
     let v = decode(ty, Some(raw));
     assert_eq!(v, decode(ty, Some(raw)), "deterministic");

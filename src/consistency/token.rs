@@ -21,8 +21,11 @@ use crate::types::{Lsn, ShardId};
 
 const VERSION: &str = "v1";
 /// Longest token accepted, so a hostile header never costs more than this to look at.
-pub const MAX_TOKEN_LEN: usize = 4096;
-const MAX_SHARDS: usize = 64;
+/// Room for `MAX_SHARDS` shards with the longest region names (84 bytes each, base64).
+pub const MAX_TOKEN_LEN: usize = 8192;
+/// Shards a token tracks at most; `record` and `merge` never go past it, so every token homeport
+/// encodes decodes again.
+pub const MAX_SHARDS: usize = 64;
 
 /// Where a write committed on one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,6 +87,10 @@ fn mac(key: &[u8], signed: &[u8]) -> Hmac<Sha256> {
 impl Token {
     /// Records a write on `shard`, keeping the later of the old and new positions.
     pub fn record(&mut self, shard: ShardId, position: Position, at_ms: u64) {
+        if self.shards.len() >= MAX_SHARDS && !self.shards.contains_key(&shard) {
+            // Only a token full of shards from elsewhere gets here; the new one is not tracked.
+            return;
+        }
         let entry = self.shards.entry(shard).or_insert(position);
         *entry = (*entry).max(position);
         self.issued_at_ms = self.issued_at_ms.max(at_ms);
@@ -362,5 +369,29 @@ mod tests {
             Token::decode(&format!("{signed}.{tag}"), &keys()),
             Err(TokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn tokens_never_grow_past_what_decode_accepts() {
+        let keys = Keys {
+            current: b"0123456789abcdef0123456789abcdef".to_vec(),
+            previous: None,
+        };
+        let mut t = Token::default();
+        for i in 0..100 {
+            let name = format!("{i:0>63}");
+            let shard = ShardId::parse(&name).unwrap();
+            t.record(
+                shard,
+                Position {
+                    timeline: u32::MAX,
+                    lsn: Lsn(u64::MAX),
+                    system_id: u64::MAX,
+                },
+                u64::MAX,
+            );
+        }
+        assert_eq!(t.shards.len(), MAX_SHARDS);
+        assert_eq!(Token::decode(&t.encode(&keys), &keys), Ok(t));
     }
 }

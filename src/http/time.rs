@@ -71,7 +71,8 @@ pub fn timetz_text(raw: &[u8]) -> Option<String> {
     let usecs = i64::from_be_bytes(raw.get(0..8)?.try_into().ok()?);
     let west = i32::from_be_bytes(raw.get(8..12)?.try_into().ok()?);
     let mut s = time_text(usecs);
-    let east = -west;
+    // i64: a hostile server's i32::MIN offset must not overflow the negation.
+    let east = -i64::from(west);
     let sign = if east < 0 { '-' } else { '+' };
     let a = east.unsigned_abs();
     let _ = write!(s, "{sign}{:02}:{:02}", a / 3600, a / 60 % 60);

@@ -111,7 +111,8 @@ fn array_literal(items: &[Value], elem: &Type) -> Result<String, String> {
         match item {
             Value::Null => out.push_str("NULL"),
             Value::Array(inner) => out.push_str(&array_literal(inner, elem)?),
-            Value::Object(_) if *elem == Type::JSON || *elem == Type::JSONB => {
+            // A json/jsonb element is JSON text, whatever its JSON type: "1" stays a string.
+            _ if *elem == Type::JSON || *elem == Type::JSONB => {
                 quote_into(&mut out, &item.to_string())
             }
             Value::Object(_) => {
@@ -328,8 +329,14 @@ fn decode_array(elem: &Type, raw: &[u8]) -> Option<Value> {
     if ndim > 6 {
         return None;
     }
+    // A zero-length dimension is not something PostgreSQL sends (an empty array has no
+    // dimensions); refusing it keeps the output bounded by the input.
     let dims: Vec<usize> = (0..ndim)
-        .map(|d| be_i32(raw, 12 + 8 * d).and_then(|n| usize::try_from(n).ok()))
+        .map(|d| {
+            be_i32(raw, 12 + 8 * d)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n > 0)
+        })
         .collect::<Option<_>>()?;
     let mut at = 12 + 8 * ndim;
     let total = dims.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d))?;
@@ -512,5 +519,24 @@ mod tests {
         let mut lying = raw.clone();
         lying[12..16].copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(decode(&Type::INT4_ARRAY, Some(&lying)).is_string());
+    }
+
+    #[test]
+    fn zero_length_array_dimensions_are_refused() {
+        // ndim 2, no nulls, int4; dims [1000, 0]: would nest 1000 empty arrays from 28 bytes.
+        let mut raw = Vec::new();
+        for v in [2i32, 0, 23, 1000, 1, 0, 1] {
+            raw.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(decode_array(&Type::INT4, &raw), None);
+    }
+
+    #[test]
+    fn json_array_elements_keep_their_json_type() {
+        let items = [json!("1"), json!(2), json!(true), json!({"a": "b"})];
+        assert_eq!(
+            array_literal(&items, &Type::JSONB).unwrap(),
+            r#"{"\"1\"","2","true","{\"a\":\"b\"}"}"#
+        );
     }
 }

@@ -355,6 +355,12 @@ impl Session {
                     let name = r.cstr().map_err(protocol)?;
                     let rest = r.rest();
                     let sql = Reader::new(rest, "parse").cstr().map_err(protocol)?;
+                    if super::settings::hides_setting(sql) {
+                        return Err(ClientError {
+                            code: "0A000",
+                            message: super::session::HIDDEN_SETTING.into(),
+                        });
+                    }
                     note(&mut plan, sql, &self.app);
                     if name.is_empty() {
                         self.unnamed_sql = Some(sql.into());

@@ -25,6 +25,9 @@ use crate::app::App;
 use crate::sql::RouteHint;
 use crate::types::{Intent, UserId};
 
+/// Why a query mentioning a homeport setting in any but the plain form is refused.
+pub(super) const HIDDEN_SETTING: &str = "homeport.* settings must be written plainly (SET homeport.name = 'value') as a statement of their own, not inside a multi-statement query or behind comments or quotes";
+
 /// Flush buffered output to the client once it holds this much.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
 
@@ -315,7 +318,7 @@ impl Session {
         if settings::hides_setting(&sql) {
             self.fail(ClientError {
                 code: "0A000",
-                message: "homeport.* settings must be sent as a statement of their own, not inside a multi-statement query".into(),
+                message: HIDDEN_SETTING.into(),
             });
             let status = self.txn_status();
             self.send(codec::ready_for_query(status));

@@ -83,19 +83,28 @@ pub fn parse(sql: &str) -> Option<Setting> {
     }
 }
 
-/// Whether a query that is not one setting statement still holds one (`BEGIN; SET LOCAL
-/// homeport.x = ...; ...`): the server would take it for an ordinary placeholder setting and
-/// silently accept it, so such queries are refused instead.
+/// Whether a query that is not one plain setting statement still holds one: `BEGIN; SET LOCAL
+/// homeport.x = ...; ...`, or a disguised spelling (`SET /**/ homeport.x`, `SET "homeport".x`).
+/// The server would take it for an ordinary placeholder setting and silently accept it, so such
+/// queries are refused instead.
 pub fn hides_setting(sql: &str) -> bool {
     use crate::sql::lexer::{Token, tokenize};
     if !sql
         .as_bytes()
-        .windows(9)
-        .any(|w| w.eq_ignore_ascii_case(b"homeport."))
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"homeport"))
     {
         return false;
     }
-    let tokens = tokenize(sql);
+    let quoted_homeport = sql
+        .as_bytes()
+        .windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"\"homeport\""));
+    // Comments change nothing for the server, so they change nothing here.
+    let tokens: Vec<Token> = tokenize(sql)
+        .into_iter()
+        .filter(|t| !matches!(t, Token::BlockComment(_)))
+        .collect();
     let mut at_start = true;
     for (i, t) in tokens.iter().enumerate() {
         if at_start
@@ -106,15 +115,16 @@ pub fn hides_setting(sql: &str) -> bool {
             if matches!(tokens.get(j), Some(Token::Word(w)) if w == "local" || w == "session") {
                 j += 1;
             }
-            if matches!(tokens.get(j), Some(Token::Word(w)) if w == "homeport")
-                && tokens.get(j + 1) == Some(&Token::Dot)
-            {
+            let prefix = match tokens.get(j) {
+                Some(Token::Word(w)) => w == "homeport",
+                Some(Token::QuotedIdent) => quoted_homeport,
+                _ => false,
+            };
+            if prefix && tokens.get(j + 1) == Some(&Token::Dot) {
                 return true;
             }
         }
-        // A statement starts after a semicolon; comments in front of it do not count.
-        at_start =
-            matches!(t, Token::Semicolon) || (at_start && matches!(t, Token::BlockComment(_)));
+        at_start = matches!(t, Token::Semicolon);
     }
     false
 }
@@ -198,6 +208,10 @@ mod tests {
             "BEGIN; SET LOCAL homeport.idempotency_key = 'k'; INSERT INTO t VALUES (1)"
         ));
         assert!(hides_setting("select 1; show HOMEPORT.route"));
+        assert!(hides_setting("SET /**/ homeport.user = 'x'"));
+        assert!(hides_setting("RESET/**/ HOMEPORT.x"));
+        assert!(hides_setting("SET \"homeport\".user = 'x'"));
+        assert!(!hides_setting("SET \"myapp\".user = 'homeport'"));
         assert!(!hides_setting("SELECT 'SET homeport.user = 1'"));
         assert!(!hides_setting("INSERT INTO homeport.things VALUES (1)"));
         assert!(!hides_setting("SELECT 1"));

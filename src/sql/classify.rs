@@ -129,21 +129,42 @@ fn main_verb_after_with<'t>(code: &'t [&Token]) -> Option<&'t str> {
 
 fn is_read_only(code: &[&Token]) -> bool {
     let mut start = 0;
-    // EXPLAIN without ANALYZE only plans; EXPLAIN ANALYZE runs the statement.
+    // EXPLAIN without ANALYZE only plans; EXPLAIN ANALYZE runs the statement, so the statement
+    // after the options decides: `EXPLAIN [ANALYZE] [VERBOSE] [( option, ... )] statement`.
     if code.first().and_then(|t| word(t)) == Some("explain") {
-        if code
-            .iter()
-            .any(|t| word(t) == Some("analyze") || word(t) == Some("analyse"))
-        {
-            start = 1 + code[1..]
-                .iter()
-                .position(|t| matches!(word(t), Some("select" | "with" | "values" | "table")))
-                .unwrap_or(code.len());
-            if start >= code.len() {
-                return false;
+        let mut i = 1;
+        let mut analyze = false;
+        loop {
+            match code.get(i) {
+                Some(Token::LParen) => {
+                    let mut depth = 0usize;
+                    while let Some(t) = code.get(i) {
+                        match t {
+                            Token::LParen => depth += 1,
+                            Token::RParen => depth -= 1,
+                            t if matches!(word(t), Some("analyze" | "analyse")) => analyze = true,
+                            _ => {}
+                        }
+                        i += 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                }
+                Some(t) if matches!(word(t), Some("analyze" | "analyse")) => {
+                    analyze = true;
+                    i += 1;
+                }
+                Some(t) if word(t) == Some("verbose") => i += 1,
+                _ => break,
             }
-        } else {
+        }
+        if !analyze {
             return true;
+        }
+        start = i;
+        if start >= code.len() {
+            return false;
         }
     }
     let code = &code[start..];
@@ -478,5 +499,23 @@ mod tests {
             None
         );
         assert_eq!(classify("select 1 /*homeport_user='%zz'*/").user, None);
+    }
+
+    #[test]
+    fn explain_analyze_is_as_read_only_as_what_it_runs() {
+        for sql in [
+            "EXPLAIN ANALYZE INSERT INTO t SELECT 1",
+            "explain (analyze, buffers) delete from t",
+            "EXPLAIN ANALYZE VERBOSE UPDATE t SET a = (SELECT 1)",
+        ] {
+            assert!(!classify(sql).read_only, "{sql}");
+        }
+        for sql in [
+            "EXPLAIN INSERT INTO t SELECT 1",
+            "EXPLAIN ANALYZE SELECT * FROM t",
+            "explain (analyze true, costs off) select 1",
+        ] {
+            assert!(classify(sql).read_only, "{sql}");
+        }
     }
 }
