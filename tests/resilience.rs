@@ -624,3 +624,58 @@ async fn sighup_and_file_changes_reload_the_topology_without_dropping_anyone() {
         .get(0);
     assert_eq!(one, 1, "the wire session survived every reload");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_local_replica_is_passed_over_until_it_is_fast_again() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "kim", "eu").await.status, 201);
+    // A us sidecar that reaches its local replica of the eu shard through a link we can slow.
+    let links = homeport::dev::link::Links::new().unwrap();
+    let replica = env.replica_port("eu", "us");
+    let link = links.start(replica, Duration::ZERO).unwrap();
+    let (config, http_port, _) = common::region_config_on_new_ports(&env, "us");
+    let config = config
+        .replace(
+            &format!("127.0.0.1:{replica}/app"),
+            &format!("127.0.0.1:{}/app", link.port),
+        )
+        .replace("timeout = \"500ms\"", "timeout = \"3s\"");
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("us-slow-replica", &config, http_port)
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http_port}/v1/query");
+    let served = || async {
+        env.send(
+            env.http
+                .post(&url)
+                .header("homeport-user", "kim")
+                .json(&json!({"sql": "SELECT 1"})),
+        )
+        .await
+        .served_by()
+        .to_string()
+    };
+    assert_eq!(served().await, "us/replica");
+    // 200 ms each way: the probes' smoothed RTT climbs past routing.slow_rtt (250 ms).
+    link.set_delay(Duration::from_millis(200));
+    let mut passed_over = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if served().await == "eu/primary" {
+            passed_over = true;
+            break;
+        }
+    }
+    assert!(passed_over, "the slow local replica was passed over");
+    link.set_delay(Duration::ZERO);
+    let mut back = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if served().await == "us/replica" {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the replica serves again once it is fast");
+}
