@@ -46,7 +46,12 @@ async def main():
     except asyncpg.UniqueViolationError as e:
         check("unique violation SQLSTATE", e.sqlstate == "23505")
     check("usable after error", await conn.fetchval("SELECT 7") == 7)
-    await conn.fetchval("SELECT count(*) FROM notes")
+    # Local once the replica has this session's writes (read-your-writes).
+    for _ in range(100):
+        await conn.fetchval("SELECT count(*) FROM notes")
+        if await conn.fetchval("SHOW homeport.route") == f"{local}/replica":
+            break
+        await asyncio.sleep(0.05)
     check("read on the local replica", await conn.fetchval("SHOW homeport.route") == f"{local}/replica")
     async with conn.transaction():
         await conn.execute("INSERT INTO apg_items (name) VALUES ('b')")

@@ -26,7 +26,12 @@ function check(name, cond, detail) {
   try { await c.query('SELECT * FROM no_such_table'); check('undefined table raised', false); }
   catch (e) { check('undefined table code', e.code === '42P01', e.code); }
   check('usable after errors', (await c.query('SELECT 3 AS v')).rows[0].v === 3);
-  await c.query('SELECT count(*) FROM notes');
+  // Local once the replica has this session's writes (read-your-writes).
+  for (let i = 0; i < 100; i++) {
+    await c.query('SELECT count(*) FROM notes');
+    if ((await route()) === `${local}/replica`) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
   check('read on local replica', (await route()) === `${local}/replica`, await route());
   await c.query('BEGIN');
   await c.query("INSERT INTO node_items (name) VALUES ('y')");

@@ -7,6 +7,7 @@ usage: psycopg_suite.py WIRE_URL USER_HOMED_ELSEWHERE LOCAL_REGION HOME_REGION
 import datetime
 import decimal
 import sys
+import time
 import uuid
 
 import psycopg
@@ -69,8 +70,13 @@ with psycopg.connect(url, options=f"-c homeport.user={user}", autocommit=True) a
         check("syntax error SQLSTATE", e.sqlstate == "42601", e.sqlstate)
     check("connection usable after errors", conn.execute("SELECT 41 + 1").fetchone()[0] == 42)
 
-    # Provably read-only statements go to the nearest replica of the home shard.
-    conn.execute("SELECT count(*) FROM notes").fetchone()
+    # Provably read-only statements go to the nearest replica of the home shard, once it has
+    # replayed this session's own writes (read-your-writes: until then the primary answers).
+    for _ in range(100):
+        conn.execute("SELECT count(*) FROM notes").fetchone()
+        if route(conn) == f"{local}/replica":
+            break
+        time.sleep(0.05)
     check("read ran on the local replica", route(conn) == f"{local}/replica", route(conn))
 
     # Prepared statements: executed many times, they stay valid whichever server runs them.
