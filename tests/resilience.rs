@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use common::{Env, options, start, wait_caught_up};
 use serde_json::json;
 
+/// These tests time faults against probe intervals; run them one at a time so six sandboxes do
+/// not compete for the machine's cores and make a healthy local server miss its probes.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What happened to one request during a fault.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Seen {
@@ -50,6 +54,7 @@ async fn post(env: &Env, region: &str, user: &str, sql: &str) -> (Seen, Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_region_keeps_serving_reads_and_fails_remote_writes_fast() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut opts = options(&["eu", "us"]);
     opts.link_delay = Some(Duration::from_millis(5));
     let env = start(opts).await;
@@ -194,6 +199,7 @@ async fn a_cut_off_region_keeps_serving_reads_and_fails_remote_writes_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_takes_over_writes_without_a_restart() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "fay", "eu").await.status, 201);
     // A us sidecar that knows the eu replica as a second primary candidate (like libpq's
@@ -306,6 +312,7 @@ async fn a_promoted_replica_takes_over_writes_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_fast_and_clearly_without_harming_others() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "gil", "us").await.status, 201);
     // A us sidecar with tiny pools and a low client limit.
@@ -423,6 +430,7 @@ async fn overload_is_refused_fast_and_clearly_without_harming_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_and_transactions_then_exits() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "ivo", "us").await.status, 201);
     let us = env.sandbox.region("us").clone();
@@ -512,6 +520,7 @@ async fn sigterm_drains_requests_and_transactions_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_file_changes_reload_the_topology_without_dropping_anyone() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "jon", "eu").await.status, 201);
     let primary = env.primary_port("eu");
@@ -627,6 +636,7 @@ async fn sighup_and_file_changes_reload_the_topology_without_dropping_anyone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_local_replica_is_passed_over_until_it_is_fast_again() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "kim", "eu").await.status, 201);
     // A us sidecar that reaches its local replica of the eu shard through a link we can slow.
