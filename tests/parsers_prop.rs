@@ -631,7 +631,8 @@ fn json_number_params_keep_their_value() {
         "123456789012345678901234567890",
     ] {
         let body = format!(r#"{{"sql":"select $1","params":[{n}]}}"#);
-        let q: checks::QueryBody = homeport::http::parse_json(body.as_bytes()).ok().unwrap();
+        let q: homeport::http::QueryBody =
+            homeport::http::parse_json(body.as_bytes()).ok().unwrap();
         let text = param_to_text(&q.params[0], &Type::NUMERIC)
             .unwrap()
             .0

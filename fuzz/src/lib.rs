@@ -19,7 +19,6 @@ use std::task::{Context, Poll, Waker};
 use base64::Engine;
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -889,43 +888,7 @@ pub fn check_sql_str(sql: &str) {
 // HTTP JSON bodies and parameter conversion.
 // ---------------------------------------------------------------------------------------------
 
-// Copies of the private request bodies of src/http/handlers.rs (same fields, same serde
-// attributes); homeport::http::parse_json is the real, public entry point.
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IntentField {
-    #[default]
-    Auto,
-    Read,
-    Write,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueryBody {
-    pub sql: String,
-    #[serde(default)]
-    pub params: Vec<Value>,
-    #[serde(default)]
-    pub intent: IntentField,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatementBody {
-    pub sql: String,
-    #[serde(default)]
-    pub params: Vec<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransactionBody {
-    pub statements: Vec<StatementBody>,
-    #[serde(default)]
-    pub intent: IntentField,
-}
+use homeport::http::{QueryBody, TransactionBody};
 
 /// Parameter types the conversion is checked against.
 pub fn param_types() -> [Type; 18] {

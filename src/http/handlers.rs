@@ -26,7 +26,7 @@ const STATEMENT_CACHE_LIMIT: usize = 512;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum IntentField {
+pub enum IntentField {
     #[default]
     Auto,
     Read,
@@ -35,28 +35,28 @@ enum IntentField {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct QueryBody {
-    sql: String,
+pub struct QueryBody {
+    pub sql: String,
     #[serde(default)]
-    params: Vec<Value>,
+    pub params: Vec<Value>,
     #[serde(default)]
-    intent: IntentField,
+    pub intent: IntentField,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StatementBody {
-    sql: String,
+pub struct StatementBody {
+    pub sql: String,
     #[serde(default)]
-    params: Vec<Value>,
+    pub params: Vec<Value>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransactionBody {
-    statements: Vec<StatementBody>,
+pub struct TransactionBody {
+    pub statements: Vec<StatementBody>,
     #[serde(default)]
-    intent: IntentField,
+    pub intent: IntentField,
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,8 +92,8 @@ pub async fn write(
     outcome: &mut Outcome,
 ) -> Result<Reply, Problem> {
     let kv = app.kv.as_deref();
-    let fingerprint_hex = cache::hex(&req.fingerprint);
-    let holder = cache::hex(&crate::pgwire::scram::random_bytes(12));
+    let fingerprint_hex = crate::idempotency::hex(&req.fingerprint);
+    let holder = crate::idempotency::hex(&crate::pgwire::scram::random_bytes(12));
     if let Some(kv) = kv {
         let lock_ttl = app.config.idempotency.lock_ttl;
         match cache::before(kv, req.user, &req.key, &holder, lock_ttl).await {

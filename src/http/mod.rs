@@ -4,6 +4,8 @@
 
 mod execute;
 mod handlers;
+/// The request bodies, public for the fuzz targets and property tests.
+pub use handlers::{IntentField, QueryBody, StatementBody, TransactionBody};
 mod idempotent;
 pub mod problem;
 mod ryw;

@@ -23,10 +23,6 @@ pub struct Cached {
     pub token: Option<String>,
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `homeport:idem:{<len>:<user>:<key>}`: the user's length keeps (user, key) pairs apart even
 /// when either contains a colon; the braces keep an entry and its lock in one Redis Cluster slot.
 fn entry_key(user: &UserId, key: &Key) -> String {

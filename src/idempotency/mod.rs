@@ -58,6 +58,11 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
+/// Lowercase hex of a fingerprint (Redis entries, the wire claim's bytea literal).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The fingerprint of a wire-protocol transaction: there is no request body to compare, so the
 /// key alone decides (and an HTTP request reusing a wire key is a mismatch).
 pub fn wire_fingerprint() -> Vec<u8> {

@@ -97,7 +97,7 @@ const CLEANUP_SQL: &str = "DELETE FROM homeport.idempotency_keys WHERE ctid IN (
 
 /// The claim as one simple-protocol statement, for the wire endpoint (values are escaped).
 pub fn claim_literal(user: &str, key: &str, fingerprint: &[u8], ttl: Duration) -> String {
-    let hex: String = fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = super::hex(fingerprint);
     format!(
         "SELECT homeport.idempotency_claim({}, {}, '\\x{hex}'::bytea, 'applied', {})",
         quote(user),

@@ -19,6 +19,7 @@ use super::session::{ClientError, Session};
 use crate::consistency::ryw::{foreign_message, foreign_system, split_candidates, worth_waiting};
 use crate::consistency::token::{Position, Token};
 use crate::routing::{Candidate, Target};
+use crate::sql::TxnEffect;
 
 /// The commit position query pipelined behind a write.
 pub(super) const POSITION_SQL: &str = "SELECT pg_current_wal_lsn()::text";
@@ -130,7 +131,7 @@ impl Session {
     /// cannot (the server would take the query for COPY data), and neither can a unit that only
     /// opens a transaction (the query would fix a REPEATABLE READ snapshot early); a write that
     /// ends without the query pipelined has its position asked right after.
-    pub(super) fn capture_ahead(&self, unit: UnitText) -> bool {
+    pub(super) fn capture_ahead(&self, unit: TxnEffect) -> bool {
         let in_txn = matches!(self.server_status, Some(b'T' | b'E'));
         self.writing
             && self.server.is_some()
@@ -215,35 +216,6 @@ fn unreachable(home: &crate::types::RegionName, last: String) -> ClientError {
     }
 }
 
-/// What the statements of a unit (a simple query, or a batch up to Sync) may do to the
-/// transaction, judged from their words: cheap, and erring on the side of "may".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct UnitText {
-    pub(super) may_end: bool,
-    pub(super) may_begin: bool,
-    pub(super) may_copy: bool,
-}
-
-impl UnitText {
-    pub(super) fn of(sql: &str) -> UnitText {
-        let mut unit = UnitText::default();
-        unit.add(sql);
-        unit
-    }
-
-    pub(super) fn add(&mut self, sql: &str) {
-        for word in sql
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| (3..=8).contains(&w.len()))
-        {
-            let is = |k: &str| word.eq_ignore_ascii_case(k);
-            self.may_end |= is("commit") || is("end") || is("rollback") || is("abort");
-            self.may_begin |= is("begin") || is("start");
-            self.may_copy |= is("copy");
-        }
-    }
-}
-
 /// The position query as a message, to append behind a unit.
 pub(super) fn position_query() -> Message {
     codec::query(POSITION_SQL)
@@ -267,37 +239,5 @@ async fn wait_for_replay(
             return Ok(false);
         }
         tokio::time::sleep(POLL).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_that_may_end_a_transaction() {
-        for sql in ["COMMIT", "end;", "ROLLBACK", "abort", "commit prepared 'x'"] {
-            assert!(UnitText::of(sql).may_end, "{sql}");
-        }
-        for sql in [
-            "INSERT INTO t VALUES (1)",
-            "BEGIN",
-            "SELECT pending, appended FROM t",
-        ] {
-            assert!(!UnitText::of(sql).may_end, "{sql}");
-        }
-    }
-
-    #[test]
-    fn beginnings_and_copy_are_recognised() {
-        assert!(UnitText::of("BEGIN ISOLATION LEVEL REPEATABLE READ").may_begin);
-        assert!(UnitText::of("start transaction").may_begin);
-        assert!(!UnitText::of("INSERT INTO t VALUES (1)").may_begin);
-        assert!(UnitText::of("COPY t FROM STDIN").may_copy);
-        assert!(!UnitText::of("INSERT INTO copyright VALUES (1)").may_copy);
-        let mut unit = UnitText::of("BEGIN");
-        unit.add("INSERT INTO t VALUES (1)");
-        unit.add("COMMIT");
-        assert!(unit.may_begin && unit.may_end);
     }
 }

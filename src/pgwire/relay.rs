@@ -321,7 +321,7 @@ impl Session {
             return self.raise_on_server(&message).await;
         }
         let (mut buf, mut queue) = self.rewrite(&batch)?;
-        if sync && self.capture_ahead(plan.text) {
+        if sync && self.capture_ahead(plan.effect) {
             super::consistency::position_query().write_to(&mut buf);
             queue.push_back(Expect::Position);
         }
@@ -336,11 +336,11 @@ impl Session {
             any_statement: false,
             hint: None,
             user: None,
-            text: Default::default(),
+            effect: Default::default(),
         };
         let note = |plan: &mut BatchPlan, sql: &str, app: &crate::app::App| {
-            plan.text.add(sql);
             let class = app.classifier.classify(sql);
+            plan.effect = plan.effect.and(class.effect);
             plan.read_only &= class.read_only;
             plan.hint = plan.hint.or(class.route);
             if plan.user.is_none() {
@@ -517,7 +517,7 @@ pub(super) struct BatchPlan {
     hint: Option<crate::sql::RouteHint>,
     user: Option<String>,
     /// What the batch's statements may do to the transaction.
-    text: super::consistency::UnitText,
+    effect: crate::sql::TxnEffect,
 }
 
 fn protocol(e: ProtocolError) -> ClientError {

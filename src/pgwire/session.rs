@@ -352,7 +352,7 @@ impl Session {
         let mut buf = BytesMut::new();
         msg.write_to(&mut buf);
         let mut queue = VecDeque::from([Expect::Sync]);
-        if self.capture_ahead(super::consistency::UnitText::of(&sql)) {
+        if self.capture_ahead(class.effect) {
             super::consistency::position_query().write_to(&mut buf);
             queue.push_back(Expect::Position);
         }

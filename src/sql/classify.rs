@@ -25,6 +25,38 @@ pub struct Classification {
     pub statements: usize,
     pub route: Option<RouteHint>,
     pub user: Option<String>,
+    /// What the text's keywords may do to the transaction it runs in.
+    pub effect: TxnEffect,
+}
+
+/// What a statement may do to its transaction, judged from its keywords (never from literals,
+/// quoted identifiers or comments): cheap, and erring on the side of "may".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxnEffect {
+    pub may_end: bool,
+    pub may_begin: bool,
+    pub may_copy: bool,
+}
+
+impl TxnEffect {
+    fn of(code: &[&Token]) -> TxnEffect {
+        let mut effect = TxnEffect::default();
+        for w in code.iter().filter_map(|t| word(t)) {
+            effect.may_end |= matches!(w, "commit" | "end" | "rollback" | "abort");
+            effect.may_begin |= matches!(w, "begin" | "start");
+            effect.may_copy |= w == "copy";
+        }
+        effect
+    }
+
+    /// The effect of several statements sent together.
+    pub fn and(self, other: TxnEffect) -> TxnEffect {
+        TxnEffect {
+            may_end: self.may_end || other.may_end,
+            may_begin: self.may_begin || other.may_begin,
+            may_copy: self.may_copy || other.may_copy,
+        }
+    }
 }
 
 pub fn classify(sql: &str) -> Classification {
@@ -44,6 +76,7 @@ pub fn classify(sql: &str) -> Classification {
         statements,
         route,
         user,
+        effect: TxnEffect::of(&code),
     }
 }
 
@@ -517,5 +550,29 @@ mod tests {
         ] {
             assert!(classify(sql).read_only, "{sql}");
         }
+    }
+
+    #[test]
+    fn transaction_effects_come_from_keywords() {
+        let e = |sql| classify(sql).effect;
+        for sql in ["COMMIT", "end;", "ROLLBACK", "abort", "commit prepared 'x'"] {
+            assert!(e(sql).may_end, "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES ('commit')",
+            "BEGIN",
+            "SELECT pending, appended FROM t /* end */",
+        ] {
+            assert!(!e(sql).may_end, "{sql}");
+        }
+        assert!(e("BEGIN ISOLATION LEVEL REPEATABLE READ").may_begin);
+        assert!(e("start transaction").may_begin);
+        assert!(!e("INSERT INTO t VALUES (1)").may_begin);
+        assert!(e("COPY t FROM STDIN").may_copy);
+        assert!(!e("INSERT INTO copyright VALUES (1)").may_copy);
+        let all = e("BEGIN")
+            .and(e("INSERT INTO t VALUES (1)"))
+            .and(e("COMMIT"));
+        assert!(all.may_begin && all.may_end && !all.may_copy);
     }
 }

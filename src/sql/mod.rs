@@ -6,4 +6,4 @@ pub mod classify;
 pub mod lexer;
 
 pub use cache::ClassifyCache;
-pub use classify::{Classification, RouteHint, classify};
+pub use classify::{Classification, RouteHint, TxnEffect, classify};
