@@ -79,6 +79,8 @@ impl App {
         let directory = Directory::new(&config, topology.clone(), pools.clone(), kv.clone());
         let regions = config.regions().into_iter().map(|r| r.to_string());
         let cross_region = CrossRegionMetrics::new(config.region.as_str(), regions);
+        let classifier =
+            ClassifyCache::with_stateless(10_000, config.postgres.stateless_functions.clone());
         App {
             config,
             topology,
@@ -89,7 +91,7 @@ impl App {
             metrics,
             http_metrics: RequestMetrics::new("http"),
             wire_metrics: RequestMetrics::new("pg"),
-            classifier: ClassifyCache::new(10_000),
+            classifier,
             cross_region,
             draining: AtomicBool::new(false),
         }

@@ -20,6 +20,7 @@ pub const RYW_FALLBACKS_TOTAL: &str = "homeport_ryw_fallbacks_total";
 pub const IDEMPOTENCY_TOTAL: &str = "homeport_idempotency_total";
 pub const IDEMPOTENCY_CACHE_TOTAL: &str = "homeport_idempotency_cache_lookups_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "homeport_config_reloads_total";
+pub const WIRE_PINS_TOTAL: &str = "homeport_wire_pins_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -36,6 +37,7 @@ pub const ALL: &[&str] = &[
     IDEMPOTENCY_TOTAL,
     IDEMPOTENCY_CACHE_TOTAL,
     CONFIG_RELOADS_TOTAL,
+    WIRE_PINS_TOTAL,
 ];
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
@@ -66,6 +68,13 @@ pub fn idempotency_cache(result: &'static str) {
 /// A config reload: `ok`, `invalid` (the file did not validate) or `needs_restart`.
 pub fn config_reload(result: &'static str) {
     counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+/// A wire session pinned to its server connection because a statement left session state
+/// there (`reason`: a [`crate::sql::SessionState`] label). The pin rate of a workload is this
+/// over the wire sessions it opened.
+pub fn wire_pin(reason: &'static str) {
+    counter!(WIRE_PINS_TOTAL, "reason" => reason).increment(1);
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -52,14 +52,46 @@ impl Generation {
                 app.config.postgres.connect_timeout,
                 cancel.clone(),
                 app.topology.tls.clone(),
+                crate::pgwire::PoolLimits {
+                    idle_timeout: app.config.postgres.idle_timeout,
+                    max_lifetime: app.config.postgres.max_lifetime,
+                },
             ))
         });
+        tasks.push(spawn_reaper(app.clone(), wire_pools.clone()));
         Arc::new(Generation {
             app,
             wire_pools,
             tasks,
         })
     }
+}
+
+/// Closes idle server connections past `postgres.idle_timeout` or `max_lifetime`, in both front
+/// ends' pools, a few times per idle timeout.
+fn spawn_reaper(
+    app: Arc<crate::app::App>,
+    wire: Option<Arc<WirePools>>,
+) -> tokio::task::JoinHandle<()> {
+    let limits = &app.config.postgres;
+    let every = (limits.idle_timeout / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(w) = &wire {
+                w.reap();
+            }
+            app.pools.reap(
+                app.config.postgres.idle_timeout,
+                app.config.postgres.max_lifetime,
+            );
+        }
+    })
 }
 
 impl Drop for Generation {

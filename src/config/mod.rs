@@ -33,6 +33,15 @@ impl ConfigError {
     }
 }
 
+/// `pg.max_prepared_statements` when not set.
+pub const DEFAULT_MAX_PREPARED: usize = 200;
+/// `pg.max_batch_bytes` when not set.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 << 20;
+/// `postgres.idle_timeout` when not set.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `postgres.max_lifetime` when not set.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// The validated configuration of one sidecar.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,6 +99,11 @@ pub struct PgConfig {
     pub login_timeout: Duration,
     /// Server connections per endpoint for the wire front end.
     pub pool_size: usize,
+    /// Prepared statements homeport keeps per server connection; the least recently used one
+    /// is closed past this.
+    pub max_prepared_statements: usize,
+    /// Bytes of extended-protocol messages a client may send before a Sync (54000 past it).
+    pub max_batch_bytes: usize,
     pub auth: PgAuth,
     pub tls: Option<PgTlsConfig>,
 }
@@ -142,6 +156,15 @@ pub struct PostgresConfig {
     pub statement_timeout: Duration,
     pub acquire_timeout: Duration,
     pub pool_size: usize,
+    /// Server connections idle longer than this are closed (both front ends' pools).
+    pub idle_timeout: Duration,
+    /// Server connections older than this are closed when they next come back idle.
+    pub max_lifetime: Duration,
+    /// Functions declared free of session state (`name` or `schema.name`, lowercased): calling
+    /// them does not pin a wire session.
+    pub stateless_functions: std::collections::HashSet<String>,
+    /// `SET LOCAL <identity_setting> = <user>` opens every transaction homeport runs for a user.
+    pub identity_setting: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -472,6 +495,21 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 max_client_conn,
                 login_timeout: p.login_timeout.map_or(Duration::from_secs(10), |d| d.0),
                 pool_size,
+                max_prepared_statements: match p
+                    .max_prepared_statements
+                    .unwrap_or(DEFAULT_MAX_PREPARED)
+                {
+                    0 => {
+                        return Err(ConfigError::new(
+                            "pg.max_prepared_statements",
+                            "must be at least 1",
+                        ));
+                    }
+                    n => n,
+                },
+                max_batch_bytes: p
+                    .max_batch_bytes
+                    .map_or(DEFAULT_MAX_BATCH_BYTES, |b| b.0 as usize),
                 auth,
                 tls,
             })

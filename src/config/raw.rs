@@ -61,6 +61,8 @@ pub struct RawPg {
     pub max_client_conn: Option<usize>,
     pub login_timeout: Option<Dur>,
     pub pool_size: Option<usize>,
+    pub max_prepared_statements: Option<usize>,
+    pub max_batch_bytes: Option<super::units::ByteSize>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
     pub tls_required: Option<bool>,
@@ -101,6 +103,11 @@ pub struct RawPostgres {
     pub statement_timeout: Option<Dur>,
     pub acquire_timeout: Option<Dur>,
     pub pool_size: Option<usize>,
+    pub idle_timeout: Option<Dur>,
+    pub max_lifetime: Option<Dur>,
+    #[serde(default)]
+    pub stateless_functions: Vec<String>,
+    pub identity_setting: Option<String>,
     /// `disable` (default) or `verify-full`.
     pub sslmode: Option<String>,
     /// PEM file of the certificate authorities that sign the servers' certificates.

@@ -68,6 +68,18 @@ pub fn pg_defaults(raw: &RawPostgres) -> Result<PgDefaults, ConfigError> {
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(1)),
             pool_size,
+            idle_timeout: raw
+                .idle_timeout
+                .map_or(super::DEFAULT_IDLE_TIMEOUT, |d| d.0),
+            max_lifetime: raw
+                .max_lifetime
+                .map_or(super::DEFAULT_MAX_LIFETIME, |d| d.0),
+            stateless_functions: raw
+                .stateless_functions
+                .iter()
+                .map(|f| f.to_ascii_lowercase())
+                .collect(),
+            identity_setting: identity_setting(raw.identity_setting.as_deref())?,
         },
         user: raw.user.clone().unwrap_or_else(|| "postgres".into()),
         dbname: raw.dbname.clone(),
@@ -76,6 +88,32 @@ pub fn pg_defaults(raw: &RawPostgres) -> Result<PgDefaults, ConfigError> {
             .clone()
             .unwrap_or_else(|| "homeport".into()),
     })
+}
+
+/// `postgres.identity_setting`: a custom setting name (`prefix.name`), as PostgreSQL requires
+/// for settings it does not know, and never one of homeport's own.
+fn identity_setting(name: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(name) = name else { return Ok(None) };
+    let lower = name.to_ascii_lowercase();
+    let valid = lower.split('.').count() == 2
+        && lower.split('.').all(|p| {
+            !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !p.starts_with(|c: char| c.is_ascii_digit())
+        });
+    if !valid {
+        return Err(ConfigError::new(
+            "postgres.identity_setting",
+            format!("{name:?} is not a custom setting name like \"app.user_id\""),
+        ));
+    }
+    if lower.starts_with("homeport.") && lower != "homeport.user_id" {
+        return Err(ConfigError::new(
+            "postgres.identity_setting",
+            "homeport.* names other than homeport.user_id are homeport's own settings",
+        ));
+    }
+    Ok(Some(lower))
 }
 
 impl PgDefaults {

@@ -115,6 +115,18 @@ impl Pools {
         Pools { pools }
     }
 
+    /// Closes idle connections unused for `idle` or older than `lifetime`.
+    pub fn reap(&self, idle: Duration, lifetime: Duration) {
+        for (_, pool) in &self.pools {
+            pool.retain(|_, m| m.last_used() < idle && m.age() < lifetime);
+        }
+    }
+
+    /// Idle connections in every pool.
+    pub fn idle_count(&self) -> usize {
+        self.pools.iter().map(|(_, p)| p.status().available).sum()
+    }
+
     pub fn endpoint_name(&self, index: usize) -> &str {
         &self.pools[index].0
     }

@@ -99,6 +99,7 @@ pub async fn query(
             "sql holds more than one statement; send one per query, or use /v1/transaction",
         ));
     }
+    super::session_state::check(&class, None)?;
     let intent = resolve_intent(q.intent, class.read_only);
     let on_primary = class.route == Some(RouteHint::Primary);
     outcome.intent = intent;
@@ -219,6 +220,9 @@ pub async fn transaction(
         return Err(Problem::bad_request(format!(
             "statements[{i}] must hold exactly one statement"
         )));
+    }
+    for (i, c) in classes.iter().enumerate() {
+        super::session_state::check(c, Some(i))?;
     }
     let intent = resolve_intent(t.intent, classes.iter().all(|c| c.read_only));
     outcome.intent = intent;

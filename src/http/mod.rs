@@ -9,6 +9,7 @@ pub use handlers::{IntentField, QueryBody, StatementBody, TransactionBody};
 mod idempotent;
 pub mod problem;
 mod ryw;
+mod session_state;
 mod time;
 pub mod values;
 

@@ -3,8 +3,8 @@
 //! SCRAM-SHA-256 through `postgres-protocol`), and keeps the server's parameter statuses, backend
 //! key and the statements it has prepared on that connection.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -25,7 +25,13 @@ pub struct ServerConn {
     /// Process id and secret key, for cancel requests.
     pub key: (i32, i32),
     /// Server-side names of statements prepared on this connection.
-    pub prepared: HashSet<String>,
+    pub prepared: super::prepared::PreparedSet,
+    /// When the connection was made (for `postgres.max_lifetime`).
+    pub created: Instant,
+    /// When the connection last went back to its pool (for `postgres.idle_timeout`).
+    pub idle_since: Instant,
+    /// The user homeport last set `postgres.identity_setting` to on this connection.
+    pub identity: Option<String>,
     pub host: String,
     pub port: u16,
     /// Where and how to cancel a statement running on this connection.
@@ -73,7 +79,10 @@ impl ServerConn {
             writer: w,
             params: Vec::new(),
             key: (0, 0),
-            prepared: HashSet::new(),
+            prepared: Default::default(),
+            created: Instant::now(),
+            idle_since: Instant::now(),
+            identity: None,
             cancel_target: Default::default(),
             host,
             port,
@@ -200,6 +209,16 @@ impl ServerConn {
 
     pub async fn recv(&mut self) -> Result<Message, ProtocolError> {
         self.reader.next().await
+    }
+
+    /// Whether an idle connection is still usable: the server has sent nothing since its last
+    /// ReadyForQuery (an idle server speaks only to say it is going away) and the socket is open.
+    /// Polls the socket once without waiting.
+    pub fn still_idle(&mut self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let next = std::pin::pin!(self.reader.next());
+        next.poll(&mut cx).is_pending()
     }
 
     /// homeport's own one-value query on an idle connection: the first column of the first row,

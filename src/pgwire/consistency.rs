@@ -132,16 +132,16 @@ impl Session {
     /// opens a transaction (the query would fix a REPEATABLE READ snapshot early); a write that
     /// ends without the query pipelined has its position asked right after.
     pub(super) fn capture_ahead(&self, unit: TxnEffect) -> bool {
-        let in_txn = matches!(self.server_status, Some(b'T' | b'E'));
-        self.writing
-            && self.server.is_some()
-            && !unit.may_copy
-            && (unit.may_end || (!in_txn && !unit.may_begin))
+        self.server.as_ref().is_some_and(|a| {
+            a.writing()
+                && !unit.may_copy
+                && (unit.may_end || (!a.in_transaction() && !unit.may_begin))
+        })
     }
 
     /// A write that finished without the position query pipelined still needs its position.
     pub(super) fn capture_after(&self, status: u8) -> bool {
-        self.writing && status == b'I'
+        status == b'I' && self.server.as_ref().is_some_and(|a| a.writing())
     }
 
     /// Records the position the server answered for the session's latest write on its shard,
@@ -149,7 +149,7 @@ impl Session {
     pub(super) fn captured(&mut self, lsn: Option<&str>) {
         let (Some(lsn), Some(shard), Some((index, _))) = (
             lsn.and_then(|l| l.parse().ok()),
-            self.shard.clone(),
+            self.server.as_ref().map(|a| a.shard.clone()),
             self.last_route,
         ) else {
             return;

@@ -6,6 +6,7 @@
 //! result), a key whose transaction is still running with `HP409`, and a key used over HTTP with
 //! `HP422`. After a rollback the key is free again.
 
+use super::attached::TxnStatus;
 use super::codec;
 use super::session::{ClientError, Session, SettingOutput};
 use crate::idempotency::{Key, Refusal, store, wire_fingerprint};
@@ -32,9 +33,10 @@ impl Session {
             code: "22023",
             message: format!("invalid homeport.idempotency_key: {m}"),
         })?;
-        match self.server_status {
-            Some(b'T') if self.server.is_some() => {}
-            Some(b'E') => {
+        let status = self.server.as_ref().and_then(|a| a.ready);
+        match status {
+            Some(TxnStatus::InBlock) => {}
+            Some(TxnStatus::Failed) => {
                 return Err(refuse(
                     "25P02",
                     "current transaction is aborted, commands ignored until end of transaction block",
@@ -47,7 +49,7 @@ impl Session {
                 ));
             }
         }
-        if self.on_replica {
+        if self.server.as_ref().is_some_and(|a| a.on_replica()) {
             return Err(refuse(
                 "25006",
                 "a READ ONLY transaction writes nothing and needs no idempotency key",
@@ -59,7 +61,10 @@ impl Session {
                 "this transaction already has an idempotency key",
             ));
         }
-        let (Some(user), Some((index, _))) = (self.attached_user.clone(), self.last_route) else {
+        let (Some(user), Some((index, _))) = (
+            self.server.as_ref().map(|a| a.user.clone()),
+            self.last_route,
+        ) else {
             return Err(refuse("28000", "no homeport user for this transaction"));
         };
         self.app
@@ -76,17 +81,19 @@ impl Session {
             &wire_fingerprint(),
             self.app.config.idempotency.ttl,
         );
-        let Some(lease) = self.server.as_mut() else {
+        let Some(attached) = self.server.as_mut() else {
             return Err(refuse("08006", "the transaction's server is gone"));
         };
-        let (outcome, status) = match lease.conn.run_own(&sql).await {
+        let (outcome, status) = match attached.lease.conn.run_own(&sql).await {
             Ok(r) => r,
             Err(e) => {
                 self.server_lost(e);
                 return Err(refuse("08006", "the transaction's server is gone"));
             }
         };
-        self.server_status = Some(status);
+        if let Some(a) = self.server.as_mut() {
+            a.ready = TxnStatus::from_byte(status);
+        }
         match outcome {
             Ok(_) => {
                 self.txn_key = Some(key);

@@ -1,9 +1,12 @@
 //! The PostgreSQL wire-protocol front end: any PostgreSQL client talks to homeport as if it were
 //! the database. Module map: `codec` (message framing), `backend` (server connections and their
-//! authentication), `pool` (per-endpoint pools lent per transaction), `settings`
-//! (`SET/SHOW homeport.*`), `session` (client state machine, routing per transaction) and
-//! `relay` (moving messages between client and server).
+//! authentication), `prepared` (the bounded set of statements prepared on a server connection),
+//! `pool` (per-endpoint pools lent per transaction), `settings` (`SET/SHOW homeport.*`),
+//! `session` (client state machine, routing per transaction), `attached` (the server a session
+//! holds, its transaction status and pin) and `relay` (moving messages between client and
+//! server).
 
+mod attached;
 mod backend;
 pub mod cancel;
 pub mod codec;
@@ -11,6 +14,7 @@ mod consistency;
 mod emulate;
 mod idempotency;
 mod pool;
+mod prepared;
 mod relay;
 pub mod scram;
 mod session;
@@ -28,7 +32,7 @@ use crate::app::App;
 use crate::types::UserId;
 pub use cancel::CancelRegistry;
 use codec::{Message, ProtocolError};
-pub use pool::WirePools;
+pub use pool::{Limits as PoolLimits, WirePools};
 
 /// The client connection's halves, plain TCP or TLS.
 pub type ClientRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;

@@ -1,9 +1,12 @@
 //! Per-endpoint pools of wire-protocol server connections. A connection is lent for one
 //! transaction (or autocommit statement, or a pinned session) and comes back only when it is idle
-//! at ReadyForQuery; anything else is closed instead of being reused.
+//! at ReadyForQuery; anything else is closed instead of being reused. Pools start empty, grow on
+//! demand, and give connections back to the server: idle longer than `postgres.idle_timeout` or
+//! older than `postgres.max_lifetime`, a connection is closed; one the server closed while it sat
+//! idle is noticed before it is lent.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -14,6 +17,21 @@ pub struct EndpointPool {
     pg: tokio_postgres::Config,
     idle: Mutex<Vec<ServerConn>>,
     slots: Arc<Semaphore>,
+    limits: Limits,
+}
+
+/// How long a server connection may sit idle, and live.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+impl Limits {
+    fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
+        now.duration_since(conn.idle_since) >= self.idle_timeout
+            || now.duration_since(conn.created) >= self.max_lifetime
+    }
 }
 
 pub struct WirePools {
@@ -44,18 +62,56 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Returns an idle (ReadyForQuery 'I') connection to its pool.
+    /// Returns an idle (ReadyForQuery 'I') connection without session state to its pool; one
+    /// past its lifetime is closed instead.
     pub fn release(self) {
         let Lease {
-            conn,
+            mut conn,
             pool,
             _permit,
             ..
         } = self;
+        let now = Instant::now();
+        if now.duration_since(conn.created) >= pool.limits.max_lifetime {
+            return;
+        }
+        conn.idle_since = now;
         pool.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
+    }
+
+    /// Returns a connection that may hold session state (a pinned session ended while idle) to
+    /// its pool after `DISCARD ALL` cleared that state, in the background; if the reset fails or
+    /// takes too long the connection is closed. The pool slot stays taken until then.
+    pub fn reset_and_release(mut self) {
+        tokio::spawn(async move {
+            let reset = tokio::time::timeout(RESET_TIMEOUT, self.conn.run_own("DISCARD ALL")).await;
+            if let Ok(Ok((Ok(_), b'I'))) = reset {
+                self.conn.prepared.clear();
+                self.conn.identity = None;
+                self.release();
+            }
+        });
+    }
+}
+
+/// How long a `DISCARD ALL` may take before the connection is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl EndpointPool {
+    /// The most recently used idle connection that is still good: not past its limits, and not
+    /// closed by the server while it sat idle (a terminated backend, a restarted server).
+    fn take_idle(&self) -> Option<ServerConn> {
+        let now = Instant::now();
+        loop {
+            let mut conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if self.limits.expired(&conn, now) || !conn.still_idle() {
+                continue;
+            }
+            return Some(conn);
+        }
     }
 }
 
@@ -67,6 +123,7 @@ impl WirePools {
         connect_timeout: Duration,
         cancel: Arc<super::cancel::CancelRegistry>,
         tls: crate::db::tls::ServerTls,
+        limits: Limits,
     ) -> WirePools {
         let pools = snapshot
             .endpoints
@@ -76,6 +133,7 @@ impl WirePools {
                     pg: e.info.pg.clone(),
                     idle: Mutex::new(Vec::new()),
                     slots: Arc::new(Semaphore::new(size)),
+                    limits,
                 })
             })
             .collect();
@@ -101,7 +159,7 @@ impl WirePools {
                     .expect("semaphore is never closed")
             }
         };
-        let idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = pool.take_idle();
         let conn = match idle {
             Some(c) => c,
             None => {
@@ -119,6 +177,25 @@ impl WirePools {
             pool,
             _permit: permit,
         })
+    }
+
+    /// Closes the idle connections past their idle timeout or lifetime, in every pool.
+    pub fn reap(&self) {
+        for pool in &self.pools {
+            let now = Instant::now();
+            pool.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|c| !pool.limits.expired(c, now));
+        }
+    }
+
+    /// Idle connections in every pool (for tests and `/v1/topology`-style reporting).
+    pub fn idle_count(&self) -> usize {
+        self.pools
+            .iter()
+            .map(|p| p.idle.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// The server parameters to report to a new client, connecting to `endpoint` if no server

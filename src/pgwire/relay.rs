@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
+use super::attached::TxnStatus;
 use super::codec::{self, Message, ProtocolError, Reader};
 use super::session::{
     ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
@@ -25,10 +26,10 @@ impl Session {
                 queue.pop_front();
             }
         }
-        let Some(lease) = self.server.as_mut() else {
+        let Some(attached) = self.server.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = lease.conn.send_raw(&buf).await {
+        if let Err(e) = attached.lease.conn.send_raw(&buf).await {
             self.server_lost(e);
             return Ok(());
         }
@@ -50,7 +51,7 @@ impl Session {
             if queue.is_empty() {
                 break;
             }
-            let Some(lease) = self.server.as_mut() else {
+            let Some(lease) = self.server.as_mut().map(|a| &mut a.lease) else {
                 break;
             };
             let poll = self
@@ -92,13 +93,23 @@ impl Session {
             }
             match m.tag {
                 b'N' | b'S' | b'A' => self.send(m),
+                b'E' if is_fatal(&m.body) => {
+                    // The server is ending the session (terminated, shutting down): the client
+                    // sees the error and loses its connection, as it would with PostgreSQL.
+                    let message = codec::field(&m.body, b'M').unwrap_or_default();
+                    self.send(m);
+                    self.detach();
+                    let _ = self.flush().await;
+                    return Err(SessionError::ServerFatal(message));
+                }
                 b'E' => {
                     self.send(m);
                     self.skipping = true;
                     self.txn_failed = true;
-                    if let Some(lease) = self.server.as_mut() {
+                    // Parses not yet confirmed were skipped by the server.
+                    if let Some(a) = self.server.as_mut() {
                         for name in self.parsed_now.drain(..) {
-                            lease.conn.prepared.remove(&name);
+                            a.lease.conn.prepared.remove(&name);
                         }
                     }
                     while queue.front().is_some_and(|e| *e != Expect::Sync) {
@@ -113,10 +124,10 @@ impl Session {
                         held = Some(m);
                     } else if self.capture_after(status) {
                         // A write whose position could not be pipelined: ask now.
-                        if let Some(lease) = self.server.as_mut() {
+                        if let Some(a) = self.server.as_mut() {
                             let mut q = BytesMut::new();
                             super::consistency::position_query().write_to(&mut q);
-                            if let Err(e) = lease.conn.send_raw(&q).await {
+                            if let Err(e) = a.lease.conn.send_raw(&q).await {
                                 self.server_lost(e);
                                 return Ok(());
                             }
@@ -129,6 +140,15 @@ impl Session {
                     }
                 }
                 b'1' if queue.front() == Some(&Expect::Swallow) => {
+                    queue.pop_front();
+                    self.parsed_now.pop_front();
+                }
+                b'1' if queue.front() == Some(&Expect::ParseNamed) => {
+                    queue.pop_front();
+                    self.parsed_now.pop_front();
+                    self.send(m);
+                }
+                b'3' if queue.front() == Some(&Expect::Evict) => {
                     queue.pop_front();
                 }
                 b'G' => {
@@ -170,10 +190,10 @@ impl Session {
             }
             let mut buf = BytesMut::with_capacity(m.body.len() + 5);
             m.write_to(&mut buf);
-            let Some(lease) = self.server.as_mut() else {
+            let Some(attached) = self.server.as_mut() else {
                 return Ok(());
             };
-            if let Err(e) = lease.conn.send_raw(&buf).await {
+            if let Err(e) = attached.lease.conn.send_raw(&buf).await {
                 self.server_lost(e);
                 return Ok(());
             }
@@ -188,86 +208,88 @@ impl Session {
     /// transaction is open, the replica's implicit transaction is closed with a Sync, the replica
     /// goes back to its pool, and the write gets a primary.
     pub(super) async fn leave_replica_for_write(&mut self, read_only: bool) {
-        let in_txn = matches!(self.server_status, Some(b'T' | b'E'));
-        if read_only || !self.on_replica || in_txn || self.pinned || self.server.is_none() {
-            return;
-        }
-        let Some(lease) = self.server.as_mut() else {
+        let Some(attached) = self.server.as_mut() else {
             return;
         };
+        if read_only
+            || !attached.on_replica()
+            || attached.in_transaction()
+            || attached.pin.is_some()
+        {
+            return;
+        }
         let mut buf = BytesMut::new();
         codec::empty(b'S').write_to(&mut buf);
-        let mut ok = lease.conn.send_raw(&buf).await.is_ok();
+        let mut ok = attached.lease.conn.send_raw(&buf).await.is_ok();
         while ok {
-            match lease.conn.recv().await {
+            match attached.lease.conn.recv().await {
                 Ok(m) if m.tag == b'Z' => break,
                 Ok(_) => {}
                 Err(_) => ok = false,
             }
         }
-        let lease = self.server.take();
-        if ok && let Some(l) = lease {
-            l.release();
-        }
-        self.server_status = None;
         self.skipping = false;
-        self.on_replica = false;
-        self.sync_cancel_target();
+        if let Some(a) = self.detach()
+            && ok
+        {
+            a.lease.release();
+        }
     }
 
     /// ReadyForQuery from the server: an idle server goes back to its pool unless pinned.
     pub(super) fn after_ready(&mut self, status: u8) {
-        self.server_status = Some(status);
-        if status == b'I' {
-            self.txn_user = None;
-            self.txn_key = None;
-            self.record_transaction();
-            if !self.pinned {
-                if let Some(lease) = self.server.take() {
-                    lease.release();
-                }
-                self.server_status = None;
-                self.sync_cancel_target();
-            }
+        let status = TxnStatus::from_byte(status);
+        if let Some(a) = self.server.as_mut() {
+            a.ready = status;
+        }
+        if status != Some(TxnStatus::Idle) {
+            return;
+        }
+        self.txn_user = None;
+        self.txn_key = None;
+        self.record_transaction();
+        if self.server.as_ref().is_some_and(|a| a.pin.is_none())
+            && let Some(a) = self.detach()
+        {
+            a.lease.release();
         }
     }
 
     /// Counts a finished transaction (or autocommit statement) in the request metrics.
     fn record_transaction(&mut self) {
-        if let Some((started, intent, target)) = self.txn_started.take() {
-            let outcome = if std::mem::take(&mut self.txn_failed) {
-                "client_error"
-            } else {
-                "ok"
-            };
+        let failed = std::mem::take(&mut self.txn_failed);
+        let Some(a) = self.server.as_mut() else {
+            return;
+        };
+        if let Some(started) = a.txn_started.take() {
+            let outcome = if failed { "client_error" } else { "ok" };
             self.app.wire_metrics.record(
-                intent.as_str(),
-                target.as_str(),
+                a.intent.as_str(),
+                a.target.as_str(),
                 outcome,
                 started.elapsed(),
             );
-            if self.pinned {
-                // A pinned session keeps its server: the next transaction starts now.
-                self.txn_started = Some((std::time::Instant::now(), intent, target));
-            }
+        }
+        if a.pin.is_some() {
+            // A pinned session keeps its server: the next transaction starts now.
+            a.txn_started = Some(std::time::Instant::now());
         }
     }
 
     /// The server connection broke: it is closed (never reused), and the client hears why.
     pub(super) fn server_lost(&mut self, e: ProtocolError) {
-        if let Some((started, intent, target)) = self.txn_started.take() {
+        if let Some(a) = self.detach()
+            && let Some(started) = a.txn_started
+        {
             self.app.wire_metrics.record(
-                intent.as_str(),
-                target.as_str(),
+                a.intent.as_str(),
+                a.target.as_str(),
                 "error",
                 started.elapsed(),
             );
         }
         self.txn_failed = false;
         self.txn_key = None;
-        self.server = None;
-        self.server_status = None;
-        self.pinned = false;
         self.skipping = false;
         self.parsed_now.clear();
         self.send(codec::error_response(
@@ -320,6 +342,14 @@ impl Session {
         if sync && let Some(message) = self.other_shard(plan.user.as_deref()).await {
             return self.raise_on_server(&message).await;
         }
+        if let Some(state) = plan.session {
+            self.pin(state);
+        }
+        if plan.forgets_prepared
+            && let Some(a) = self.server.as_mut()
+        {
+            a.lease.conn.prepared.clear();
+        }
         let (mut buf, mut queue) = self.rewrite(&batch)?;
         if sync && self.capture_ahead(plan.effect) {
             super::consistency::position_query().write_to(&mut buf);
@@ -337,9 +367,13 @@ impl Session {
             hint: None,
             user: None,
             effect: Default::default(),
+            session: None,
+            forgets_prepared: false,
         };
         let note = |plan: &mut BatchPlan, sql: &str, app: &crate::app::App| {
             let class = app.classifier.classify(sql);
+            plan.session = plan.session.or(class.session);
+            plan.forgets_prepared |= super::session::forgets_prepared(sql);
             plan.effect = plan.effect.and(class.effect);
             plan.read_only &= class.read_only;
             plan.hint = plan.hint.or(class.route);
@@ -405,7 +439,16 @@ impl Session {
                         }
                     }
                 }
-                b'E' | b'C' => plan.any_statement = true,
+                b'C' => {
+                    plan.any_statement = true;
+                    // Closed now, so a later Bind or Describe in this batch must not find it.
+                    let mut r = Reader::new(&m.body, "close");
+                    if r.u8().map_err(protocol)? == b'S' {
+                        let name = r.cstr().map_err(protocol)?;
+                        self.statements.remove(name);
+                    }
+                }
+                b'E' => plan.any_statement = true,
                 _ => {}
             }
         }
@@ -417,6 +460,10 @@ impl Session {
     fn rewrite(&mut self, batch: &[Message]) -> Result<(BytesMut, VecDeque<Expect>), SessionError> {
         let mut buf = BytesMut::new();
         let mut queue = VecDeque::with_capacity(batch.len() + 2);
+        let mark = self
+            .server
+            .as_ref()
+            .map_or(0, |a| a.lease.conn.prepared.mark());
         for m in batch {
             match m.tag {
                 b'P' => {
@@ -424,8 +471,8 @@ impl Session {
                     if name.is_empty() {
                         m.write_to(&mut buf);
                         queue.push_back(Expect::Parse);
-                    } else if self.ensure_prepared(name, &mut buf, false) {
-                        queue.push_back(Expect::Parse);
+                    } else if self.ensure_prepared(name, &mut buf, &mut queue, mark) {
+                        queue.push_back(Expect::ParseNamed);
                     } else {
                         queue.push_back(Expect::SynthParse);
                     }
@@ -437,10 +484,10 @@ impl Session {
                     if stmt.is_empty() {
                         m.write_to(&mut buf);
                     } else {
-                        if self.ensure_prepared(stmt, &mut buf, true) {
+                        if self.ensure_prepared(stmt, &mut buf, &mut queue, mark) {
                             queue.push_back(Expect::Swallow);
                         }
-                        let server_name = self.statements[stmt].server_name.clone();
+                        let server_name = self.server_name(stmt)?;
                         let mut body = BytesMut::new();
                         body.put_slice(portal.as_bytes());
                         body.put_u8(0);
@@ -454,12 +501,13 @@ impl Session {
                     let kind = r.u8()?;
                     let name = r.cstr()?;
                     if kind == b'S' && !name.is_empty() {
-                        if self.ensure_prepared(name, &mut buf, true) {
+                        if self.ensure_prepared(name, &mut buf, &mut queue, mark) {
                             queue.push_back(Expect::Swallow);
                         }
+                        let server_name = self.server_name(name)?;
                         let mut body = BytesMut::new();
                         body.put_u8(b'S');
-                        body.put_slice(self.statements[name].server_name.as_bytes());
+                        body.put_slice(server_name.as_bytes());
                         body.put_u8(0);
                         Message::new(b'D', body.freeze()).write_to(&mut buf);
                     } else {
@@ -494,18 +542,53 @@ impl Session {
         Ok((buf, queue))
     }
 
-    /// Writes a Parse for the client's statement `name` unless the attached server has it.
-    /// Returns whether a Parse was written. `injected` Parses are homeport's own.
-    fn ensure_prepared(&mut self, name: &str, buf: &mut BytesMut, injected: bool) -> bool {
-        let (Some(stmt), Some(lease)) = (self.statements.get(name), self.server.as_mut()) else {
+    /// The server name of the client's statement `name` (checked to exist by `plan_batch`).
+    fn server_name(&self, name: &str) -> Result<String, SessionError> {
+        self.statements
+            .get(name)
+            .map(|s| s.server_name.clone())
+            .ok_or_else(|| {
+                ProtocolError::Unsupported(format!("prepared statement \"{name}\" does not exist"))
+                    .into()
+            })
+    }
+
+    /// Writes a Parse for the client's statement `name` unless the attached server has it, and
+    /// before it a Close of the least recently used statement when the server holds
+    /// `pg.max_prepared_statements` (none used by this batch, since `mark`). Returns whether a
+    /// Parse was written.
+    fn ensure_prepared(
+        &mut self,
+        name: &str,
+        buf: &mut BytesMut,
+        queue: &mut VecDeque<Expect>,
+        mark: u64,
+    ) -> bool {
+        let (Some(stmt), Some(attached)) = (self.statements.get(name), self.server.as_mut()) else {
             return false;
         };
-        if lease.conn.prepared.contains(&stmt.server_name) {
+        let prepared = &mut attached.lease.conn.prepared;
+        if prepared.touch(&stmt.server_name) {
             return false;
         }
-        let _ = injected;
-        lease.conn.prepared.insert(stmt.server_name.clone());
-        self.parsed_now.push(stmt.server_name.clone());
+        let keep = self
+            .app
+            .config
+            .pg
+            .as_ref()
+            .map_or(crate::config::DEFAULT_MAX_PREPARED, |p| {
+                p.max_prepared_statements
+            });
+        while let Some(old) = prepared.evict(keep.saturating_sub(1), mark) {
+            let mut body = BytesMut::with_capacity(old.len() + 2);
+            body.put_u8(b'S');
+            body.put_slice(old.as_bytes());
+            body.put_u8(0);
+            Message::new(b'C', body.freeze()).write_to(buf);
+            queue.push_back(Expect::Evict);
+        }
+        prepared.insert(stmt.server_name.clone());
+        self.parsed_now.push_back(stmt.server_name.clone());
         Message::new(b'P', stmt.parse_body.clone()).write_to(buf);
         true
     }
@@ -518,6 +601,10 @@ pub(super) struct BatchPlan {
     user: Option<String>,
     /// What the batch's statements may do to the transaction.
     effect: crate::sql::TxnEffect,
+    /// Session state the batch's statements may leave on the server.
+    session: Option<crate::sql::SessionState>,
+    /// A statement drops every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
+    forgets_prepared: bool,
 }
 
 fn protocol(e: ProtocolError) -> ClientError {
@@ -527,15 +614,22 @@ fn protocol(e: ProtocolError) -> ClientError {
     }
 }
 
+/// Whether an ErrorResponse ends the session (severity FATAL or PANIC).
+fn is_fatal(body: &[u8]) -> bool {
+    let severity = codec::field(body, b'V').or_else(|| codec::field(body, b'S'));
+    matches!(severity.as_deref(), Some("FATAL" | "PANIC"))
+}
+
 /// Whether `tag` is the last response to a message of kind `e`.
 fn terminal(e: Expect, tag: u8) -> bool {
     match e {
-        Expect::Parse | Expect::Swallow => tag == b'1',
+        Expect::Parse | Expect::ParseNamed | Expect::Swallow => tag == b'1',
         Expect::Bind => tag == b'2',
         Expect::Describe => matches!(tag, b'T' | b'n'),
         Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
         Expect::ClosePortal => tag == b'3',
         Expect::Sync => tag == b'Z',
+        Expect::Evict => tag == b'3',
         Expect::SynthParse | Expect::SynthClose | Expect::Position => false,
     }
 }

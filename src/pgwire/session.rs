@@ -18,8 +18,9 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
+use super::attached::{Attached, TxnStatus};
 use super::codec::{self, FramedReader, Message, ProtocolError, Reader};
-use super::pool::{Lease, WirePools};
+use super::pool::WirePools;
 use super::settings::{self, Setting};
 use crate::app::App;
 use crate::sql::RouteHint;
@@ -42,7 +43,10 @@ pub(super) struct ClientStatement {
 /// What the session expects back from the server for each message it sent, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Expect {
+    /// The client's Parse of the unnamed statement.
     Parse,
+    /// The client's Parse of a named statement, under its server name (in `parsed_now`).
+    ParseNamed,
     Bind,
     Describe,
     Execute,
@@ -56,6 +60,8 @@ pub(super) enum Expect {
     SynthClose,
     /// homeport's commit-position query behind a write: its answer is homeport's own.
     Position,
+    /// A Close of a statement homeport evicted from the server: its CloseComplete is homeport's.
+    Evict,
 }
 
 pub struct Session {
@@ -71,30 +77,25 @@ pub struct Session {
     user: Option<UserId>,
     /// `SET LOCAL homeport.user`: for the current transaction only.
     pub(super) txn_user: Option<UserId>,
-    pub(super) server: Option<Lease>,
-    /// The attached server's last ReadyForQuery status.
-    pub(super) server_status: Option<u8>,
-    pub(super) pinned: bool,
-    /// The shard of the attached server.
-    pub(super) shard: Option<crate::types::RegionName>,
-    pub(super) attached_user: Option<UserId>,
+    /// The server connection the session holds now, with its transaction status and pin.
+    pub(super) server: Option<Attached>,
     home_cache: Option<(UserId, crate::types::RegionName)>,
-    /// When the current transaction took its server, with its intent and target, for metrics.
-    pub(super) txn_started: Option<(std::time::Instant, Intent, crate::routing::Target)>,
+    /// The current transaction (or statement) failed, for the metrics.
     pub(super) txn_failed: bool,
-    /// The attached server is a replica.
-    pub(super) on_replica: bool,
     /// The server is skipping messages after an error until the next Sync.
     pub(super) skipping: bool,
     pub(super) statements: HashMap<String, ClientStatement>,
     pub(super) unnamed_sql: Option<Arc<str>>,
-    /// Server statement names prepared by the batch in flight (forgotten if it fails).
-    pub(super) parsed_now: Vec<String>,
+    /// Server statement names whose Parse is in flight, in the order sent: each ParseComplete
+    /// confirms the first; after an error the unconfirmed ones are not on the server.
+    pub(super) parsed_now: VecDeque<String>,
     pub(super) batch: Vec<Message>,
+    /// Bytes held in `batch`; past `pg.max_batch_bytes` the batch is refused.
+    pub(super) batch_bytes: usize,
+    /// A refused batch: the client's messages are dropped until its Sync.
+    pub(super) discarding: bool,
     /// Where the last statement ran: endpoint index and target, formatted on SHOW.
     pub(super) last_route: Option<(usize, crate::routing::Target)>,
-    /// The attached server was taken for a write (on the home primary).
-    pub(super) writing: bool,
     /// Where this session's writes committed, and tokens the client set: reads must see these.
     pub(super) token: crate::consistency::token::Token,
     /// `homeport.max_staleness`: replica reads only within this bound.
@@ -109,6 +110,9 @@ pub struct Session {
 pub enum SessionError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The server ended the session with a FATAL error (relayed to the client).
+    #[error("the server ended the session: {0}")]
+    ServerFatal(String),
 }
 
 /// What a homeport setting statement returns: an optional (column, value) row and a tag.
@@ -148,21 +152,16 @@ impl Session {
             user,
             txn_user: None,
             server: None,
-            server_status: None,
-            pinned: false,
-            shard: None,
-            attached_user: None,
             home_cache: None,
-            txn_started: None,
             txn_failed: false,
-            on_replica: false,
             skipping: false,
             statements: HashMap::new(),
             unnamed_sql: None,
-            parsed_now: Vec::new(),
+            parsed_now: VecDeque::new(),
             batch: Vec::new(),
+            batch_bytes: 0,
+            discarding: false,
             last_route: None,
-            writing: false,
             token: Default::default(),
             max_staleness: None,
             txn_key: None,
@@ -177,8 +176,8 @@ impl Session {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), SessionError> {
         loop {
-            let between_transactions =
-                self.batch.is_empty() && !matches!(self.server_status, Some(b'T' | b'E'));
+            let between_transactions = self.batch.is_empty()
+                && !self.server.as_ref().is_some_and(Attached::in_transaction);
             let draining = *shutdown.borrow();
             if between_transactions && draining {
                 return self.terminate_for_shutdown().await;
@@ -207,12 +206,24 @@ impl Session {
                     return Err(e.into());
                 }
             };
+            if self.discarding && msg.tag != b'X' {
+                // A refused batch: everything up to its Sync is dropped, as the server does
+                // after an error.
+                if msg.tag == b'S' {
+                    self.discarding = false;
+                    let status = self.txn_status();
+                    self.send(codec::ready_for_query(status));
+                    self.flush().await?;
+                }
+                continue;
+            }
             match msg.tag {
                 b'Q' => self.simple_query(msg).await?,
-                b'P' | b'B' | b'D' | b'E' | b'C' => self.batch.push(msg),
+                b'P' | b'B' | b'D' | b'E' | b'C' => self.hold(msg),
                 b'S' | b'H' => {
                     let sync = msg.tag == b'S';
                     self.batch.push(msg);
+                    self.batch_bytes = 0;
                     self.run_batch(sync).await?;
                 }
                 b'X' => return Ok(()),
@@ -226,6 +237,33 @@ impl Session {
             }
             self.flush().await?;
         }
+    }
+
+    /// Keeps an extended-protocol message for the batch run at the next Sync or Flush; a batch
+    /// past `pg.max_batch_bytes` is refused with 54000 and the rest of it dropped.
+    fn hold(&mut self, msg: Message) {
+        self.batch_bytes += msg.body.len() + 5;
+        let limit = self
+            .app
+            .config
+            .pg
+            .as_ref()
+            .map_or(crate::config::DEFAULT_MAX_BATCH_BYTES, |p| {
+                p.max_batch_bytes
+            });
+        if self.batch_bytes <= limit {
+            self.batch.push(msg);
+            return;
+        }
+        self.batch.clear();
+        self.batch_bytes = 0;
+        self.discarding = true;
+        self.fail(ClientError {
+            code: "54000",
+            message: format!(
+                "extended-protocol messages before Sync exceed pg.max_batch_bytes ({limit} bytes); send a Sync more often"
+            ),
+        });
     }
 
     /// Moves to the newest config generation if there is one (between transactions, with no
@@ -242,7 +280,6 @@ impl Session {
         self.app = latest.app.clone();
         self.pools = pools;
         self.home_cache = None;
-        self.shard = None;
         self.last_route = None;
     }
 
@@ -261,24 +298,35 @@ impl Session {
     /// once. Both reads are cancel-safe: partial input stays in the framed readers' buffers.
     async fn next_client_message(&mut self) -> Result<Message, ProtocolError> {
         loop {
-            let idle_pinned =
-                self.pinned && self.batch.is_empty() && self.server_status == Some(b'I');
-            let Some(lease) = self.server.as_mut().filter(|_| idle_pinned) else {
+            let batch_empty = self.batch.is_empty();
+            let Some(attached) = self
+                .server
+                .as_mut()
+                .filter(|a| batch_empty && a.pin.is_some() && a.ready == Some(TxnStatus::Idle))
+            else {
                 return self.client.next().await;
             };
             tokio::select! {
                 m = self.client.next() => return m,
-                m = lease.conn.recv() => match m {
+                m = attached.lease.conn.recv() => match m {
                     Ok(m) if matches!(m.tag, b'A' | b'N' | b'S') => {
                         self.send(m);
                         self.flush().await?;
                     }
-                    Ok(_) | Err(_) => {
-                        // Anything else from an idle server means it is gone or broken.
-                        self.server = None;
-                        self.server_status = None;
-                        self.pinned = false;
-                        self.sync_cancel_target();
+                    Ok(m) => {
+                        // An idle server speaks otherwise only to say it is going away (FATAL,
+                        // e.g. pg_terminate_backend): the client hears it and is disconnected,
+                        // as it would be by PostgreSQL, since its pinned state is gone.
+                        self.detach();
+                        if m.tag == b'E' {
+                            self.send(m);
+                        }
+                        let _ = self.flush().await;
+                        return Err(ProtocolError::Closed);
+                    }
+                    Err(_) => {
+                        self.detach();
+                        return Err(ProtocolError::Closed);
                     }
                 },
             }
@@ -287,7 +335,10 @@ impl Session {
 
     /// Points this session's cancel key at the attached server (or at nothing).
     pub(super) fn sync_cancel_target(&self) {
-        let target = self.server.as_ref().map(|l| l.conn.cancel_target.clone());
+        let target = self
+            .server
+            .as_ref()
+            .map(|a| a.lease.conn.cancel_target.clone());
         *self.cancel.slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
@@ -341,13 +392,13 @@ impl Session {
         if let Some(message) = self.other_shard(class.user.as_deref()).await {
             return self.raise_on_server(&message).await;
         }
-        if pins_session(&sql) {
-            self.pinned = true;
+        if let Some(state) = class.session {
+            self.pin(state);
         }
         if forgets_prepared(&sql)
-            && let Some(s) = self.server.as_mut()
+            && let Some(a) = self.server.as_mut()
         {
-            s.conn.prepared.clear();
+            a.lease.conn.prepared.clear();
         }
         let mut buf = BytesMut::new();
         msg.write_to(&mut buf);
@@ -359,8 +410,30 @@ impl Session {
         self.relay(buf, queue).await
     }
 
+    /// The transaction status to report to the client.
     pub(super) fn txn_status(&self) -> u8 {
-        self.server_status.unwrap_or(b'I')
+        self.server
+            .as_ref()
+            .map_or(TxnStatus::Idle, Attached::status)
+            .byte()
+    }
+
+    /// Lets go of the server connection: the one place a session detaches. The connection is
+    /// dropped (closed) unless the caller gives the returned value back to its pool.
+    pub(super) fn detach(&mut self) -> Option<Attached> {
+        let attached = self.server.take();
+        self.sync_cancel_target();
+        attached
+    }
+
+    /// Pins the session to its server connection because a statement leaves `state` there.
+    pub(super) fn pin(&mut self, state: crate::sql::SessionState) {
+        if let Some(a) = self.server.as_mut()
+            && a.pin.is_none()
+        {
+            a.pin = Some(state);
+            crate::metrics::wire_pin(state.as_str());
+        }
     }
 
     async fn answer_setting(&mut self, setting: Setting) {
@@ -510,13 +583,13 @@ impl Session {
     /// With a server attached (in a transaction or pinned), a statement for a user of another
     /// shard cannot run there: the message saying so, if that is the case.
     pub(super) async fn other_shard(&mut self, comment_user: Option<&str>) -> Option<String> {
-        let shard = self.shard.clone()?;
-        self.server.as_ref()?;
+        let attached = self.server.as_ref()?;
+        let (shard, attached_user) = (attached.shard.clone(), attached.user.clone());
         let user = match comment_user {
             Some(u) => UserId::parse(u).ok()?,
             None => self.txn_user.clone().or_else(|| self.user.clone())?,
         };
-        if self.attached_user.as_ref() == Some(&user) {
+        if attached_user == user {
             return None;
         }
         let (home, _) = self.app.directory.home_of(&user, None).await.ok()?;
@@ -601,14 +674,31 @@ impl Session {
         };
         self.last_route = Some((c.index, c.target));
         self.app.note_cross_region(c.index);
-        self.txn_started = Some((std::time::Instant::now(), intent, c.target));
-        self.on_replica = c.target != crate::routing::Target::Primary;
-        self.writing = intent == Intent::Write && !self.on_replica;
-        self.server = Some(lease);
-        self.shard = Some(home.clone());
-        self.attached_user = Some(user.clone());
+        self.server = Some(Attached {
+            lease,
+            ready: None,
+            target: c.target,
+            intent,
+            shard: home,
+            user,
+            pin: None,
+            txn_started: Some(std::time::Instant::now()),
+        });
         self.sync_cancel_target();
         Ok(())
+    }
+}
+
+impl Drop for Session {
+    /// A pinned session that ends while its server is idle gives the connection back after
+    /// `DISCARD ALL` clears its session state; any other attached connection is closed.
+    fn drop(&mut self) {
+        if let Some(a) = self.server.take()
+            && a.pin.is_some()
+            && a.ready == Some(TxnStatus::Idle)
+        {
+            a.lease.reset_and_release();
+        }
     }
 }
 
@@ -624,35 +714,14 @@ fn is_read_only_begin(sql: &str) -> bool {
         && !words.windows(2).any(|w| w == ["read", "write"])
 }
 
-/// Statements that leave state on the server connection beyond the transaction.
-fn pins_session(sql: &str) -> bool {
-    let t = sql.trim_start();
-    let set = starts_ci(t, "set ")
-        && !starts_ci(t, "set local ")
-        && !starts_ci(t, "set transaction")
-        && !starts_ci(t, "set session characteristics");
-    set || starts_ci(t, "listen ")
-        || starts_ci(t, "prepare ")
-        || starts_ci(t, "create temp")
-        || starts_ci(t, "create local temp")
-        || (starts_ci(t, "declare ") && contains_ci(t, " with hold"))
-        || contains_ci(t, "pg_advisory_lock(")
-        || contains_ci(t, "pg_advisory_lock_shared(")
-}
-
-fn forgets_prepared(sql: &str) -> bool {
+/// Statements after which the server connection has none of homeport's prepared statements.
+pub(super) fn forgets_prepared(sql: &str) -> bool {
     let t = sql.trim_start();
     starts_ci(t, "discard all") || starts_ci(t, "deallocate all")
 }
 
 fn starts_ci(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-}
-
-fn contains_ci(s: &str, needle: &str) -> bool {
-    s.as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Server-side statement name from the statement's text and parameter types.
@@ -685,27 +754,6 @@ mod tests {
         assert!(!is_read_only_begin("BEGIN"));
         assert!(!is_read_only_begin("BEGIN READ WRITE"));
         assert!(!is_read_only_begin("SELECT 'begin read only'"));
-    }
-
-    #[test]
-    fn session_state_pins() {
-        for sql in [
-            "SET search_path = x",
-            "LISTEN ch",
-            "CREATE TEMP TABLE t (a int)",
-            "select pg_advisory_lock(1)",
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-        ] {
-            assert!(pins_session(sql), "{sql}");
-        }
-        for sql in [
-            "SET LOCAL x = 1",
-            "SET TRANSACTION READ ONLY",
-            "SELECT 1",
-            "select pg_advisory_xact_lock(1)",
-        ] {
-            assert!(!pins_session(sql), "{sql}");
-        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! sense of, is a write and goes to the primary.
 
 use super::lexer::{Token, tokenize};
+use super::session::{SessionState, is_transaction_control, session_state};
 
 /// Where a `/*homeport_route='...'*/` hint asks a statement to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,10 @@ pub struct Classification {
     pub user: Option<String>,
     /// What the text's keywords may do to the transaction it runs in.
     pub effect: TxnEffect,
+    /// State the text may leave on its server connection beyond its transaction.
+    pub session: Option<SessionState>,
+    /// The text starts, ends or prepares a transaction (`BEGIN`, `COMMIT`, ...).
+    pub transaction_control: bool,
 }
 
 /// What a statement may do to its transaction, judged from its keywords (never from literals,
@@ -60,6 +65,11 @@ impl TxnEffect {
 }
 
 pub fn classify(sql: &str) -> Classification {
+    classify_with(sql, &|_| false)
+}
+
+/// [`classify`], with the functions the operator declared free of session state.
+pub fn classify_with(sql: &str, stateless: &dyn Fn(&str) -> bool) -> Classification {
     let tokens = tokenize(sql);
     let (route, user) = hints(&tokens);
     let code: Vec<&Token> = tokens
@@ -77,6 +87,8 @@ pub fn classify(sql: &str) -> Classification {
         route,
         user,
         effect: TxnEffect::of(&code),
+        session: session_state(&code, stateless),
+        transaction_control: is_transaction_control(&code),
     }
 }
 
@@ -246,7 +258,12 @@ fn callable_is_safe(w: &str, prev: Option<&Token>) -> bool {
     if matches!(prev, Some(Token::Dot)) {
         return false;
     }
-    SAFE_CALLABLES.binary_search(&w).is_ok()
+    is_safe_callable(w)
+}
+
+/// Keywords taking a parenthesis and built-ins that only compute.
+pub(super) fn is_safe_callable(name: &str) -> bool {
+    SAFE_CALLABLES.binary_search(&name).is_ok()
 }
 
 /// Sorted, for binary search. Keywords that take a parenthesis plus built-in functions that only

@@ -4,6 +4,8 @@
 pub mod cache;
 pub mod classify;
 pub mod lexer;
+pub mod session;
 
 pub use cache::ClassifyCache;
-pub use classify::{Classification, RouteHint, TxnEffect, classify};
+pub use classify::{Classification, RouteHint, TxnEffect, classify, classify_with};
+pub use session::SessionState;
