@@ -32,7 +32,9 @@ pub fn check(class: &Classification, index: Option<usize>) -> Result<(), Problem
             SessionState::AdvisoryLock => {
                 "use pg_advisory_xact_lock inside POST /v1/transaction, or the PostgreSQL wire endpoint"
             }
-            _ => "use the PostgreSQL wire endpoint, where a session keeps its own server connection",
+            _ => {
+                "use the PostgreSQL wire endpoint, where a session keeps its own server connection"
+            }
         };
         format!(
             "{at}this {command} statement leaves {} on the server connection, and HTTP requests share pooled server connections; {instead}",

@@ -30,8 +30,9 @@ pub struct ServerConn {
     pub created: Instant,
     /// When the connection last went back to its pool (for `postgres.idle_timeout`).
     pub idle_since: Instant,
-    /// The user homeport last set `postgres.identity_setting` to on this connection.
-    pub identity: Option<String>,
+    /// The session-level settings homeport left on this connection (a client's, and the
+    /// identity setting).
+    pub settings: super::server_settings::Settings,
     pub host: String,
     pub port: u16,
     /// Where and how to cancel a statement running on this connection.
@@ -82,7 +83,7 @@ impl ServerConn {
             prepared: Default::default(),
             created: Instant::now(),
             idle_since: Instant::now(),
-            identity: None,
+            settings: Default::default(),
             cancel_target: Default::default(),
             host,
             port,
@@ -226,6 +227,31 @@ impl ServerConn {
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ProtocolError> {
         let (outcome, _) = self.run_own(sql).await?;
         Ok(outcome.ok().flatten())
+    }
+
+    /// Runs homeport's own simple query: every row's values (text), or the server's
+    /// ErrorResponse, and the transaction status the server reported after it.
+    pub async fn run_own_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Result<Vec<Vec<Option<String>>>, Message>, u8), ProtocolError> {
+        let mut buf = BytesMut::new();
+        codec::query(sql).write_to(&mut buf);
+        self.send_raw(&buf).await?;
+        let mut outcome = Ok(Vec::new());
+        loop {
+            let m = self.recv().await?;
+            match m.tag {
+                b'D' => {
+                    if let Ok(rows) = outcome.as_mut() {
+                        rows.push(codec::values(&m.body));
+                    }
+                }
+                b'E' => outcome = Err(m),
+                b'Z' => return Ok((outcome, m.body.first().copied().unwrap_or(b'I'))),
+                _ => {}
+            }
+        }
     }
 
     /// Runs homeport's own simple query: its first value or the server's ErrorResponse, and

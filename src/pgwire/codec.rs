@@ -217,6 +217,20 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated SQL text in the client's encoding, which need not be UTF-8 (`SET
+    /// client_encoding TO latin9`): bytes that are not UTF-8 become U+FFFD. homeport only
+    /// classifies the text; the client's bytes go to the server unchanged.
+    pub fn text(&mut self) -> Result<std::borrow::Cow<'a, str>, ProtocolError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(ProtocolError::Malformed(self.what))?;
+        let s = String::from_utf8_lossy(&self.buf[..end]);
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
     pub fn i16(&mut self) -> Result<i16, ProtocolError> {
         let (head, rest) = self
             .buf
@@ -336,6 +350,25 @@ pub fn first_value(body: &[u8]) -> Option<&str> {
     let len = usize::try_from(r.i32().ok()?).ok()?;
     let rest = r.rest();
     std::str::from_utf8(rest.get(..len)?).ok()
+}
+
+/// Every value of a text-format DataRow (`None` for NULL or a value that is not UTF-8).
+pub fn values(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let mut r = Reader::new(body, "data row");
+    let Ok(n) = r.i16() else { return out };
+    for _ in 0..n {
+        let Ok(len) = r.i32() else { break };
+        let Ok(len) = usize::try_from(len) else {
+            out.push(None);
+            continue;
+        };
+        let rest = r.rest();
+        let Some(bytes) = rest.get(..len) else { break };
+        out.push(std::str::from_utf8(bytes).ok().map(String::from));
+        r = Reader::new(&rest[len..], "data row");
+    }
+    out
 }
 
 /// Parse complete / bind complete / no data / close complete: empty-bodied responses.

@@ -20,7 +20,7 @@ impl Session {
                 b'P' => {
                     let mut r = Reader::new(&m.body, "parse");
                     r.cstr().ok()?;
-                    Some(r.cstr().ok()?.into())
+                    Some(r.text().ok()?.as_ref().into())
                 }
                 b'B' => {
                     let mut r = Reader::new(&m.body, "bind");
@@ -54,7 +54,8 @@ impl Session {
                     let mut r = Reader::new(&m.body, "parse");
                     let name = r.cstr()?.to_string();
                     let rest = r.rest();
-                    let sql = Reader::new(rest, "parse").cstr()?;
+                    let sql = Reader::new(rest, "parse").text()?;
+                    let sql = sql.as_ref();
                     if name.is_empty() {
                         self.unnamed_sql = Some(sql.into());
                     } else {

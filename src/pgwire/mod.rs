@@ -17,6 +17,7 @@ mod pool;
 mod prepared;
 mod relay;
 pub mod scram;
+mod server_settings;
 mod session;
 pub mod settings;
 pub mod tls;
@@ -120,6 +121,7 @@ struct Login {
     writer: ClientWrite,
     user: Option<UserId>,
     registration: cancel::Registration,
+    settings: server_settings::Settings,
 }
 
 async fn session(
@@ -158,6 +160,7 @@ async fn session(
         l.writer,
         l.user,
         l.registration,
+        l.settings,
     )
     .run(shutdown)
     .await
@@ -282,11 +285,16 @@ async fn login(
     let mut buf = bytes::BytesMut::new();
     codec::auth_ok().write_to(&mut buf);
     let endpoint = startup_endpoint(app);
-    match pools.startup_params(endpoint).await {
+    let identity = app.config.postgres.identity_setting.as_deref();
+    let settings = match pools.startup_params(endpoint).await {
         Ok(server_params) => {
-            for (k, v) in server_params {
-                codec::parameter_status(&k, &v).write_to(&mut buf);
+            // The client's own startup settings win over what the first server reported.
+            let settings = server_settings::from_startup(&params, identity, &server_params);
+            for (k, v) in &server_params {
+                let v = settings.get(&k.to_ascii_lowercase()).unwrap_or(v);
+                codec::parameter_status(k, v).write_to(&mut buf);
             }
+            settings
         }
         Err(e) => {
             codec::error_response(
@@ -298,7 +306,7 @@ async fn login(
             let _ = w.write_all(&buf).await;
             return Ok(None);
         }
-    }
+    };
     let registration = pools.cancel.register();
     codec::backend_key_data(registration.pid, registration.secret).write_to(&mut buf);
     Message::new(b'Z', vec![b'I']).write_to(&mut buf);
@@ -308,6 +316,7 @@ async fn login(
         writer: w,
         user,
         registration,
+        settings,
     }))
 }
 

@@ -90,7 +90,7 @@ impl Lease {
             let reset = tokio::time::timeout(RESET_TIMEOUT, self.conn.run_own("DISCARD ALL")).await;
             if let Ok(Ok((Ok(_), b'I'))) = reset {
                 self.conn.prepared.clear();
-                self.conn.identity = None;
+                self.conn.settings.clear();
                 self.release();
             }
         });

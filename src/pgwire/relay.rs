@@ -12,6 +12,7 @@ use super::codec::{self, Message, ProtocolError, Reader};
 use super::session::{
     ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
 };
+use crate::sql::SettingNames;
 
 impl Session {
     /// Sends `buf` to the attached server and relays responses until every expectation is met.
@@ -83,7 +84,7 @@ impl Session {
                         if let Some(ready) = held.take() {
                             let status = ready.body.first().copied().unwrap_or(b'I');
                             self.send(ready);
-                            self.after_ready(status);
+                            self.after_ready(status).await;
                         }
                     }
                     // Row description, command tag, or an error (in a failed transaction).
@@ -136,7 +137,7 @@ impl Session {
                         held = Some(m);
                     } else {
                         self.send(m);
-                        self.after_ready(status);
+                        self.after_ready(status).await;
                     }
                 }
                 b'1' if queue.front() == Some(&Expect::Swallow) => {
@@ -237,13 +238,16 @@ impl Session {
     }
 
     /// ReadyForQuery from the server: an idle server goes back to its pool unless pinned.
-    pub(super) fn after_ready(&mut self, status: u8) {
+    pub(super) async fn after_ready(&mut self, status: u8) {
         let status = TxnStatus::from_byte(status);
         if let Some(a) = self.server.as_mut() {
             a.ready = status;
         }
         if status != Some(TxnStatus::Idle) {
             return;
+        }
+        if std::mem::take(&mut self.settings_changed) {
+            self.capture_settings().await;
         }
         self.txn_user = None;
         self.txn_key = None;
@@ -319,6 +323,16 @@ impl Session {
                 return Ok(());
             }
         };
+        if let Some(e) = self.touches_identity(plan.setting_names.as_ref()) {
+            self.fail(e);
+            if sync {
+                let status = self.txn_status();
+                self.send(codec::ready_for_query(status));
+            } else {
+                self.skipping = true;
+            }
+            return Ok(());
+        }
         self.leave_replica_for_write(plan.read_only).await;
         if self.server.is_none() {
             if !plan.any_statement {
@@ -343,7 +357,7 @@ impl Session {
             return self.raise_on_server(&message).await;
         }
         if let Some(state) = plan.session {
-            self.pin(state);
+            self.session_state(state, plan.setting_names.as_ref());
         }
         if plan.forgets_prepared
             && let Some(a) = self.server.as_mut()
@@ -368,11 +382,22 @@ impl Session {
             user: None,
             effect: Default::default(),
             session: None,
+            setting_names: None,
             forgets_prepared: false,
         };
         let note = |plan: &mut BatchPlan, sql: &str, app: &crate::app::App| {
             let class = app.classifier.classify(sql);
             plan.session = plan.session.or(class.session);
+            plan.setting_names = match (plan.setting_names.take(), &class.setting_names) {
+                (Some(SettingNames::Dynamic), _) | (_, Some(SettingNames::Dynamic)) => {
+                    Some(SettingNames::Dynamic)
+                }
+                (Some(SettingNames::Names(mut a)), Some(SettingNames::Names(b))) => {
+                    a.extend(b.iter().cloned());
+                    Some(SettingNames::Names(a))
+                }
+                (a, b) => a.or_else(|| b.clone()),
+            };
             plan.forgets_prepared |= super::session::forgets_prepared(sql);
             plan.effect = plan.effect.and(class.effect);
             plan.read_only &= class.read_only;
@@ -388,7 +413,8 @@ impl Session {
                     let mut r = Reader::new(&m.body, "parse");
                     let name = r.cstr().map_err(protocol)?;
                     let rest = r.rest();
-                    let sql = Reader::new(rest, "parse").cstr().map_err(protocol)?;
+                    let sql = Reader::new(rest, "parse").text().map_err(protocol)?;
+                    let sql = sql.as_ref();
                     if super::settings::hides_setting(sql) {
                         return Err(ClientError {
                             code: "0A000",
@@ -603,6 +629,8 @@ pub(super) struct BatchPlan {
     effect: crate::sql::TxnEffect,
     /// Session state the batch's statements may leave on the server.
     session: Option<crate::sql::SessionState>,
+    /// Custom settings the batch's statements name.
+    setting_names: Option<SettingNames>,
     /// A statement drops every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     forgets_prepared: bool,
 }

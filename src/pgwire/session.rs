@@ -20,10 +20,12 @@ use tokio::io::AsyncWriteExt;
 
 use super::attached::{Attached, TxnStatus};
 use super::codec::{self, FramedReader, Message, ProtocolError, Reader};
-use super::pool::WirePools;
+use super::pool::{Lease, WirePools};
+use super::server_settings::{self, Settings};
 use super::settings::{self, Setting};
 use crate::app::App;
 use crate::sql::RouteHint;
+use crate::sql::{SessionState, SettingNames};
 use crate::types::{Intent, UserId};
 
 /// Why a query mentioning a homeport setting in any but the plain form is refused.
@@ -104,6 +106,15 @@ pub struct Session {
     pub(super) txn_key: Option<crate::idempotency::Key>,
     /// This session's cancel key and the server its statements run on now.
     cancel: super::cancel::Registration,
+    /// The session-level settings the client has (startup parameters, SETs): every server
+    /// connection it runs on has them (see `server_settings`).
+    pub(super) settings: Settings,
+    /// A statement of the current transaction may have changed the session's settings: they
+    /// are read back from the server when it ends.
+    pub(super) settings_changed: bool,
+    /// Custom settings (`prefix.name`) the session's statements named: `pg_settings` does not
+    /// list them, so they are read back by name.
+    pub(super) custom_names: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +146,7 @@ impl Session {
         out_half: super::ClientWrite,
         user: Option<UserId>,
         cancel: super::cancel::Registration,
+        settings: Settings,
     ) -> Self {
         let app = generation.app.clone();
         let pools = generation
@@ -166,6 +178,9 @@ impl Session {
             max_staleness: None,
             txn_key: None,
             cancel,
+            settings,
+            settings_changed: false,
+            custom_names: Default::default(),
         }
     }
 
@@ -359,7 +374,7 @@ impl Session {
     }
 
     async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
-        let sql = Reader::new(&msg.body, "query").cstr()?.to_string();
+        let sql = Reader::new(&msg.body, "query").text()?.into_owned();
         if let Some(setting) = settings::parse(&sql) {
             self.answer_setting(setting).await;
             let status = self.txn_status();
@@ -378,6 +393,12 @@ impl Session {
         // Simple-protocol statements usually carry their values inline, so each text is new:
         // classify without filling the cache with texts that will not come again.
         let class = self.app.classifier.classify_uncached(&sql);
+        if let Some(e) = self.touches_identity(class.setting_names.as_ref()) {
+            self.fail(e);
+            let status = self.txn_status();
+            self.send(codec::ready_for_query(status));
+            return Ok(());
+        }
         let read_only = class.read_only || is_read_only_begin(&sql);
         self.leave_replica_for_write(read_only).await;
         if self.server.is_none()
@@ -393,7 +414,7 @@ impl Session {
             return self.raise_on_server(&message).await;
         }
         if let Some(state) = class.session {
-            self.pin(state);
+            self.session_state(state, class.setting_names.as_ref());
         }
         if forgets_prepared(&sql)
             && let Some(a) = self.server.as_mut()
@@ -424,6 +445,79 @@ impl Session {
         let attached = self.server.take();
         self.sync_cancel_target();
         attached
+    }
+
+    /// A statement about to run leaves `state` on the server: settings are read back when the
+    /// transaction ends (they follow the session to other connections); anything else pins.
+    /// A setting named by an expression (`set_config($1, ...)`) cannot be read back: it pins.
+    pub(super) fn session_state(&mut self, state: SessionState, names: Option<&SettingNames>) {
+        match (state, names) {
+            (SessionState::Setting, Some(SettingNames::Dynamic)) => self.pin(state),
+            (SessionState::Setting, names) => {
+                if let Some(SettingNames::Names(n)) = names {
+                    self.custom_names.extend(n.iter().cloned());
+                }
+                self.settings_changed = true;
+            }
+            _ => self.pin(state),
+        }
+    }
+
+    /// A statement that would set the identity setting homeport manages
+    /// (`postgres.identity_setting`), or a `set_config` whose setting homeport cannot read while
+    /// one is configured: refused with 42501, so a client cannot act as another user.
+    pub(super) fn touches_identity(&self, names: Option<&SettingNames>) -> Option<ClientError> {
+        let identity = self.app.config.postgres.identity_setting.as_deref()?;
+        let touches = match names? {
+            SettingNames::Dynamic => true,
+            SettingNames::Names(n) => n.iter().any(|n| n == identity),
+        };
+        touches.then(|| ClientError {
+            code: "42501",
+            message: format!(
+                "{identity} is set by homeport to the session's user (postgres.identity_setting); a client may not set it, nor call set_config with a setting name given as a parameter"
+            ),
+        })
+    }
+
+    /// Makes a server connection's session-level settings this session's (and the identity
+    /// setting this transaction's user), in one round trip and only when they differ. On failure
+    /// the connection is dropped (closed): it may hold another session's settings.
+    fn wanted_settings(&self, user: &UserId) -> Settings {
+        let mut wanted = self.settings.clone();
+        if let Some(name) = &self.app.config.postgres.identity_setting {
+            wanted.insert(name.clone(), user.to_string());
+        }
+        wanted
+    }
+
+    /// Reads the session's settings back from its server after a transaction that may have
+    /// changed them. If that fails the server is dropped, so no other client can get it.
+    pub(super) async fn capture_settings(&mut self) {
+        let identity = self.app.config.postgres.identity_setting.clone();
+        let sql = server_settings::capture_sql(self.custom_names.iter().chain(identity.as_ref()));
+        let Some(a) = self.server.as_mut() else {
+            return;
+        };
+        match a.lease.conn.run_own_rows(&sql).await {
+            Ok((Ok(rows), b'I')) => {
+                let mut conn_settings = Settings::new();
+                for row in rows {
+                    if let [Some(k), Some(v)] = row.as_slice() {
+                        conn_settings.insert(k.clone(), v.clone());
+                    }
+                }
+                let mut mine = conn_settings.clone();
+                if let Some(name) = &identity {
+                    mine.remove(name);
+                }
+                a.lease.conn.settings = conn_settings;
+                self.settings = mine;
+            }
+            _ => {
+                self.detach();
+            }
+        }
     }
 
     /// Pins the session to its server connection because a statement leaves `state` there.
@@ -668,10 +762,11 @@ impl Session {
                 code: "08006",
                 message: e.to_string(),
             })?;
-        let (lease, c) = match intent {
+        let (mut lease, c) = match intent {
             Intent::Read => self.acquire_read(&home, candidates).await?,
             Intent::Write => self.acquire_first(&home, &candidates).await?,
         };
+        sync_settings(&mut lease, self.wanted_settings(&user)).await?;
         self.last_route = Some((c.index, c.target));
         self.app.note_cross_region(c.index);
         self.server = Some(Attached {
@@ -686,6 +781,33 @@ impl Session {
         });
         self.sync_cancel_target();
         Ok(())
+    }
+}
+
+/// Makes a server connection's session-level settings `wanted`, in one round trip and only when
+/// they differ. On failure the caller drops (closes) the connection: it may hold another
+/// session's settings.
+async fn sync_settings(lease: &mut Lease, wanted: Settings) -> Result<(), ClientError> {
+    let Some(sql) = server_settings::reconcile_sql(&wanted, &lease.conn.settings) else {
+        return Ok(());
+    };
+    match lease.conn.run_own(&sql).await {
+        Ok((Ok(_), b'I')) => {
+            lease.conn.settings = wanted;
+            Ok(())
+        }
+        Ok((Err(e), _)) => Err(ClientError {
+            code: "08006",
+            message: format!(
+                "homeport could not give the server connection this session's settings: {}",
+                codec::field(&e.body, b'M').unwrap_or_default()
+            ),
+        }),
+        Ok((Ok(_), _)) | Err(_) => Err(ClientError {
+            code: "08006",
+            message: "homeport lost the server connection while applying this session's settings"
+                .into(),
+        }),
     }
 }
 

@@ -7,7 +7,9 @@
 //! sense of, is a write and goes to the primary.
 
 use super::lexer::{Token, tokenize};
-use super::session::{SessionState, is_transaction_control, session_state};
+use super::session::{
+    SessionState, SettingNames, is_transaction_control, session_state, setting_names,
+};
 
 /// Where a `/*homeport_route='...'*/` hint asks a statement to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct Classification {
     pub session: Option<SessionState>,
     /// The text starts, ends or prepares a transaction (`BEGIN`, `COMMIT`, ...).
     pub transaction_control: bool,
+    /// Custom settings the text sets or resets.
+    pub setting_names: Option<SettingNames>,
 }
 
 /// What a statement may do to its transaction, judged from its keywords (never from literals,
@@ -89,6 +93,7 @@ pub fn classify_with(sql: &str, stateless: &dyn Fn(&str) -> bool) -> Classificat
         effect: TxnEffect::of(&code),
         session: session_state(&code, stateless),
         transaction_control: is_transaction_control(&code),
+        setting_names: setting_names(&code),
     }
 }
 

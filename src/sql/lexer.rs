@@ -15,6 +15,8 @@ pub enum Token<'a> {
     QuotedIdent,
     /// A string, bit-string or dollar-quoted literal.
     Literal,
+    /// A plain `'string'` literal: its text between the quotes, with `''` left doubled.
+    Str(&'a str),
     Number,
     /// A positional parameter such as `$1`.
     Param,
@@ -53,11 +55,16 @@ pub fn tokenize(sql: &str) -> Vec<Token<'_>> {
                 None => return unterminated(out),
             },
             b'\'' => {
-                let Some(end) = quoted_end(b, i + 1, b'\'', is_escape_string(b, i)) else {
+                let escape = is_escape_string(b, i);
+                let Some(end) = quoted_end(b, i + 1, b'\'', escape) else {
                     return unterminated(out);
                 };
+                out.push(if escape {
+                    Token::Literal
+                } else {
+                    Token::Str(&sql[i + 1..end - 1])
+                });
                 i = end;
-                out.push(Token::Literal);
             }
             b'"' => {
                 let Some(end) = quoted_end(b, i + 1, b'"', false) else {

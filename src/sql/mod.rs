@@ -8,4 +8,4 @@ pub mod session;
 
 pub use cache::ClassifyCache;
 pub use classify::{Classification, RouteHint, TxnEffect, classify, classify_with};
-pub use session::SessionState;
+pub use session::{SessionState, SettingNames};

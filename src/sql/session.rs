@@ -71,6 +71,50 @@ impl SessionState {
     }
 }
 
+/// The custom settings (`prefix.name`, which `pg_settings` does not list) a text's statements
+/// set or reset, lowercased; `Dynamic` when a `set_config` names its setting with an expression
+/// homeport cannot read (a parameter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingNames {
+    Names(Vec<String>),
+    Dynamic,
+}
+
+/// The settings named by `SET`, `SET LOCAL`, `RESET` and `set_config` in `code`, if any.
+pub fn setting_names(code: &[&Token]) -> Option<SettingNames> {
+    let mut names = Vec::new();
+    for s in code.split(|t| matches!(t, Token::Semicolon)) {
+        let w = |i: usize| s.get(i).and_then(|t| word(t));
+        match w(0) {
+            Some("set") | Some("reset") => {
+                let mut i = 1;
+                if matches!(w(1), Some("local" | "session")) {
+                    i = 2;
+                }
+                if let (Some(a), Some(Token::Dot), Some(b)) = (w(i), s.get(i + 1), w(i + 2)) {
+                    names.push(format!("{a}.{b}"));
+                }
+            }
+            _ => {}
+        }
+        for (i, t) in s.iter().enumerate() {
+            if word(t) != Some("set_config") || !matches!(s.get(i + 1), Some(Token::LParen)) {
+                continue;
+            }
+            match argument(s, i + 1, 0).as_deref() {
+                Some([Token::Str(name)]) => {
+                    let name = name.to_ascii_lowercase();
+                    if name.contains('.') {
+                        names.push(name);
+                    }
+                }
+                _ => return Some(SettingNames::Dynamic),
+            }
+        }
+    }
+    (!names.is_empty()).then_some(SettingNames::Names(names))
+}
+
 /// The session state the statements of `code` (comments removed) may leave, the first found.
 /// `stateless` names functions the operator declared free of session state.
 pub fn session_state(code: &[&Token], stateless: &dyn Fn(&str) -> bool) -> Option<SessionState> {
@@ -133,14 +177,16 @@ fn statement_state(s: &[&Token], stateless: &dyn Fn(&str) -> bool) -> Option<Ses
             hold.then_some(SessionState::HoldCursor)
         }
         "listen" | "unlisten" => Some(SessionState::Listen),
+        // DISCARD clears settings (and more) that homeport tracks for the session.
+        "discard" => Some(SessionState::Setting),
         "load" => Some(SessionState::Load),
         "do" | "call" => Some(SessionState::UnknownFunction),
         // DDL runs no function it names (CREATE FUNCTION defines one; column types take
         // parentheses), and the remaining utility statements call none.
         "alter" | "drop" | "comment" | "grant" | "revoke" | "truncate" | "vacuum" | "analyze"
         | "cluster" | "reindex" | "refresh" | "lock" | "savepoint" | "release" | "rollback"
-        | "commit" | "begin" | "start" | "end" | "abort" | "show" | "discard" | "checkpoint"
-        | "notify" | "close" | "fetch" | "move" => None,
+        | "commit" | "begin" | "start" | "end" | "abort" | "show" | "checkpoint" | "notify"
+        | "close" | "fetch" | "move" => None,
         _ => {
             if into_temp(s) {
                 return Some(SessionState::TempObject);
@@ -505,6 +551,7 @@ mod tests {
                 Setting,
             ),
             ("RESET ALL", Setting),
+            ("DISCARD ALL", Setting),
             ("select set_config('app.tenant', 'a', false)", Setting),
             ("SELECT set_config('app.tenant', $1, $2)", Setting),
             ("SELECT pg_catalog.set_config('x', 'y', false)", Setting),
@@ -561,13 +608,41 @@ mod tests {
             "select pg_backend_pid(), current_setting('x'), now()",
             "SELECT jsonb_path_exists(doc, '$.a'), array_length(a, 1), pg_catalog.lower(x) FROM t",
             "SELECT app_stateless(1), app.audit(2)",
-            "DISCARD ALL",
             "SELECT 'SET x = 1', $$pg_advisory_lock(1)$$",
             "SELECT a FROM t WHERE b IN (1, 2) AND EXISTS (SELECT 1)",
             "UPDATE t SET a = coalesce(b, 1) WHERE id = $1",
         ] {
             assert_eq!(state(sql), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn custom_setting_names() {
+        let names = |sql: &str| {
+            let tokens = tokenize(sql);
+            let code: Vec<&Token> = tokens.iter().collect();
+            setting_names(&code)
+        };
+        let list = |v: &[&str]| {
+            Some(SettingNames::Names(
+                v.iter().map(|s| s.to_string()).collect(),
+            ))
+        };
+        assert_eq!(names("SET app.tenant = 'a'"), list(&["app.tenant"]));
+        assert_eq!(names("set local App.Tenant to 'a'"), list(&["app.tenant"]));
+        assert_eq!(names("RESET app.tenant"), list(&["app.tenant"]));
+        assert_eq!(
+            names(
+                "SELECT set_config('App.User_Id', $1, false), set_config('work_mem', '1MB', false)"
+            ),
+            list(&["app.user_id"])
+        );
+        assert_eq!(
+            names("SELECT set_config($1, $2, false)"),
+            Some(SettingNames::Dynamic)
+        );
+        assert_eq!(names("SET work_mem = '8MB'"), None);
+        assert_eq!(names("SELECT 'set_config(1)'"), None);
     }
 
     #[test]
