@@ -28,6 +28,8 @@ pub enum StartError {
     Tls(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Random(#[from] crate::random::RandomError),
 }
 
 /// Runs the sidecar. With `config_path`, SIGHUP or a change of that file reloads the config
@@ -62,7 +64,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
                         addr: pg.listen,
                         source,
                     })?;
-            let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth));
+            let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth)?);
             let tls = match &pg.tls {
                 Some(t) => Some(Arc::new(pgwire::tls::load(t).map_err(StartError::Tls)?)),
                 None => None,
