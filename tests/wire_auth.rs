@@ -1,7 +1,7 @@
 //! The wire endpoint before a client has logged in, against a real `homeport serve` with
 //! SCRAM-SHA-256 client authentication (no database is needed: everything here happens before
-//! homeport first talks to a server). Raw TCP clients check that an unauthenticated client
-//! cannot tell which users exist.
+//! homeport first talks to a server). Raw TCP clients check that an unauthenticated client can
+//! neither make homeport buffer a huge message nor tell which users exist.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -146,6 +146,45 @@ fn attribute(server_first: &str, key: &str) -> String {
         .find_map(|a| a.strip_prefix(key))
         .unwrap_or_else(|| panic!("no {key} in {server_first}"))
         .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_before_login_get_fatal_08p01_without_being_read() {
+    let sidecar = sidecar("prelogin-limits").await;
+    let port = sidecar.pg_port;
+
+    // A startup packet claiming 2 GiB: refused from its length alone.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
+        .await
+        .unwrap();
+    let (code, message) = error_fields(&next(&mut s).await);
+    assert_eq!(code, "08P01", "{message}");
+    assert!(message.contains("startup packet"), "{message}");
+
+    // A SASL message claiming 64 MiB, for a known and for an unknown user: refused as soon as
+    // its header arrives (the client sends only the header, so a server that waited for the
+    // body would time out here).
+    for user in ["app", "nobody"] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(&startup(user)).await.unwrap();
+        assert_eq!(next(&mut s).await.tag, b'R');
+        let mut header = vec![b'p'];
+        header.extend_from_slice(&(64i32 << 20).to_be_bytes());
+        header.extend_from_slice(b"SCRAM-SHA-256\0");
+        s.write_all(&header).await.unwrap();
+        let (code, message) = error_fields(&next(&mut s).await);
+        assert_eq!(code, "08P01", "{user}: {message}");
+        assert!(message.contains("at most 4096 bytes"), "{user}: {message}");
+    }
+
+    // The same limit for the client-final message, after a well-formed client-first.
+    let (mut s, _) = server_first(port, "app").await;
+    let mut header = vec![b'p'];
+    header.extend_from_slice(&(1i32 << 20).to_be_bytes());
+    s.write_all(&header).await.unwrap();
+    let (code, message) = error_fields(&next(&mut s).await);
+    assert_eq!(code, "08P01", "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,7 +168,10 @@ async fn login(
     // the client's TLS handshake.
     let mut stream = stream;
     let first = loop {
-        let (code, body) = codec::read_startup(&mut stream).await?;
+        let (code, body) = match codec::read_startup(&mut stream).await {
+            Ok(packet) => packet,
+            Err(e) => return Err(refuse_startup(&mut stream, e).await),
+        };
         match code {
             codec::SSL_REQUEST if tls.is_some() => break None,
             // No TLS configured (or GSS encryption asked): say so; the client goes on in plain
@@ -200,7 +203,10 @@ async fn login(
     let mut r = codec::FramedReader::new(r);
     let (code, body) = match first {
         Some(first) => first,
-        None => r.startup().await?,
+        None => match r.startup().await {
+            Ok(packet) => packet,
+            Err(e) => return Err(refuse_startup(&mut w, e).await),
+        },
     };
     if tls.is_some_and(|t| t.required) && !encrypted && code == codec::PROTOCOL_3 {
         let mut buf = bytes::BytesMut::new();
@@ -314,6 +320,28 @@ async fn login(
         user,
         registration,
     }))
+}
+
+/// A startup packet that could not be read: the client is told why (a protocol violation gets
+/// FATAL 08P01, as PostgreSQL answers an invalid startup packet length) and the connection ends.
+async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    e: ProtocolError,
+) -> session::SessionError {
+    let m = match &e {
+        ProtocolError::BadLength { len, .. } => Some(format!(
+            "invalid length of startup packet: {len} bytes (at most {})",
+            codec::MAX_STARTUP
+        )),
+        ProtocolError::Malformed(_) => Some(format!("invalid startup packet: {e}")),
+        _ => None,
+    };
+    if let Some(m) = m {
+        let mut buf = bytes::BytesMut::new();
+        codec::error_response("FATAL", "08P01", &m).write_to(&mut buf);
+        let _ = w.write_all(&buf).await;
+    }
+    e.into()
 }
 
 /// `homeport.user` from a startup `options` string: `-c homeport.user=u1` or `--homeport.user=u1`.

@@ -1,5 +1,5 @@
 //! The SASL exchange that authenticates a wire client with SCRAM-SHA-256 (the pure side is in
-//! `scram`): the messages and how failures are told apart.
+//! `scram`): the messages, their size limit before login, and how failures are told apart.
 //! See <https://www.postgresql.org/docs/15/sasl-authentication.html>.
 
 use tokio::io::AsyncWriteExt;
@@ -20,16 +20,21 @@ impl From<scram::ScramError> for AuthFailure {
     }
 }
 
-/// The next authentication message from the client.
+/// The next authentication message from the client, at most [`codec::MAX_AUTH`] bytes long:
+/// before login nobody gets to make homeport buffer more.
 async fn auth_message(
     r: &mut codec::FramedReader<ClientRead>,
     what: &str,
 ) -> Result<Message, AuthFailure> {
-    match r.next().await {
+    match r.next_limited(codec::MAX_AUTH).await {
         Ok(m) if m.tag == b'p' => Ok(m),
         Ok(m) => Err(AuthFailure::Protocol(format!(
             "expected a {what} message, got '{}'",
             m.tag as char
+        ))),
+        Err(ProtocolError::BadLength { len, .. }) => Err(AuthFailure::Protocol(format!(
+            "invalid {what} message length {len} (at most {} bytes before authentication)",
+            codec::MAX_AUTH
         ))),
         Err(e) => Err(AuthFailure::Protocol(e.to_string())),
     }
