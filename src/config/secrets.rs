@@ -163,20 +163,40 @@ pub(super) fn secret(
     }
 }
 
+/// The Redis URL and password. `rediss://` is refused: homeport's Redis client is built without
+/// TLS (it would add a second TLS stack to the image), and silently running without the cache
+/// it was asked to use is worse than a clear error. A password may come from the URL or from
+/// `password_file` / `password_env`, not both; it is sent with AUTH on every new connection.
 pub fn redis_config(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
-    if !(raw.url.starts_with("redis://") || raw.url.starts_with("rediss://")) {
+    if raw.url.starts_with("rediss://") {
         return Err(ConfigError::new(
             "redis.url",
-            "must be a redis:// or rediss:// URL",
+            "rediss:// (Redis over TLS) is not supported; use redis:// to a Redis in the pod or on a trusted network",
+        ));
+    }
+    if !raw.url.starts_with("redis://") {
+        return Err(ConfigError::new("redis.url", "must be a redis:// URL"));
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(raw.url.as_str())
+        .map_err(|e| ConfigError::new("redis.url", format!("not a valid Redis URL: {e}")))?;
+    let password = secret(
+        "redis",
+        raw.password_file.as_deref(),
+        raw.password_env.as_deref(),
+    )?;
+    if password.is_some() && info.redis_settings().password().is_some() {
+        return Err(ConfigError::new(
+            if raw.password_file.is_some() {
+                "redis.password_file"
+            } else {
+                "redis.password_env"
+            },
+            "redis.url already carries a password; set it in one place",
         ));
     }
     Ok(RedisConfig {
         url: raw.url,
-        password: secret(
-            "redis",
-            raw.password_file.as_deref(),
-            raw.password_env.as_deref(),
-        )?,
+        password,
         timeout: raw
             .timeout
             .map(|d| d.0)
