@@ -35,6 +35,9 @@ pub enum StartError {
 /// Runs the sidecar. With `config_path`, SIGHUP or a change of that file reloads the config
 /// (see [`crate::reload`]).
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
+    for note in crate::auth::notes(&config.http.auth) {
+        tracing::warn!("{note}");
+    }
     let handle = metrics::install();
     let listen = config.http.listen;
     let grace = config.shutdown_grace;

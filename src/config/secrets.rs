@@ -293,6 +293,7 @@ fn asymmetric_keys(
                 format!("not a usable PEM public key: {e}"),
             )
         })?;
+        check_rsa_size(&key).map_err(|m| ConfigError::new("jwt.public_key_file", m))?;
         return Ok(vec![(None, key)]);
     }
     let path = raw
@@ -303,15 +304,17 @@ fn asymmetric_keys(
         .map_err(|e| ConfigError::new("jwt.jwks_file", format!("cannot read {path}: {e}")))?;
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
         .map_err(|e| ConfigError::new("jwt.jwks_file", format!("not a JWKS document: {e}")))?;
-    let keys: Vec<_> = set
-        .keys
-        .iter()
-        .filter_map(|jwk| {
-            DecodingKey::from_jwk(jwk)
-                .ok()
-                .map(|k| (jwk.common.key_id.clone(), k))
-        })
-        .collect();
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        check_rsa_size(&key).map_err(|m| {
+            let kid = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
+            ConfigError::new("jwt.jwks_file", format!("key {kid}: {m}"))
+        })?;
+        keys.push((jwk.common.key_id.clone(), key));
+    }
     if keys.is_empty() {
         return Err(ConfigError::new(
             "jwt.jwks_file",
@@ -319,4 +322,39 @@ fn asymmetric_keys(
         ));
     }
     Ok(keys)
+}
+
+/// Smallest RSA modulus accepted for JWT verification keys (NIST SP 800-131A, RFC 7518 §3.3).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// Refuses an RSA key shorter than [`MIN_RSA_BITS`]; other key types pass. A key whose size
+/// cannot be read is refused too, rather than trusted.
+fn check_rsa_size(key: &DecodingKey) -> Result<(), String> {
+    use jsonwebtoken::DecodingKeyKind;
+    use pkcs1::der::Decode;
+    if key.family() != jsonwebtoken::AlgorithmFamily::Rsa {
+        return Ok(());
+    }
+    let bits = match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, .. } => bit_length(n),
+        DecodingKeyKind::SecretOrDer(der) => match pkcs1::RsaPublicKey::from_der(der) {
+            Ok(k) => bit_length(k.modulus.as_bytes()),
+            Err(e) => return Err(format!("cannot read the RSA key's size: {e}")),
+        },
+    };
+    if bits < MIN_RSA_BITS {
+        return Err(format!(
+            "RSA key of {bits} bits is too short; at least {MIN_RSA_BITS} bits are required"
+        ));
+    }
+    Ok(())
+}
+
+/// Bits of a big-endian unsigned integer.
+fn bit_length(be: &[u8]) -> usize {
+    let digits = be.iter().skip_while(|b| **b == 0).collect::<Vec<_>>();
+    match digits.first() {
+        Some(first) => (digits.len() - 1) * 8 + (8 - first.leading_zeros() as usize),
+        None => 0,
+    }
 }
