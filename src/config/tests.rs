@@ -151,3 +151,18 @@ fn redis_password_in_the_url_and_a_file_is_refused() {
     ));
     assert_eq!(e.path, "redis.url");
 }
+
+#[test]
+fn redis_passwords_do_not_show_in_debug_output() {
+    let config = RedisConfig {
+        url: "redis://:in-the-url@redis.eu.internal:6379".into(),
+        password: Some("from-a-file".into()),
+        timeout: Duration::from_millis(100),
+    };
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("in-the-url") && !shown.contains("from-a-file"),
+        "{shown}"
+    );
+    assert!(shown.contains("redis.eu.internal:6379"), "{shown}");
+}
