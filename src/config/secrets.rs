@@ -164,9 +164,9 @@ pub(super) fn secret(
 }
 
 /// The Redis URL and password. `rediss://` is refused: homeport's Redis client is built without
-/// TLS (it would add a second TLS stack to the image), and silently running without the cache
-/// it was asked to use is worse than a clear error. A password may come from the URL or from
-/// `password_file` / `password_env`, not both; it is sent with AUTH on every new connection.
+/// TLS (see docs/security.md), and silently running without the cache it was asked to use is
+/// worse than a clear error. A password may come from the URL or from `password_file` /
+/// `password_env`, not both; it is sent with AUTH on every new connection.
 pub fn redis_config(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
     if raw.url.starts_with("rediss://") {
         return Err(ConfigError::new(
