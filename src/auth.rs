@@ -58,6 +58,31 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Result<Identity, Auth
     }
 }
 
+/// What an operator must know about how tokens are checked, one line each, for `homeport check`
+/// and the startup log: claims that are accepted whatever they say because nothing is configured
+/// to compare them with.
+pub fn notes(auth: &AuthConfig) -> Vec<String> {
+    let AuthConfig::Jwt(jwt) = auth else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if jwt.audience.is_none() {
+        out.push(
+            "jwt.audience is not set: the aud claim is not checked, so a token the same issuer \
+             signed for another service is accepted"
+                .to_string(),
+        );
+    }
+    if jwt.issuer.is_none() {
+        out.push(
+            "jwt.issuer is not set: the iss claim is not checked, so any token signed with the \
+             configured key(s) is accepted"
+                .to_string(),
+        );
+    }
+    out
+}
+
 /// Verifies a JWT and extracts the identity claims.
 pub fn verify(jwt: &JwtConfig, token: &str) -> Result<Identity, AuthError> {
     let header = decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
@@ -161,6 +186,19 @@ mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn unchecked_audience_and_issuer_are_reported() {
+        let notes = super::notes(&AuthConfig::Jwt(Box::new(config())));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("jwt.audience is not set"), "{notes:?}");
+        assert!(notes[1].starts_with("jwt.issuer is not set"), "{notes:?}");
+        let mut c = config();
+        c.audience = Some("homeport".into());
+        c.issuer = Some("https://issuer.example".into());
+        assert!(super::notes(&AuthConfig::Jwt(Box::new(c))).is_empty());
+        assert!(super::notes(&AuthConfig::TrustedHeader).is_empty());
     }
 
     #[test]

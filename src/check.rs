@@ -49,6 +49,7 @@ pub async fn run(config: &Config) -> (String, bool) {
         config.region,
         snapshot.endpoints.len()
     );
+    out.push_str(&notes(config));
     let _ = writeln!(
         out,
         "{:<10} {:<8} {:<40} {:<9} {:>8} {:>12}  status",
@@ -104,4 +105,36 @@ pub async fn run(config: &Config) -> (String, bool) {
         }
     }
     (out, ok)
+}
+
+/// Warnings about the configuration that do not stop it from working, one `note:` line each.
+fn notes(config: &Config) -> String {
+    crate::auth::notes(&config.http.auth)
+        .into_iter()
+        .map(|n| format!("note: {n}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_says_when_the_jwt_audience_is_not_checked() {
+        let secret = std::env::temp_dir().join(format!("homeport-check-{}", std::process::id()));
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        let base = include_str!("../config/eu.toml")
+            .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "")
+            .replace("auth = \"trusted-header\"", "auth = \"jwt\"");
+        let jwt = format!(
+            "\n[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
+            secret.display()
+        );
+        let config = Config::parse(&(base.clone() + &jwt)).unwrap();
+        let out = notes(&config);
+        assert!(out.contains("note: jwt.audience is not set"), "{out}");
+        let config = Config::parse(&(base + &jwt + "audience = \"homeport\"\n")).unwrap();
+        assert!(!notes(&config).contains("jwt.audience"));
+        let _ = std::fs::remove_file(secret);
+    }
 }

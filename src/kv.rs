@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, ConnectionInfo, IntoConnectionInfo};
 
 use crate::config::RedisConfig;
 
@@ -20,7 +20,8 @@ pub struct Kv {
 
 impl Kv {
     pub fn new(config: &RedisConfig) -> Self {
-        let client = redis::Client::open(config.url.as_str())
+        let client = connection_info(config)
+            .and_then(redis::Client::open)
             .map_err(|e| tracing::warn!(error = %e, "redis URL rejected; running without Redis"))
             .ok();
         Kv {
@@ -95,4 +96,17 @@ impl Kv {
         })
         .await
     }
+}
+
+/// The URL's connection settings with the configured password (`redis.password_file` or
+/// `redis.password_env`), which the client sends with AUTH on every connection it opens.
+fn connection_info(config: &RedisConfig) -> redis::RedisResult<ConnectionInfo> {
+    let info = config.url.as_str().into_connection_info()?;
+    Ok(match &config.password {
+        Some(password) => {
+            let settings = info.redis_settings().clone().set_password(password);
+            info.set_redis_settings(settings)
+        }
+        None => info,
+    })
 }

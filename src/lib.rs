@@ -15,6 +15,7 @@
 //! - [`app`]: shared sidecar state and the try-candidates-in-order data path.
 //! - [`http`]: the HTTP/JSON front end.
 //! - [`pgwire`]: the PostgreSQL wire-protocol front end.
+//! - [`random`]: random bytes from the OS, failing closed.
 //! - [`reload`]: config generations, SIGHUP and file-change reload.
 //! - [`net`]: listener plumbing shared by the front ends.
 //! - [`metrics`]: metric names and the Prometheus recorder.
@@ -34,6 +35,7 @@ pub mod kv;
 pub mod metrics;
 pub mod net;
 pub mod pgwire;
+pub mod random;
 pub mod reload;
 pub mod routing;
 pub mod serve;

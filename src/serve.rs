@@ -28,11 +28,16 @@ pub enum StartError {
     Tls(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Random(#[from] crate::random::RandomError),
 }
 
 /// Runs the sidecar. With `config_path`, SIGHUP or a change of that file reloads the config
 /// (see [`crate::reload`]).
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
+    for note in crate::auth::notes(&config.http.auth) {
+        tracing::warn!("{note}");
+    }
     let handle = metrics::install();
     let listen = config.http.listen;
     let grace = config.shutdown_grace;
@@ -62,7 +67,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
                         addr: pg.listen,
                         source,
                     })?;
-            let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth));
+            let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth)?);
             let tls = match &pg.tls {
                 Some(t) => Some(Arc::new(pgwire::tls::load(t).map_err(StartError::Tls)?)),
                 None => None,

@@ -228,11 +228,26 @@ pub struct DirectoryConfig {
     pub placement: Placement,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub url: String,
     pub password: Option<String>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    /// Redacts the password, also one written into the URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match self.url.split_once('@') {
+            Some((_, host)) => format!("redis://(credentials redacted)@{host}"),
+            None => self.url.clone(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &url)
+            .field("password", &self.password.as_ref().map(|_| "(redacted)"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Config {

@@ -201,20 +201,40 @@ pub(super) fn secret(
     }
 }
 
+/// The Redis URL and password. `rediss://` is refused: homeport's Redis client is built without
+/// TLS (see docs/security.md), and silently running without the cache it was asked to use is
+/// worse than a clear error. A password may come from the URL or from `password_file` /
+/// `password_env`, not both; it is sent with AUTH on every new connection.
 pub fn redis_config(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
-    if !(raw.url.starts_with("redis://") || raw.url.starts_with("rediss://")) {
+    if raw.url.starts_with("rediss://") {
         return Err(ConfigError::new(
             "redis.url",
-            "must be a redis:// or rediss:// URL",
+            "rediss:// (Redis over TLS) is not supported; use redis:// to a Redis in the pod or on a trusted network",
+        ));
+    }
+    if !raw.url.starts_with("redis://") {
+        return Err(ConfigError::new("redis.url", "must be a redis:// URL"));
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(raw.url.as_str())
+        .map_err(|e| ConfigError::new("redis.url", format!("not a valid Redis URL: {e}")))?;
+    let password = secret(
+        "redis",
+        raw.password_file.as_deref(),
+        raw.password_env.as_deref(),
+    )?;
+    if password.is_some() && info.redis_settings().password().is_some() {
+        return Err(ConfigError::new(
+            if raw.password_file.is_some() {
+                "redis.password_file"
+            } else {
+                "redis.password_env"
+            },
+            "redis.url already carries a password; set it in one place",
         ));
     }
     Ok(RedisConfig {
         url: raw.url,
-        password: secret(
-            "redis",
-            raw.password_file.as_deref(),
-            raw.password_env.as_deref(),
-        )?,
+        password,
         timeout: raw
             .timeout
             .map(|d| d.0)
@@ -311,6 +331,7 @@ fn asymmetric_keys(
                 format!("not a usable PEM public key: {e}"),
             )
         })?;
+        check_rsa_size(&key).map_err(|m| ConfigError::new("jwt.public_key_file", m))?;
         return Ok(vec![(None, key)]);
     }
     let path = raw
@@ -321,15 +342,17 @@ fn asymmetric_keys(
         .map_err(|e| ConfigError::new("jwt.jwks_file", format!("cannot read {path}: {e}")))?;
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
         .map_err(|e| ConfigError::new("jwt.jwks_file", format!("not a JWKS document: {e}")))?;
-    let keys: Vec<_> = set
-        .keys
-        .iter()
-        .filter_map(|jwk| {
-            DecodingKey::from_jwk(jwk)
-                .ok()
-                .map(|k| (jwk.common.key_id.clone(), k))
-        })
-        .collect();
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        check_rsa_size(&key).map_err(|m| {
+            let kid = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
+            ConfigError::new("jwt.jwks_file", format!("key {kid}: {m}"))
+        })?;
+        keys.push((jwk.common.key_id.clone(), key));
+    }
     if keys.is_empty() {
         return Err(ConfigError::new(
             "jwt.jwks_file",
@@ -337,4 +360,39 @@ fn asymmetric_keys(
         ));
     }
     Ok(keys)
+}
+
+/// Smallest RSA modulus accepted for JWT verification keys (NIST SP 800-131A, RFC 7518 §3.3).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// Refuses an RSA key shorter than [`MIN_RSA_BITS`]; other key types pass. A key whose size
+/// cannot be read is refused too, rather than trusted.
+fn check_rsa_size(key: &DecodingKey) -> Result<(), String> {
+    use jsonwebtoken::DecodingKeyKind;
+    use pkcs1::der::Decode;
+    if key.family() != jsonwebtoken::AlgorithmFamily::Rsa {
+        return Ok(());
+    }
+    let bits = match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, .. } => bit_length(n),
+        DecodingKeyKind::SecretOrDer(der) => match pkcs1::RsaPublicKey::from_der(der) {
+            Ok(k) => bit_length(k.modulus.as_bytes()),
+            Err(e) => return Err(format!("cannot read the RSA key's size: {e}")),
+        },
+    };
+    if bits < MIN_RSA_BITS {
+        return Err(format!(
+            "RSA key of {bits} bits is too short; at least {MIN_RSA_BITS} bits are required"
+        ));
+    }
+    Ok(())
+}
+
+/// Bits of a big-endian unsigned integer.
+fn bit_length(be: &[u8]) -> usize {
+    let digits = be.iter().skip_while(|b| **b == 0).collect::<Vec<_>>();
+    match digits.first() {
+        Some(first) => (digits.len() - 1) * 8 + (8 - first.leading_zeros() as usize),
+        None => 0,
+    }
 }

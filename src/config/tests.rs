@@ -120,3 +120,49 @@ fn placement_must_be_known() {
     let e = err(&example().replace("placement = \"reject\"", "placement = \"random\""));
     assert_eq!(e.path, "directory.placement");
 }
+
+#[test]
+fn rediss_is_refused_rather_than_silently_running_without_redis() {
+    let e = err(&example().replace(
+        "url = \"redis://redis.eu.internal:6379\"",
+        "url = \"rediss://redis.eu.internal:6379\"",
+    ));
+    assert_eq!(e.path, "redis.url");
+    assert!(e.message.contains("not supported"), "{e}");
+    assert!(!e.to_string().contains('\n'), "one line: {e}");
+}
+
+#[test]
+fn redis_password_in_the_url_and_a_file_is_refused() {
+    let file = std::env::temp_dir().join(format!("homeport-redis-pw-{}", std::process::id()));
+    std::fs::write(&file, "secret\n").unwrap();
+    let e = err(&example().replace(
+        "url = \"redis://redis.eu.internal:6379\"",
+        &format!(
+            "url = \"redis://:other@redis.eu.internal:6379\"\npassword_file = \"{}\"",
+            file.display()
+        ),
+    ));
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(e.path, "redis.password_file");
+    let e = err(&example().replace(
+        "url = \"redis://redis.eu.internal:6379\"",
+        "url = \"redis://redis.eu.internal:notaport\"",
+    ));
+    assert_eq!(e.path, "redis.url");
+}
+
+#[test]
+fn redis_passwords_do_not_show_in_debug_output() {
+    let config = RedisConfig {
+        url: "redis://:in-the-url@redis.eu.internal:6379".into(),
+        password: Some("from-a-file".into()),
+        timeout: Duration::from_millis(100),
+    };
+    let shown = format!("{config:?}");
+    assert!(
+        !shown.contains("in-the-url") && !shown.contains("from-a-file"),
+        "{shown}"
+    );
+    assert!(shown.contains("redis.eu.internal:6379"), "{shown}");
+}

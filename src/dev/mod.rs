@@ -413,7 +413,8 @@ impl Sandbox {
 
     fn start_sidecars(&mut self) -> Result<(), DevError> {
         self.start_links()?;
-        let key: String = crate::pgwire::scram::random_bytes(32)
+        let key: String = crate::random::bytes::<32>()
+            .map_err(|e| DevError::Setup(e.to_string()))?
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();

@@ -93,7 +93,9 @@ pub async fn write(
 ) -> Result<Reply, Problem> {
     let kv = app.kv.as_deref();
     let fingerprint_hex = crate::idempotency::hex(&req.fingerprint);
-    let holder = crate::idempotency::hex(&crate::pgwire::scram::random_bytes(12));
+    let holder = crate::idempotency::hex(
+        &crate::random::bytes::<12>().map_err(|e| Problem::unavailable(e.to_string()))?,
+    );
     if let Some(kv) = kv {
         let lock_ttl = app.config.idempotency.lock_ttl;
         match cache::before(kv, req.user, &req.key, &holder, lock_ttl).await {

@@ -13,6 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Largest startup packet (PostgreSQL uses 10000 bytes).
 pub const MAX_STARTUP: usize = 10_000;
+/// Largest password or SASL message: before a client has authenticated nothing bigger is
+/// buffered. A SCRAM message is about 200 bytes.
+pub const MAX_AUTH: usize = 4096;
 
 pub const SSL_REQUEST: i32 = 80_877_103;
 pub const GSSENC_REQUEST: i32 = 80_877_104;
@@ -88,10 +91,15 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
 
     /// The next tagged message.
     pub async fn next(&mut self) -> Result<Message, ProtocolError> {
+        self.next_limited(MAX_MESSAGE).await
+    }
+
+    /// The next tagged message, refused (before its body is read) when its body is over `max`.
+    pub async fn next_limited(&mut self, max: usize) -> Result<Message, ProtocolError> {
         self.fill(5).await?;
         let tag = self.buf[0];
         let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        if len < 4 || len as usize - 4 > MAX_MESSAGE {
+        if len < 4 || len as usize - 4 > max {
             return Err(ProtocolError::BadLength {
                 tag: tag as char,
                 len: len.into(),
@@ -414,6 +422,23 @@ mod tests {
         ));
         let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0];
         assert!(read_startup(&mut input).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn limited_read_refuses_a_long_message_from_its_header() {
+        // Only the header is there: a reader that waited for the body would see Closed.
+        let mut input: &[u8] = &[b'p', 0, 0, 0x10, 0x05];
+        let mut r = FramedReader::new(&mut input);
+        assert!(matches!(
+            r.next_limited(MAX_AUTH).await,
+            Err(ProtocolError::BadLength { len: 4101, .. })
+        ));
+        let mut input: &[u8] = &[b'p', 0, 0, 0, 6, b'o', b'k'];
+        let mut r = FramedReader::new(&mut input);
+        assert_eq!(
+            r.next_limited(MAX_AUTH).await.unwrap(),
+            Message::new(b'p', &b"ok"[..])
+        );
     }
 
     #[tokio::test]

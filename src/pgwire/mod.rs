@@ -2,9 +2,11 @@
 //! the database. Module map: `codec` (message framing), `backend` (server connections and their
 //! authentication), `prepared` (the bounded set of statements prepared on a server connection),
 //! `pool` (per-endpoint pools lent per transaction), `settings` (`SET/SHOW homeport.*`),
+//! `server_settings` (a client's session settings, replayed on whichever server it runs on),
 //! `session` (client state machine, routing per transaction), `attached` (the server a session
 //! holds, its transaction status and pin) and `relay` (moving messages between client and
-//! server).
+//! server); `scram` (SCRAM-SHA-256, pure) and `sasl` (its exchange over the wire) authenticate
+//! clients.
 
 mod attached;
 mod backend;
@@ -16,13 +18,13 @@ mod idempotency;
 mod pool;
 mod prepared;
 mod relay;
+mod sasl;
 pub mod scram;
 mod server_settings;
 mod session;
 pub mod settings;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -39,33 +41,28 @@ pub use pool::{Limits as PoolLimits, WirePools};
 pub type ClientRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 pub type ClientWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
-/// Accepts wire connections until `shutdown`; past `max_client_conn` sessions a new client gets
-/// a FATAL "too many connections" and is closed, and existing sessions are untouched.
 /// How clients authenticate, with SCRAM verifiers derived once at startup.
 pub enum ClientAuth {
     Trust,
-    Scram(HashMap<String, scram::Verifier>),
+    Scram(scram::Credentials),
 }
 
 impl ClientAuth {
-    pub fn from_config(auth: &crate::config::PgAuth) -> ClientAuth {
-        match auth {
+    /// Fails only when the OS cannot give the random server secret SCRAM salts derive from.
+    pub fn from_config(
+        auth: &crate::config::PgAuth,
+    ) -> Result<ClientAuth, crate::random::RandomError> {
+        Ok(match auth {
             crate::config::PgAuth::Trust => ClientAuth::Trust,
-            crate::config::PgAuth::ScramSha256(users) => ClientAuth::Scram(
-                users
-                    .iter()
-                    .map(|(name, pw)| {
-                        (
-                            name.clone(),
-                            scram::Verifier::new(pw, scram::random_bytes(16), scram::ITERATIONS),
-                        )
-                    })
-                    .collect(),
-            ),
-        }
+            crate::config::PgAuth::ScramSha256(users) => {
+                ClientAuth::Scram(scram::Credentials::new(users)?)
+            }
+        })
     }
 }
 
+/// Accepts wire connections until `shutdown`; past `max_client_conn` sessions a new client gets
+/// a FATAL "too many connections" and is closed, and existing sessions are untouched.
 pub async fn serve(
     current: crate::reload::Current,
     auth: Arc<ClientAuth>,
@@ -179,7 +176,10 @@ async fn login(
     // the client's TLS handshake.
     let mut stream = stream;
     let first = loop {
-        let (code, body) = codec::read_startup(&mut stream).await?;
+        let (code, body) = match codec::read_startup(&mut stream).await {
+            Ok(packet) => packet,
+            Err(e) => return Err(refuse_startup(&mut stream, e).await),
+        };
         match code {
             codec::SSL_REQUEST if tls.is_some() => break None,
             // No TLS configured (or GSS encryption asked): say so; the client goes on in plain
@@ -211,7 +211,10 @@ async fn login(
     let mut r = codec::FramedReader::new(r);
     let (code, body) = match first {
         Some(first) => first,
-        None => r.startup().await?,
+        None => match r.startup().await {
+            Ok(packet) => packet,
+            Err(e) => return Err(refuse_startup(&mut w, e).await),
+        },
     };
     if tls.is_some_and(|t| t.required) && !encrypted && code == codec::PROTOCOL_3 {
         let mut buf = bytes::BytesMut::new();
@@ -268,16 +271,22 @@ async fn login(
             }
         }
     }
-    if let ClientAuth::Scram(verifiers) = auth {
+    if let ClientAuth::Scram(credentials) = auth {
         let login = params
             .iter()
             .find(|(k, _)| k == "user")
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
-        if let Err(e) = authenticate(&mut r, &mut w, verifiers, login).await {
+        if let Err(e) = sasl::authenticate(&mut r, &mut w, credentials, login).await {
+            let (code, m) = match e {
+                sasl::AuthFailure::Protocol(m) => ("08P01", m),
+                sasl::AuthFailure::Failed(m) => (
+                    "28P01",
+                    format!("password authentication failed for user \"{login}\" ({m})"),
+                ),
+            };
             let mut buf = bytes::BytesMut::new();
-            let m = format!("password authentication failed for user \"{login}\" ({e})");
-            codec::error_response("FATAL", "28P01", &m).write_to(&mut buf);
+            codec::error_response("FATAL", code, &m).write_to(&mut buf);
             let _ = w.write_all(&buf).await;
             return Ok(None);
         }
@@ -307,7 +316,14 @@ async fn login(
             return Ok(None);
         }
     };
-    let registration = pools.cancel.register();
+    let registration = match pools.cancel.register() {
+        Ok(registration) => registration,
+        Err(e) => {
+            codec::error_response("FATAL", "58000", &e.to_string()).write_to(&mut buf);
+            let _ = w.write_all(&buf).await;
+            return Ok(None);
+        }
+    };
     codec::backend_key_data(registration.pid, registration.secret).write_to(&mut buf);
     Message::new(b'Z', vec![b'I']).write_to(&mut buf);
     w.write_all(&buf).await.map_err(ProtocolError::from)?;
@@ -320,72 +336,26 @@ async fn login(
     }))
 }
 
-/// The SCRAM-SHA-256 exchange. An unknown user goes through the same steps against a verifier
-/// for a random password, so the answer does not tell which users exist.
-async fn authenticate(
-    r: &mut codec::FramedReader<ClientRead>,
-    w: &mut ClientWrite,
-    verifiers: &HashMap<String, scram::Verifier>,
-    login: &str,
-) -> Result<(), String> {
-    let decoy;
-    let verifier = match verifiers.get(login) {
-        Some(v) => v,
-        None => {
-            decoy = scram::Verifier::new(
-                &String::from_utf8_lossy(&scram::random_bytes(24)),
-                scram::random_bytes(16),
-                scram::ITERATIONS,
-            );
-            &decoy
-        }
+/// A startup packet that could not be read: the client is told why (a protocol violation gets
+/// FATAL 08P01, as PostgreSQL answers an invalid startup packet length) and the connection ends.
+async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    e: ProtocolError,
+) -> session::SessionError {
+    let m = match &e {
+        ProtocolError::BadLength { len, .. } => Some(format!(
+            "invalid length of startup packet: {len} bytes (at most {})",
+            codec::MAX_STARTUP
+        )),
+        ProtocolError::Malformed(_) => Some(format!("invalid startup packet: {e}")),
+        _ => None,
     };
-    let send = |code: i32, data: &[u8]| {
-        let mut body = code.to_be_bytes().to_vec();
-        body.extend_from_slice(data);
+    if let Some(m) = m {
         let mut buf = bytes::BytesMut::new();
-        Message::new(b'R', body).write_to(&mut buf);
-        buf
-    };
-    w.write_all(&send(10, b"SCRAM-SHA-256\0\0"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let first = r.next().await.map_err(|e| e.to_string())?;
-    if first.tag != b'p' {
-        return Err("expected a SASLInitialResponse".into());
+        codec::error_response("FATAL", "08P01", &m).write_to(&mut buf);
+        let _ = w.write_all(&buf).await;
     }
-    let mut rd = codec::Reader::new(&first.body, "SASLInitialResponse");
-    let mechanism = rd.cstr().map_err(|e| e.to_string())?;
-    if mechanism != "SCRAM-SHA-256" {
-        return Err(format!("unsupported mechanism {mechanism}"));
-    }
-    let _len = rd.i32().map_err(|e| e.to_string())?;
-    let client_first =
-        std::str::from_utf8(rd.rest()).map_err(|_| "client-first is not UTF-8".to_string())?;
-    let server_nonce = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        scram::random_bytes(18),
-    );
-    let (exchange, server_first) =
-        scram::server_first(verifier, client_first, &server_nonce).map_err(|e| e.to_string())?;
-    w.write_all(&send(11, server_first.as_bytes()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let fin = r.next().await.map_err(|e| e.to_string())?;
-    if fin.tag != b'p' {
-        return Err("expected a SASLResponse".into());
-    }
-    let client_final =
-        std::str::from_utf8(&fin.body).map_err(|_| "client-final is not UTF-8".to_string())?;
-    let server_final =
-        scram::server_final(verifier, &exchange, client_final).map_err(|e| e.to_string())?;
-    if !verifiers.contains_key(login) {
-        return Err("password authentication failed".into());
-    }
-    w.write_all(&send(12, server_final.as_bytes()))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    e.into()
 }
 
 /// `homeport.user` from a startup `options` string: `-c homeport.user=u1` or `--homeport.user=u1`.

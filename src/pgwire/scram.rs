@@ -2,11 +2,22 @@
 //! PostgreSQL speaks it (no channel binding). Keys are derived once per configured user when the
 //! config loads; each login costs two HMACs and a hash.
 //! See <https://www.postgresql.org/docs/15/sasl-authentication.html>.
+//!
+//! Users cannot be enumerated: every user's salt, known or not, is derived from a random server
+//! secret, so it is stable for the life of the process, and every user gets the same iteration
+//! count. An unknown user goes through the same exchange against a mock verifier (PostgreSQL's
+//! `scram_mock_salt` does the same) and fails at the proof, like a wrong password.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::random::RandomError;
 
 pub const ITERATIONS: u32 = 4096;
 
@@ -59,6 +70,62 @@ impl Verifier {
             server_key: hmac(&salted, b"Server Key"),
         }
     }
+}
+
+/// Length of the salts sent to clients (PostgreSQL's `SCRAM_DEFAULT_SALT_LEN`).
+const SALT_LEN: usize = 16;
+
+/// The configured users' verifiers and the server secret salts and mock verifiers derive from.
+pub struct Credentials {
+    secret: [u8; 32],
+    verifiers: HashMap<String, Verifier>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({} user(s), redacted)", self.verifiers.len())
+    }
+}
+
+impl Credentials {
+    /// Derives the verifiers of `(user, password)` pairs under a fresh random server secret.
+    pub fn new(users: &[(String, String)]) -> Result<Credentials, RandomError> {
+        let secret = crate::random::bytes::<32>()?;
+        let verifiers = users
+            .iter()
+            .map(|(name, pw)| {
+                let salt = derived(&secret, b"salt", name)[..SALT_LEN].to_vec();
+                (name.clone(), Verifier::new(pw, salt, ITERATIONS))
+            })
+            .collect();
+        Ok(Credentials { secret, verifiers })
+    }
+
+    /// The verifier to run a login against, and whether the user exists. An unknown user gets a
+    /// mock verifier: the salt a known user of that name would have, the same iteration count,
+    /// and keys derived from the secret that no password produces. It costs what a real one does
+    /// (no key derivation at login time for either).
+    pub fn verifier(&self, user: &str) -> (Cow<'_, Verifier>, bool) {
+        if let Some(v) = self.verifiers.get(user) {
+            return (Cow::Borrowed(v), true);
+        }
+        let mock = Verifier {
+            salt: derived(&self.secret, b"salt", user)[..SALT_LEN].to_vec(),
+            iterations: ITERATIONS,
+            stored_key: derived(&self.secret, b"mock stored key", user),
+            server_key: derived(&self.secret, b"mock server key", user),
+        };
+        (Cow::Owned(mock), false)
+    }
+}
+
+/// HMAC-SHA-256 under the server secret of a purpose label and a user name.
+fn derived(secret: &[u8], purpose: &[u8], user: &str) -> [u8; 32] {
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    m.update(purpose);
+    m.update(&[0]);
+    m.update(user.as_bytes());
+    m.finalize().into_bytes().into()
 }
 
 /// One SCRAM exchange in progress.
@@ -153,28 +220,14 @@ pub fn server_final(
     let signature = hmac(&verifier.stored_key, auth_message.as_bytes());
     let client_key: Vec<u8> = proof.iter().zip(signature).map(|(p, s)| p ^ s).collect();
     let computed: [u8; 32] = Sha256::digest(&client_key).into();
-    // Constant-time comparison: the difference accumulates over every byte.
-    let diff = computed
-        .iter()
-        .zip(verifier.stored_key)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    if diff != 0 {
+    // Constant time: how much of the proof matched must not show in the answer's timing.
+    if !bool::from(computed.ct_eq(&verifier.stored_key)) {
         return Err(ScramError::BadProof);
     }
     Ok(format!(
         "v={}",
         B64.encode(hmac(&verifier.server_key, auth_message.as_bytes()))
     ))
-}
-
-/// Random bytes from the kernel.
-pub fn random_bytes(n: usize) -> Vec<u8> {
-    use std::io::Read;
-    let mut buf = vec![0u8; n];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
-    buf
 }
 
 #[cfg(test)]
@@ -185,15 +238,19 @@ mod tests {
     /// The client side from postgres-protocol (what tokio-postgres uses) against this server side.
     fn login(server_password: &str, client_password: &str) -> Result<(), ScramError> {
         let verifier = Verifier::new(server_password, b"0123456789abcdef".to_vec(), ITERATIONS);
+        login_against(&verifier, client_password)
+    }
+
+    fn login_against(verifier: &Verifier, client_password: &str) -> Result<(), ScramError> {
         let mut client =
             ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
         let first = std::str::from_utf8(client.message()).unwrap().to_string();
-        let (ex, server_first) = server_first(&verifier, &first, "servernonce123")?;
+        let (ex, server_first) = server_first(verifier, &first, "servernonce123")?;
         client
             .update(server_first.as_bytes())
             .map_err(|_| ScramError::Malformed)?;
         let client_final = std::str::from_utf8(client.message()).unwrap().to_string();
-        let server_final = server_final(&verifier, &ex, &client_final)?;
+        let server_final = server_final(verifier, &ex, &client_final)?;
         client
             .finish(server_final.as_bytes())
             .map_err(|_| ScramError::Malformed)
@@ -207,6 +264,48 @@ mod tests {
     #[test]
     fn wrong_password_is_refused() {
         assert_eq!(login("s3cret", "guess"), Err(ScramError::BadProof));
+    }
+
+    /// The salt and iteration count the server-first message shows for `user`.
+    fn salt_and_cost(creds: &Credentials, user: &str) -> (String, String) {
+        let (v, _) = creds.verifier(user);
+        let (_, first) = server_first(&v, "n,,n=,r=clientnonce", "servernonce").unwrap();
+        let attr = |k: &str| {
+            first
+                .split(',')
+                .find_map(|a| a.strip_prefix(k))
+                .unwrap()
+                .to_string()
+        };
+        (attr("s="), attr("i="))
+    }
+
+    #[test]
+    fn unknown_users_cannot_be_told_from_known_ones() {
+        let creds = Credentials::new(&[("app".into(), "s3cret".into())]).unwrap();
+        let known = salt_and_cost(&creds, "app");
+        let unknown = salt_and_cost(&creds, "nobody");
+        // Stable for the life of the process, for known and unknown users alike.
+        assert_eq!(salt_and_cost(&creds, "app"), known);
+        assert_eq!(salt_and_cost(&creds, "nobody"), unknown);
+        // The same cost and the same salt length.
+        assert_eq!(unknown.1, known.1);
+        assert_eq!(unknown.1, ITERATIONS.to_string());
+        assert_eq!(B64.decode(&unknown.0).unwrap().len(), SALT_LEN);
+        assert_eq!(B64.decode(&known.0).unwrap().len(), SALT_LEN);
+        // Each name its own salt; another process (another secret) other salts.
+        assert_ne!(salt_and_cost(&creds, "other").0, unknown.0);
+        let restarted = Credentials::new(&[("app".into(), "s3cret".into())]).unwrap();
+        assert_ne!(salt_and_cost(&restarted, "app").0, known.0);
+        // The real user logs in; the mock verifier lets no password in.
+        let (v, exists) = creds.verifier("app");
+        assert!(exists);
+        assert_eq!(login_against(&v, "s3cret"), Ok(()));
+        let (mock, exists) = creds.verifier("nobody");
+        assert!(!exists);
+        for pw in ["s3cret", "", "nobody"] {
+            assert_eq!(login_against(&mock, pw), Err(ScramError::BadProof));
+        }
     }
 
     #[test]
