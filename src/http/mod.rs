@@ -238,7 +238,8 @@ async fn route(
 ) -> Result<Reply, Problem> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (&Method::GET, ["healthz" | "readyz"]) => Ok(ops::probe(app, path).expect("a probe path")),
+        (&Method::GET, ["healthz"]) => Ok(ops::healthz()),
+        (&Method::GET, ["readyz"]) => Ok(ops::readyz(app)),
         (_, ["metrics"]) => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-found",

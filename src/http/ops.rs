@@ -20,7 +20,8 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Response<Full<Bytes>> {
             body: Bytes::from(app.metrics.render()),
             headers: Vec::new(),
         }),
-        (&Method::GET, "/healthz" | "/readyz") => Ok(probe(app, path).expect("a probe path")),
+        (&Method::GET, "/healthz") => Ok(healthz()),
+        (&Method::GET, "/readyz") => Ok(readyz(app)),
         (_, "/metrics" | "/healthz" | "/readyz") => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -40,25 +41,24 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Response<Full<Bytes>> {
     into_response(reply.unwrap_or_else(|p| Reply::problem(&p)), app)
 }
 
-/// `GET /healthz` (the process answers) and `GET /readyz` (see `topology::readiness`), served by
-/// both listeners: the kubelet probes the ops listener, the app container may ask on loopback.
-pub fn probe(app: &App, path: &str) -> Option<Reply> {
-    match path {
-        "/healthz" => Some(Reply::json(StatusCode::OK, json!({"status": "ok"}))),
-        "/readyz" => {
-            let r = app.readiness();
-            Some(if r.is_ready() {
-                Reply::json(
-                    StatusCode::OK,
-                    json!({"status": "ready", "reason": r.describe()}),
-                )
-            } else {
-                Reply::problem(&Problem::unavailable(format!(
-                    "not ready: {}",
-                    r.describe()
-                )))
-            })
-        }
-        _ => None,
+/// `GET /healthz`: the process answers. Served by both listeners: the kubelet probes the ops
+/// listener, the app container may ask on loopback.
+pub fn healthz() -> Reply {
+    Reply::json(StatusCode::OK, json!({"status": "ok"}))
+}
+
+/// `GET /readyz`, with the reason (see `topology::readiness`). Served by both listeners.
+pub fn readyz(app: &App) -> Reply {
+    let r = app.readiness();
+    if r.is_ready() {
+        Reply::json(
+            StatusCode::OK,
+            json!({"status": "ready", "reason": r.describe()}),
+        )
+    } else {
+        Reply::problem(&Problem::unavailable(format!(
+            "not ready: {}",
+            r.describe()
+        )))
     }
 }
