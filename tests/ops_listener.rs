@@ -1,8 +1,9 @@
 //! The two HTTP listeners and readiness, against a real two-region sandbox: the ops listener
 //! serves `/healthz`, `/readyz` and `/metrics` and nothing of the data API; the data listener
 //! serves the API and the probes but not the metrics; `homeport serve` refuses trusted-header
-//! identity on a data listener that is not loopback unless told otherwise; and `/readyz` stays
-//! ready through a lost local replica but not when nothing local can serve.
+//! identity on a data listener that is not loopback unless told otherwise; `/readyz` stays ready
+//! through a lost local replica but not when nothing local can serve; and while draining, the
+//! ops listener still answers, with 503.
 
 mod common;
 
@@ -145,20 +146,8 @@ async fn serve_refuses_trusted_header_on_a_network_data_listener_unless_allowed(
 
 /// Polls `region`'s `/readyz` on the ops listener until its status is `want`.
 async fn wait_ready_status(env: &Env, region: &str, want: u16) -> common::Resp {
-    let started = Instant::now();
-    loop {
-        let r = get(env, env.ops_url(region, "/readyz")).await;
-        if r.status == want {
-            return r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "/readyz stayed {} ({:?}), wanted {want}",
-            r.status,
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let port = env.sandbox.region(region).ops_port;
+    wait_ready_status_at(env, port, want, Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,4 +199,62 @@ async fn readiness_survives_a_lost_local_replica_and_drops_when_nothing_local_se
     env.sandbox.start_server("us-primary").unwrap();
     env.sandbox.start_server("eu-replica-us").unwrap();
     wait_ready_status(&env, "us", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_the_ops_listener_answers_not_ready() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "dora", "us").await.status, 201);
+    let (config, http_port, _) = common::region_config_on_new_ports(&env, "us");
+    let ops = common::ops_port(&config);
+    let sidecar = env
+        .sandbox
+        .spawn_sidecar("us-draining", &config, http_port)
+        .unwrap();
+    // A request that keeps the drain busy for two seconds.
+    let slow = {
+        let http = env.http.clone();
+        tokio::spawn(async move {
+            http.post(format!("http://127.0.0.1:{http_port}/v1/query"))
+                .header("homeport-user", "dora")
+                .json(&json!({ "sql": "SELECT pg_sleep(2)", "intent": "read" }))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &sidecar.pid().to_string()])
+        .status()
+        .unwrap();
+    let ready = wait_ready_status_at(&env, ops, 503, Duration::from_secs(5)).await;
+    assert!(
+        ready.body["detail"].as_str().unwrap().contains("draining"),
+        "{:?}",
+        ready.body
+    );
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the in-flight request finished"
+    );
+}
+
+/// Polls `/readyz` on the ops port `port` until its status is `want`, for at most `limit`.
+async fn wait_ready_status_at(env: &Env, port: u16, want: u16, limit: Duration) -> common::Resp {
+    let started = Instant::now();
+    loop {
+        let r = get(env, format!("http://127.0.0.1:{port}/readyz")).await;
+        if r.status == want {
+            return r;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "/readyz stayed {} ({:?}), wanted {want}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
