@@ -20,7 +20,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /usr/local/bin/homeport /usr/local/bin/homeport
 USER 65532:65532
-# 7400: HTTP API, /healthz, /readyz, /metrics. 7401: PostgreSQL wire protocol.
-EXPOSE 7400 7401
+# 7400: HTTP data API. 7401: PostgreSQL wire protocol. 7402: ops (/healthz, /readyz, /metrics).
+# The chart keeps 7400 and 7401 on loopback and puts only 7402 on the pod IP.
+EXPOSE 7400 7401 7402
 ENTRYPOINT ["homeport"]
 CMD ["serve", "--config", "/etc/homeport/homeport.toml"]

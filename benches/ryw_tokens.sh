@@ -106,8 +106,12 @@ def cmd_reads(before, after):
         'RYW_LE_50MS': bucket(d, 'homeport_ryw_wait_seconds_bucket', 0.05),
         'RYW_LE_100MS': bucket(d, 'homeport_ryw_wait_seconds_bucket', 0.1),
     }
-    for reason in ('timeout', 'replica', 'primary', 'history', 'unavailable'):
+    # One count per read that left its nearest copy: why (reason) and where it ran (target).
+    v['FB'] = total(d, 'homeport_ryw_fallbacks_total')
+    for reason in ('timeout', 'lagging', 'history', 'unavailable'):
         v['FB_' + reason.upper()] = total(d, 'homeport_ryw_fallbacks_total', reason=reason)
+    for target in ('replica', 'primary', 'none'):
+        v['FB_TO_' + target.upper()] = total(d, 'homeport_ryw_fallbacks_total', target=target)
     for k, x in v.items():
         print(f'{k}={x:.6f}' if k == 'RYW_SUM' else f'{k}={int(round(x))}')
 
@@ -237,6 +241,7 @@ start_sandbox() { # name base_port replica_delay
     EU_PRIMARY=$(port_of "$(json "e['regions'][0]['primary']")")
     REPLICA=$(port_of "$(json "e['regions'][0]['replicas']['us']")")
     US_HTTP=$(json "e['regions'][1]['http']")
+    US_OPS=$(json "e['regions'][1]['ops']")
     SUPERUSER=$(json "e['superuser']")
 }
 stop_sandbox() {
@@ -253,7 +258,7 @@ q() { # curl a query through the us sidecar: user sql-json [extra curl args...];
 }
 header() { awk -F': ' -v h="$1" 'tolower($1)==h {print $2}'; }
 psql_at() { "$PGBIN/psql" -X -qAt -h 127.0.0.1 -p "$1" -U "$SUPERUSER" app -c "$2"; }
-metrics() { curl -sf "$US_HTTP/metrics" >"$1"; }
+metrics() { curl -sf "$US_OPS/metrics" >"$1"; }
 
 # =============================================================================================
 # Part 1: caught-up replica.
@@ -311,7 +316,7 @@ EXTRA_P50=$(python3 -c "print(f'{$TOKEN_P50 - $PLAIN_P50:+.3f}')")
 RPS_RATIO=$(python3 -c "print(f'{$TOKEN_RPS / $PLAIN_RPS:.3f}')")
 TOK_READS=$((token1_READS + token2_READS)); TOK_LOCAL=$((token1_LOCAL + token2_LOCAL))
 TOK_RYW=$((token1_RYW_COUNT + token2_RYW_COUNT))
-TOK_FB=$((token1_FB_TIMEOUT + token2_FB_TIMEOUT + token1_FB_REPLICA + token2_FB_REPLICA + token1_FB_PRIMARY + token2_FB_PRIMARY + token1_FB_HISTORY + token2_FB_HISTORY + token1_FB_UNAVAILABLE + token2_FB_UNAVAILABLE))
+TOK_FB=$((token1_FB + token2_FB))
 PLN_READS=$((plain1_READS + plain2_READS)); PLN_LOCAL=$((plain1_LOCAL + plain2_LOCAL))
 LOCAL_SHARE=$(pct_of "$TOK_LOCAL" "$TOK_READS")
 stop_sandbox
@@ -357,7 +362,7 @@ echo "== 2. replica delay $DELAY, consistency.max_wait 50ms: $THREADS threads, w
 echo "pairs: $L_DONE in ${L_ELAPSED}s ($L_RATE pairs/s), errors $L_ERRORS"
 echo "reads that missed their own write: $L_MISMATCH   (must be 0: $(verdict "$L_MISMATCH == 0 and $L_DONE > 0"))"
 echo "token reads (metrics): $lag_READS; local replica $lag_LOCAL ($(pct_of "$lag_LOCAL" "$lag_READS")%), other replica $lag_REMOTE, primary $lag_PRIMARY ($(pct_of "$lag_PRIMARY" "$lag_READS")%), none $lag_NONE"
-echo "fallbacks: timeout $lag_FB_TIMEOUT, replica $lag_FB_REPLICA, primary $lag_FB_PRIMARY, history $lag_FB_HISTORY, unavailable $lag_FB_UNAVAILABLE"
+echo "fallbacks: $lag_FB reads (reason timeout $lag_FB_TIMEOUT, lagging $lag_FB_LAGGING, history $lag_FB_HISTORY, unavailable $lag_FB_UNAVAILABLE; ran on replica $lag_FB_TO_REPLICA, primary $lag_FB_TO_PRIMARY, none $lag_FB_TO_NONE)"
 echo "homeport_ryw_wait_seconds: count $lag_RYW_COUNT, mean $MEAN_WAIT ms; <=5ms $lag_RYW_LE_5MS, <=50ms $lag_RYW_LE_50MS, <=100ms $lag_RYW_LE_100MS"
 echo "client view: served by $L_SERVED; read p50 $L_READ_P50 ms p99 $L_READ_P99 ms; write p50 $L_WRITE_P50 ms"
 echo "control without token: $C_MISMATCH of $C_DONE reads missed their write (served by $C_SERVED; read p50 $C_READ_P50 ms)"

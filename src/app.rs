@@ -15,6 +15,7 @@ use crate::metrics::{self, CrossRegionMetrics, RequestMetrics};
 use crate::routing::{self, Candidate, RouteError, Target};
 use crate::sql::ClassifyCache;
 use crate::topology::Topology;
+use crate::topology::readiness::{Readiness, readiness};
 use crate::types::{Intent, RegionName};
 
 pub struct App {
@@ -105,25 +106,19 @@ impl App {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Ready to serve: not draining, every endpoint probed at least once, and a local endpoint
-    /// up (or, in a region without local copies, any endpoint up).
+    /// What `/readyz` answers; the rule and its reasons are in [`crate::topology::readiness`].
+    pub fn readiness(&self) -> Readiness {
+        let shards: Vec<_> = self.config.shards.iter().map(|s| s.name.clone()).collect();
+        readiness(
+            &self.topology.snapshot(),
+            &self.config.region,
+            &shards,
+            self.draining.load(Ordering::SeqCst),
+        )
+    }
+
     pub fn is_ready(&self) -> bool {
-        if self.draining.load(Ordering::SeqCst) {
-            return false;
-        }
-        let snapshot = self.topology.snapshot();
-        let all_probed = snapshot.endpoints.iter().all(|e| e.status.health.probed);
-        let local: Vec<_> = snapshot
-            .endpoints
-            .iter()
-            .filter(|e| e.info.region == self.config.region)
-            .collect();
-        let some_up = if local.is_empty() {
-            snapshot.endpoints.iter().any(|e| e.is_up())
-        } else {
-            local.iter().any(|e| e.is_up())
-        };
-        all_probed && some_up
+        self.readiness().is_ready()
     }
 
     /// Candidates for a request of `intent` on `shard`, nearest first.
@@ -165,8 +160,15 @@ impl App {
         }
     }
 
-    pub fn ryw_fallback(&self, reason: &'static str) {
-        metrics::ryw_fallback(reason);
+    /// Counts a token-carrying read that left its nearest copy, once (see `Fallback`).
+    pub fn ryw_fallback(
+        &self,
+        fallback: crate::consistency::ryw::Fallback,
+        ran_on: Option<Target>,
+    ) {
+        if let Some((reason, target)) = fallback.outcome(ran_on) {
+            metrics::ryw_fallback(reason, target);
+        }
     }
 
     pub fn ryw_waited(&self, waited: std::time::Duration) {

@@ -11,6 +11,7 @@ pub const REPLICATION_LAG_SECONDS: &str = "homeport_replication_lag_seconds";
 pub const REPLICATION_LAG_BYTES: &str = "homeport_replication_lag_bytes";
 pub const ENDPOINT_UP: &str = "homeport_endpoint_up";
 pub const ENDPOINT_RTT_SECONDS: &str = "homeport_endpoint_rtt_seconds";
+pub const PROBE_AGE_SECONDS: &str = "homeport_probe_age_seconds";
 pub const REQUESTS_TOTAL: &str = "homeport_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "homeport_request_duration_seconds";
 pub const CROSS_REGION_REQUESTS_TOTAL: &str = "homeport_cross_region_requests_total";
@@ -28,6 +29,7 @@ pub const ALL: &[&str] = &[
     REPLICATION_LAG_BYTES,
     ENDPOINT_UP,
     ENDPOINT_RTT_SECONDS,
+    PROBE_AGE_SECONDS,
     REQUESTS_TOTAL,
     REQUEST_DURATION_SECONDS,
     CROSS_REGION_REQUESTS_TOTAL,
@@ -45,11 +47,12 @@ pub fn ryw_wait(waited: Duration) {
     histogram!(RYW_WAIT_SECONDS).record(waited.as_secs_f64());
 }
 
-/// A read with a token passed over a copy: `timeout` (waited max_wait), `lagging` (its measured
-/// lag is longer than max_wait, so no wait), `history` (other timeline or cluster), `unavailable`; and where it finally ran when not the nearest copy:
-/// `replica` or `primary`.
-pub fn ryw_fallback(reason: &'static str) {
-    counter!(RYW_FALLBACKS_TOTAL, "reason" => reason).increment(1);
+/// A read with a token that did not run on its nearest copy, counted once per read: `reason` is
+/// why the nearest copy was passed over (`timeout`: waited max_wait; `lagging`: its measured lag
+/// is longer than max_wait, so no wait; `history`: other timeline or cluster; `unavailable`),
+/// `target` where the read finally ran (`replica`, `primary`, or `none` when no copy could).
+pub fn ryw_fallback(reason: &'static str, target: &'static str) {
+    counter!(RYW_FALLBACKS_TOTAL, "reason" => reason, "target" => target).increment(1);
 }
 
 /// A request with an idempotency key: `new` (applied now), `replayed` (already applied: the
@@ -214,6 +217,14 @@ pub fn endpoint_up(
     if let Some(rtt) = rtt {
         gauge!(ENDPOINT_RTT_SECONDS, &labels).set(rtt.as_secs_f64());
     }
+}
+
+/// Seconds since the last successful probe of an endpoint, on this sidecar's clock (since the
+/// probe task started, before the first success). Set on every probe tick, so it keeps growing
+/// while the endpoint is unreachable, when its lag and role figures are only the last ones seen.
+pub fn probe_age(endpoint: &str, shard: &str, role: &'static str, age: Duration) {
+    gauge!(PROBE_AGE_SECONDS, "endpoint" => endpoint.to_string(), "shard" => shard.to_string(), "role" => role)
+        .set(age.as_secs_f64());
 }
 
 pub fn replication_lag_seconds(shard: &str, replica: &str, replica_region: &str, lag: Duration) {

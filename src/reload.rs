@@ -111,6 +111,9 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.http.listen != new.http.listen {
         changed.push("http.listen");
     }
+    if old.ops.listen != new.ops.listen {
+        changed.push("ops.listen");
+    }
     match (&old.pg, &new.pg) {
         (None, None) => {}
         (Some(a), Some(b)) => {
@@ -222,5 +225,7 @@ mod tests {
         assert!(fixed_changes(&old, &moved).is_empty());
         let relisten = Config::parse(&base.replace("127.0.0.1:7400", "127.0.0.1:7500")).unwrap();
         assert_eq!(fixed_changes(&old, &relisten), ["http.listen"]);
+        let ops = Config::parse(&base.replace("127.0.0.1:7402", "127.0.0.1:7502")).unwrap();
+        assert_eq!(fixed_changes(&old, &ops), ["ops.listen"]);
     }
 }

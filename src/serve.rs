@@ -1,7 +1,8 @@
 //! `homeport serve`: builds the first config generation (topology probes, pools, directory),
-//! starts the HTTP and wire front ends and the reload watcher, and runs until SIGTERM/SIGINT,
-//! then drains: `/readyz` turns false, the listeners close, in-flight requests and wire
-//! transactions finish within `shutdown_grace`.
+//! starts the HTTP and wire front ends, the ops listener and the reload watcher, and runs until
+//! SIGTERM/SIGINT, then drains: `/readyz` turns false, the data and wire listeners close,
+//! in-flight requests and wire transactions finish within `shutdown_grace`. The ops listener
+//! stays open until the process exits, so probes and the last scrape still get answers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,12 +42,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let handle = metrics::install();
     let listen = config.http.listen;
     let grace = config.shutdown_grace;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
+    let listener = bind(listen).await?;
+    let ops_listener = bind(config.ops.listen).await?;
+    let ops_listen = ops_listener.local_addr().unwrap_or(config.ops.listen);
     let pg = config.pg.clone();
     let cancel = Arc::new(pgwire::CancelRegistry::default());
     let current: Current = Arc::new(ArcSwap::new(Generation::start(
@@ -60,13 +58,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let (stop_tx, stop_rx) = watch::channel(false);
     let wire = match pg {
         Some(pg) => {
-            let wire_listener =
-                TcpListener::bind(pg.listen)
-                    .await
-                    .map_err(|source| StartError::Listen {
-                        addr: pg.listen,
-                        source,
-                    })?;
+            let wire_listener = bind(pg.listen).await?;
             let auth = Arc::new(pgwire::ClientAuth::from_config(&pg.auth)?);
             let tls = match &pg.tls {
                 Some(t) => Some(Arc::new(pgwire::tls::load(t).map_err(StartError::Tls)?)),
@@ -94,7 +86,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         ))
     });
     let server = tokio::spawn(http::serve(current.clone(), listener, stop_rx));
-    tracing::info!(region = %current.load().app.config.region, %listen, "homeport serving");
+    let (ops_stop, ops_stop_rx) = watch::channel(false);
+    let ops = tokio::spawn(http::serve_ops(current.clone(), ops_listener, ops_stop_rx));
+    tracing::info!(region = %current.load().app.config.region, %listen, ops = %ops_listen, "homeport serving");
 
     tokio::select! {
         _ = term.recv() => {}
@@ -124,5 +118,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
             abort.abort();
         }
     }
+    let _ = ops_stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), ops).await;
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
 }

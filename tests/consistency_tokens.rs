@@ -211,16 +211,24 @@ async fn a_read_with_the_token_sees_the_write_and_stays_local_when_it_can() {
         "the caught-up local replica served the token's reads"
     );
     let metrics = env
-        .send(env.http.get(env.url("us", "/metrics")))
+        .send(env.http.get(env.ops_url("us", "/metrics")))
         .await
         .body
         .as_str()
         .unwrap()
         .to_string();
+    // Each read that left the nearest copy is counted once, with why and where it ran instead.
     assert!(
-        metrics.contains("homeport_ryw_fallbacks_total{reason=\"timeout\"}")
-            || metrics.contains("homeport_ryw_fallbacks_total{reason=\"lagging\"}"),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("homeport_ryw_fallbacks_total{")
+                && (l.contains("reason=\"timeout\"") || l.contains("reason=\"lagging\""))
+                && (l.contains("target=\"primary\"") || l.contains("target=\"replica\""))),
         "{metrics}"
+    );
+    assert!(
+        !metrics.contains("reason=\"primary\"") && !metrics.contains("reason=\"replica\""),
+        "where a read ran is the target label, not a reason: {metrics}"
     );
     assert!(
         metrics.contains("homeport_ryw_wait_seconds_bucket"),

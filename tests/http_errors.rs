@@ -371,7 +371,7 @@ async fn operational_endpoints_and_commands() {
     // Lag gauges appear once a replica has been probed after its primary: poll briefly.
     let mut text = String::new();
     for _ in 0..50 {
-        let metrics = env.send(env.http.get(env.url("us", "/metrics"))).await;
+        let metrics = env.send(env.http.get(env.ops_url("us", "/metrics"))).await;
         text = metrics.body.as_str().unwrap().to_string();
         if text.contains("homeport_replication_lag_bytes")
             && text.contains("homeport_replication_lag_seconds")

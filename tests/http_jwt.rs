@@ -31,25 +31,11 @@ fn exp(offset: i64) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_mode_verifies_tokens() {
     let env = start(options(&["eu", "us"])).await;
-    let ports = homeport::dev::pick_ports(2).unwrap();
-    let (port, pg_port) = (ports[0], ports[1]);
     let secret_file = env.sandbox.dir.join("jwt-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let base = std::fs::read_to_string(&env.sandbox.region("us").config_path).unwrap();
-    let listen = format!(
-        "listen = \"127.0.0.1:{}\"",
-        env.sandbox.region("us").http_port
-    );
-    let config = base
-        .replace(&listen, &format!("listen = \"127.0.0.1:{port}\""))
-        .replace(
-            &format!(
-                "listen = \"127.0.0.1:{}\"",
-                env.sandbox.region("us").pg_port
-            ),
-            &format!("listen = \"127.0.0.1:{pg_port}\""),
-        )
-        .replace("auth = \"trusted-header\"", "auth = \"jwt\"")
+    // us's config on fresh data, wire and ops ports, next to the sandbox's own us sidecar.
+    let (base, port, _) = common::region_config_on_new_ports(&env, "us");
+    let config = base.replace("auth = \"trusted-header\"", "auth = \"jwt\"")
         + &format!(
             "\n[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
             secret_file.display()

@@ -53,7 +53,7 @@ fn problem(r: &Resp, status: u16, sqlstate: Option<&str>) {
 }
 
 async fn metrics(env: &Env, region: &str) -> String {
-    env.send(env.http.get(env.url(region, "/metrics")))
+    env.send(env.http.get(env.ops_url(region, "/metrics")))
         .await
         .body
         .as_str()

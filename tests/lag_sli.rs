@@ -115,7 +115,7 @@ async fn lag_gauge_tracks_delay_pause_and_idle() {
         paused_b >= paused_a + 1.5,
         "lag grows while paused: {paused_a} then {paused_b}"
     );
-    let metrics = env.send(env.http.get(env.url("us", "/metrics"))).await;
+    let metrics = env.send(env.http.get(env.ops_url("us", "/metrics"))).await;
     assert!(
         metrics
             .body

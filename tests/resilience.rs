@@ -611,7 +611,10 @@ async fn sighup_and_file_changes_reload_the_topology_without_dropping_anyone() {
     }
     assert!(refused, "the file change was picked up");
     let metrics = http
-        .get(format!("{url}/metrics"))
+        .get(format!(
+            "http://127.0.0.1:{}/metrics",
+            common::ops_port(&good)
+        ))
         .send()
         .await
         .unwrap()

@@ -363,14 +363,15 @@ async fn cancel_cross_shard_and_vanishing_clients() {
 async fn scram_sha_256_client_authentication() {
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "sam", "us").await.status, 201);
-    let ports = homeport::dev::pick_ports(2).unwrap();
-    let (http_port, pg_port) = (ports[0], ports[1]);
+    let ports = homeport::dev::pick_ports(3).unwrap();
+    let (http_port, pg_port, ops_port) = (ports[0], ports[1], ports[2]);
     let secret = env.sandbox.dir.join("wire-password");
     std::fs::write(&secret, "correct horse battery staple\n").unwrap();
     let us = env.sandbox.region("us");
     let config = std::fs::read_to_string(&us.config_path)
         .unwrap()
         .replace(&format!("127.0.0.1:{}\"", us.http_port), &format!("127.0.0.1:{http_port}\""))
+        .replace(&format!("127.0.0.1:{}\"", us.ops_port), &format!("127.0.0.1:{ops_port}\""))
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", us.pg_port),
             &format!(
@@ -462,7 +463,7 @@ async fn wire_requests_are_counted_by_target() {
         .await
         .unwrap();
     let text = env
-        .send(env.http.get(env.url("us", "/metrics")))
+        .send(env.http.get(env.ops_url("us", "/metrics")))
         .await
         .body
         .as_str()
@@ -553,12 +554,13 @@ async fn tls_towards_clients_when_configured() {
         .arg(&key)
         .arg("-out")
         .arg(&cert));
-    let ports = homeport::dev::pick_ports(2).unwrap();
-    let (http_port, pg_port) = (ports[0], ports[1]);
+    let ports = homeport::dev::pick_ports(3).unwrap();
+    let (http_port, pg_port, ops_port) = (ports[0], ports[1], ports[2]);
     let us = env.sandbox.region("us");
     let config = std::fs::read_to_string(&us.config_path)
         .unwrap()
         .replace(&format!("127.0.0.1:{}\"", us.http_port), &format!("127.0.0.1:{http_port}\""))
+        .replace(&format!("127.0.0.1:{}\"", us.ops_port), &format!("127.0.0.1:{ops_port}\""))
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", us.pg_port),
             &format!(
@@ -630,14 +632,18 @@ async fn homeport_authenticates_to_servers_with_scram() {
 
     let secret = env.sandbox.dir.join("server-password");
     std::fs::write(&secret, "server-side secret\n").unwrap();
-    let ports = homeport::dev::pick_ports(2).unwrap();
-    let (http_port, pg_port) = (ports[0], ports[1]);
+    let ports = homeport::dev::pick_ports(3).unwrap();
+    let (http_port, pg_port, ops_port) = (ports[0], ports[1], ports[2]);
     let us = env.sandbox.region("us");
     let config = std::fs::read_to_string(&us.config_path)
         .unwrap()
         .replace(
             &format!("127.0.0.1:{}\"", us.http_port),
             &format!("127.0.0.1:{http_port}\""),
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"", us.ops_port),
+            &format!("127.0.0.1:{ops_port}\""),
         )
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", us.pg_port),
@@ -708,10 +714,7 @@ async fn homeport_authenticates_to_servers_with_scram() {
         .body
         .to_string();
     let metrics = env
-        .send(
-            env.http
-                .get(format!("http://127.0.0.1:{http_port}/metrics")),
-        )
+        .send(env.http.get(format!("http://127.0.0.1:{ops_port}/metrics")))
         .await
         .body
         .to_string();

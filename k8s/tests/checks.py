@@ -116,10 +116,29 @@ def by_kind(docs, kind):
     return found[0]
 
 
-def check_render(region, outdir):
+VARIANTS = Path(__file__).resolve().parent / "variants"
+
+
+def variants():
+    return sorted(p.stem for p in VARIANTS.glob("*.yaml"))
+
+
+def target_values(target):
+    """A region's values, or a variant's: tests/variants/<name>.yaml over the first region's."""
+    if target in regions():
+        return region_values(target)
+    path = VARIANTS / f"{target}.yaml"
+    expect(path.exists(), f"{target} is neither a region nor a variant in {VARIANTS}")
+    return region_values(regions()[0], path)
+
+
+def check_render(target, outdir):
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rendered, notes = render(CHART, region_values(region), RELEASE, NAMESPACE)
+    values = target_values(target)
+    errors = schema_errors(values)
+    expect(not errors, f"{target}: values violate the schema:\n  " + "\n  ".join(errors))
+    rendered, notes = render(CHART, values, RELEASE, NAMESPACE)
     text = "".join(f"---\n# Source: {src}\n{body.strip()}\n" for src, body in rendered.items() if body.strip())
     expect("{{" not in text and "{{" not in notes, "unrendered template action left in the output")
     docs = [d for d in yaml.safe_load_all(text) if d]
@@ -127,31 +146,107 @@ def check_render(region, outdir):
         expect(d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"),
                f"manifest without apiVersion/kind/metadata.name: {d}")
     expect(notes.strip(), "NOTES.txt rendered empty")
-    (outdir / f"{region}.yaml").write_text(text)
-    (outdir / f"{region}.NOTES.txt").write_text(notes)
-    print(f"rendered {len(docs)} manifests for {region} into {outdir / (region + '.yaml')}: "
+    (outdir / f"{target}.yaml").write_text(text)
+    (outdir / f"{target}.NOTES.txt").write_text(notes)
+    print(f"rendered {len(docs)} manifests for {target} into {outdir / (target + '.yaml')}: "
           + ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in docs))
 
 
-def check_manifests(region, outdir):
-    values = region_values(region)
-    docs = rendered_docs(outdir, region)
+def homeport_container(pod, values):
+    """(homeport's container, the app's containers, the app's init containers) of a pod spec,
+    checking where homeport sits: first init container with restartPolicy Always (native
+    sidecar) or last container."""
+    spec = pod["spec"]
+    containers, inits = spec["containers"], spec.get("initContainers", [])
+    if values["homeport"]["nativeSidecar"]:
+        expect(inits and inits[0]["name"] == "homeport", "native sidecar: homeport is not the first init container")
+        hp = inits[0]
+        expect(hp.get("restartPolicy") == "Always", "native sidecar without restartPolicy: Always")
+        expect(all(c["name"] != "homeport" for c in containers), "homeport is also a regular container")
+        return hp, containers, inits[1:]
+    expect(containers[-1]["name"] == "homeport", "homeport is not the last container")
+    hp = containers[-1]
+    expect("restartPolicy" not in hp, "a plain container cannot have a restartPolicy")
+    return hp, containers[:-1], inits
+
+
+def grace_budget(values):
+    """The shutdown arithmetic (k8s/README.md): (grace, app drain, shutdown_grace, needed)."""
+    grace = values["homeport"]["terminationGracePeriodSeconds"]
+    drain = values["homeport"]["appDrainSeconds"]
+    own = seconds(values["config"]["shutdown_grace"])
+    return grace, drain, own, drain + own + SIGNAL_MARGIN
+
+
+# Seconds for the kubelet to deliver SIGTERM and for homeport to exit after its drain.
+SIGNAL_MARGIN = 5
+
+
+def check_grace(target, outdir):
+    """terminationGracePeriodSeconds, the preStop hook and shutdown_grace agree."""
+    values = target_values(target)
+    pod = by_kind(rendered_docs(outdir, target), "Deployment")["spec"]["template"]
+    hp, _, _ = homeport_container(pod, values)
+    grace, drain, own, needed = grace_budget(values)
+    expect(pod["spec"]["terminationGracePeriodSeconds"] == grace, "rendered grace differs from the values")
+    expect(grace >= needed, f"terminationGracePeriodSeconds {grace} < appDrainSeconds {drain} + shutdown_grace "
+                            f"{own:g} + {SIGNAL_MARGIN}: the kubelet would kill homeport mid-drain")
+    if values["homeport"]["nativeSidecar"]:
+        # Kubernetes stops a native sidecar only after the app containers exited: a preStop pause
+        # would only eat into the grace period.
+        expect("lifecycle" not in hp, "native sidecar with a preStop hook")
+        how = "native sidecar: SIGTERM after the app exits, no preStop"
+    else:
+        pause = hp["lifecycle"]["preStop"]["sleep"]["seconds"]
+        expect(pause == drain, f"preStop sleeps {pause}s, appDrainSeconds is {drain}s: homeport would stop "
+                               "before the app has drained")
+        how = f"plain container: preStop sleeps {pause}s"
+    print(f"{target}: grace {grace}s >= app drain {drain}s + shutdown_grace {own:g}s + {SIGNAL_MARGIN}s = "
+          f"{needed:g}s; {how}")
+
+
+def check_grace_rejected(path):
+    """A values file whose shutdown arithmetic does not add up must fail check_grace."""
+    path = Path(path)
+    values = region_values(regions()[0], path)
+    expect(not schema_errors(values), f"{path.name} must be schema-valid: only the arithmetic is wrong")
+    grace, drain, own, needed = grace_budget(values)
+    expect(grace < needed, f"{path.name} adds up ({grace} >= {needed:g}) but is meant not to")
+    why = path.read_text().splitlines()[0].lstrip("# ")
+    print(f"{path.name} ({why}): grace {grace}s < {drain} + {own:g} + {SIGNAL_MARGIN} = {needed:g}s, rejected")
+
+
+def check_manifests(target, outdir):
+    values = target_values(target)
+    docs = rendered_docs(outdir, target)
     kinds = sorted(d["kind"] for d in docs)
     expect("Secret" not in kinds, "the chart must reference Secrets, never render them")
     cm, deploy, svc = by_kind(docs, "ConfigMap"), by_kind(docs, "Deployment"), by_kind(docs, "Service")
     pod = deploy["spec"]["template"]
-    containers = pod["spec"]["containers"]
-    expect(containers[:-1] == values["app"]["containers"], "the app containers are not rendered verbatim")
-    hp = containers[-1]
-    expect(hp["name"] == "homeport", "homeport is not the last container")
+    hp, app_containers, app_inits = homeport_container(pod, values)
+    expect(app_containers == values["app"]["containers"], "the app containers are not rendered verbatim")
+    expect(app_inits == values["app"].get("initContainers", []), "the app init containers are not rendered verbatim")
     image = values["homeport"]["image"]
-    expect(hp["image"] == f"{image['repository']}:{image['tag']}", f"image {hp['image']}")
+    want = f"{image['repository']}:{image['tag']}" + (f"@{image['digest']}" if image.get("digest") else "")
+    expect(hp["image"] == want, f"image {hp['image']}, expected {want}")
     expect(hp["args"] == ["serve", "--config", CONFIG_PATH], f"args {hp['args']}")
 
-    port = values["homeport"]["httpPort"]
-    expect({"name": "metrics", "containerPort": port, "protocol": "TCP"} in hp["ports"], "no `metrics` port")
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        expect(hp[probe]["httpGet"] == {"path": path, "port": "metrics"}, f"{probe} is not GET {path}")
+    # Only the ops listener is a container port; data and wire listen on loopback.
+    ops = values["homeport"]["opsPort"]
+    expect(hp["ports"] == [{"name": "ops", "containerPort": ops, "protocol": "TCP"}], f"ports {hp['ports']}")
+    toml = tomllib.loads(cm["data"]["homeport.toml"])
+    expect(toml["http"]["listen"] == f"127.0.0.1:{values['homeport']['httpPort']}", "data listener not on loopback")
+    expect(toml["ops"]["listen"] == f"{values['homeport']['opsBindAddress']}:{ops}", "ops listener not on the pod IP")
+    expect("allow_trusted_header_on_network" not in toml["http"], "the chart must not need the network override")
+    if "pg" in toml:
+        expect(toml["pg"]["listen"] == f"127.0.0.1:{values['homeport']['pgPort']}", "wire endpoint not on loopback")
+    probes = [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]
+    if values["homeport"]["nativeSidecar"]:
+        probes.append(("startupProbe", "/healthz"))
+    else:
+        expect("startupProbe" not in hp, "startupProbe on a plain container would delay nothing")
+    for probe, path in probes:
+        expect(hp[probe]["httpGet"] == {"path": path, "port": "ops"}, f"{probe} is not GET {path} on `ops`")
 
     sc = hp["securityContext"]
     expect(sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) != 0, "not non-root")
@@ -163,11 +258,6 @@ def check_manifests(region, outdir):
     res = hp["resources"]
     expect(mebibytes(res["requests"]["memory"]) <= mebibytes(res["limits"]["memory"]), "memory request > limit")
     expect(millicores(res["requests"]["cpu"]) <= millicores(res["limits"]["cpu"]), "cpu request > limit")
-
-    pause = hp["lifecycle"]["preStop"]["sleep"]["seconds"]
-    grace = pod["spec"]["terminationGracePeriodSeconds"]
-    drain = seconds(values["config"]["shutdown_grace"])
-    expect(grace > pause + drain, f"terminationGracePeriodSeconds {grace} <= preStop {pause}s + shutdown_grace {drain}s")
 
     # The config comes from the rendered ConfigMap; the password file from a mounted Secret.
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -188,30 +278,43 @@ def check_manifests(region, outdir):
     pod_labels = pod["metadata"]["labels"]
     expect(deploy["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), "selector does not match pods")
     expect(svc["spec"]["selector"].items() <= pod_labels.items(), "metrics Service does not select the pods")
-    expect({"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"} in svc["spec"]["ports"],
-           "metrics Service has no `metrics` port")
+    expect(svc["spec"]["ports"] == [{"name": "metrics", "port": ops, "targetPort": "ops", "protocol": "TCP"}],
+           "the metrics Service must expose the ops port only, as `metrics`")
     if values["networkPolicy"]["enabled"]:
         np = by_kind(docs, "NetworkPolicy")
         expect(np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items(), "NetworkPolicy selects no pods")
-        expect(any({"port": "metrics", "protocol": "TCP"} in rule.get("ports", []) for rule in np["spec"]["ingress"]),
-               "NetworkPolicy does not admit the metrics port")
+        expect(any({"port": "ops", "protocol": "TCP"} in rule.get("ports", []) for rule in np["spec"]["ingress"]),
+               "NetworkPolicy does not admit the ops port")
     else:
         expect("NetworkPolicy" not in kinds, "NetworkPolicy rendered while disabled")
-    print(f"{region}: {', '.join(kinds)}; app containers verbatim; homeport non-root, read-only root, "
-          f"no capabilities, RuntimeDefault seccomp; probes /healthz /readyz on `metrics` ({port}); "
-          f"grace {grace}s > preStop {pause}s + shutdown_grace {drain:g}s; password from Secret "
-          f"{ref['secretName']}")
+    pdb_note = "no PodDisruptionBudget"
+    if values["app"]["podDisruptionBudget"]["enabled"]:
+        pdb = by_kind(docs, "PodDisruptionBudget")
+        expect(pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), "PDB selects no pods")
+        expect(pdb["spec"]["maxUnavailable"] == values["app"]["podDisruptionBudget"]["maxUnavailable"], "PDB budget")
+        pdb_note = f"PDB maxUnavailable {pdb['spec']['maxUnavailable']}"
+    else:
+        expect("PodDisruptionBudget" not in kinds, "PodDisruptionBudget rendered while disabled")
+    spread = values["app"].get("topologySpreadConstraints") or []
+    expect(pod["spec"].get("topologySpreadConstraints", []) == spread, "topologySpreadConstraints not verbatim")
+    mode = "native sidecar (init container, restartPolicy Always)" if values["homeport"]["nativeSidecar"] else "plain container"
+    print(f"{target}: {', '.join(kinds)}; homeport as {mode}, image {hp['image']}; app containers verbatim; "
+          f"non-root, read-only root, no capabilities, RuntimeDefault seccomp; data API 127.0.0.1:"
+          f"{values['homeport']['httpPort']}, only `ops` ({ops}) on the pod IP with the probes; {pdb_note}; "
+          f"password from Secret {ref['secretName']}")
 
 
 def expected_config(region, values):
     """config/<region>.toml as the chart must render it: same keys and values, except what the
-    chart sets for Kubernetes (listen on the pod IP, the password from the mounted Secret)."""
+    chart sets for Kubernetes (the ops listener on the pod IP, the password from the mounted
+    Secret)."""
     path = REPO / "config" / f"{region}.toml"
     if not path.exists():
         return None
     cfg = tomllib.loads(path.read_text())
     cfg.setdefault("shutdown_grace", "20s")
-    cfg["http"]["listen"] = f"0.0.0.0:{values['homeport']['httpPort']}"
+    cfg["http"]["listen"] = f"127.0.0.1:{values['homeport']['httpPort']}"
+    cfg["ops"]["listen"] = f"{values['homeport']['opsBindAddress']}:{values['homeport']['opsPort']}"
     cfg["postgres"].pop("password_env", None)
     cfg["postgres"]["password_file"] = "/etc/homeport-secrets/postgres/password"
     for shard in cfg["shards"].values():
@@ -250,7 +353,7 @@ def check_configmap(region, outdir):
     problems = diff(cfg, expected)
     expect(not problems, "rendered homeport.toml differs from config/%s.toml:\n  %s" % (region, "\n  ".join(problems)))
     print(f"{region}: homeport.toml parses (tomllib), region = {region!r}, and equals config/{region}.toml "
-          f"except http.listen = {cfg['http']['listen']!r} and postgres.password_file")
+          f"except ops.listen = {cfg['ops']['listen']!r} and postgres.password_file")
 
 
 def homeport_binary():
@@ -264,7 +367,30 @@ def homeport_binary():
     return shutil.which("homeport")
 
 
-def check_homeport_accepts(region, outdir):
+def fake_secret_files(text, tmp):
+    """Replace every mounted-secret path in a rendered config with a file in `tmp` holding
+    something of the right shape: a self-signed certificate and its key for *.crt / *.key (made
+    with openssl), a 48-character string otherwise."""
+    tmp = Path(tmp)
+    pem = tmp / "cert.crt", tmp / "cert.key"
+    paths = sorted(set(re.findall(r'"(/etc/homeport-secrets/[^"]+)"', text)))
+    if any(p.endswith((".crt", ".key")) for p in paths):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=localhost", "-keyout", str(pem[1]), "-out", str(pem[0])],
+                       check=True, capture_output=True)
+    for i, path in enumerate(paths):
+        local = tmp / f"secret-{i}"
+        if path.endswith(".crt"):
+            local.write_bytes(pem[0].read_bytes())
+        elif path.endswith(".key"):
+            local.write_bytes(pem[1].read_bytes())
+        else:
+            local.write_text("not-a-real-secret-" + "x" * 30 + "\n")
+        text = text.replace(json.dumps(path), json.dumps(str(local)))
+    return text, len(paths)
+
+
+def check_homeport_accepts(target, outdir):
     """Feed the rendered config to homeport's own parser (`homeport check`). Every server address
     is pointed at 127.0.0.1:1, so the probes fail at once: exit 1 is "config fine, servers
     unreachable"; exit 2 with "config error" is a config homeport refuses."""
@@ -272,12 +398,10 @@ def check_homeport_accepts(region, outdir):
     if not binary:
         print("no homeport binary (target/release, target/debug, PATH or $HOMEPORT_BIN): skipped")
         sys.exit(SKIP)
-    text = by_kind(rendered_docs(outdir, region), "ConfigMap")["data"]["homeport.toml"]
+    text = by_kind(rendered_docs(outdir, target), "ConfigMap")["data"]["homeport.toml"]
     with tempfile.TemporaryDirectory() as tmp:
-        password = Path(tmp) / "password"
-        password.write_text("not-a-real-password\n")
         text = re.sub(r"(postgresql|redis)://[^/\"]+", r"\1://127.0.0.1:1", text)
-        text = text.replace('"/etc/homeport-secrets/postgres/password"', json.dumps(str(password)))
+        text, secrets = fake_secret_files(text, tmp)
         config = Path(tmp) / "homeport.toml"
         config.write_text(text)
         proc = subprocess.run([binary, "check", "--config", str(config)], capture_output=True, text=True,
@@ -285,8 +409,70 @@ def check_homeport_accepts(region, outdir):
     output = (proc.stdout + proc.stderr).strip()
     expect(proc.returncode in (0, 1) and "config error" not in output,
            f"homeport check exited {proc.returncode}:\n{output}")
-    print(f"{region}: {binary} check accepted the rendered config ({output.splitlines()[0]}; exit "
-          f"{proc.returncode} because the servers, redirected to 127.0.0.1:1, are unreachable)")
+    print(f"{target}: {binary} check accepted the rendered config ({output.splitlines()[0]}; exit "
+          f"{proc.returncode} because the servers, redirected to 127.0.0.1:1, are unreachable; "
+          f"{secrets} mounted secret files stood in by local ones)")
+
+
+# Keys of homeport.toml the chart sets itself (from ports and mounted Secrets), not from `config`.
+CHART_SET = {"http.listen", "ops", "ops.listen", "pg.listen", "postgres.password_file", "postgres.sslrootcert",
+             "redis.password_file", "pg.users.password_file", "pg.tls_cert_file", "pg.tls_key_file",
+             "consistency", "consistency.key_file", "consistency.previous_key_file"}
+# Schema properties under `config` that steer rendering instead of becoming a key.
+CHART_SWITCHES = {"pg.enabled"}
+
+
+def toml_paths(table, prefix=""):
+    """Key paths of a TOML document; shard names and directory endpoints collapse to their
+    table (their own schema describes them), arrays of tables to their item keys."""
+    paths = set()
+    for key, value in table.items():
+        path = prefix + key
+        paths.add(path)
+        if path in ("shards", "directory.primary", "directory.replicas"):
+            continue
+        if isinstance(value, dict):
+            paths |= toml_paths(value, path + ".")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for v in value:
+                paths |= toml_paths(v, path + ".")
+    return paths
+
+
+def schema_paths(node, prefix=""):
+    paths = set()
+    for key, sub in node.get("properties", {}).items():
+        path = prefix + key
+        paths.add(path)
+        if path not in ("shards", "directory.primary", "directory.replicas"):
+            paths |= schema_paths(sub, path + ".")
+    return paths
+
+
+def check_schema_covers_config(target, outdir):
+    """Every key of the rendered homeport.toml is either set by the chart or described by
+    values.schema.json under `config` (so the schema checks it before Helm renders it), and every
+    `config` property of the schema reaches the rendered file. Run on a variant that switches
+    every optional part on."""
+    cm = by_kind(rendered_docs(outdir, target), "ConfigMap")
+    rendered = toml_paths(tomllib.loads(cm["data"]["homeport.toml"])) - {"region"}
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    described = schema_paths(schema["properties"]["config"]) - {"region"}
+    # pg.users is a list of names in the values and an array of tables ([[pg.users]] name = ...).
+    described |= {"pg.users.name"}
+    unchecked = rendered - described - CHART_SET
+    expect(not unchecked, f"rendered keys the schema does not describe: {sorted(unchecked)}")
+    unused = described - rendered - CHART_SWITCHES - {"jwt"} - {p for p in described if p.startswith("jwt.")} \
+        - {"pg.users"}
+    jwt_rendered = {p for p in rendered if p.startswith("jwt.")}
+    expect(not unused, f"schema properties that never reach homeport.toml: {sorted(unused)}")
+    for must in ("pg.listen", "pg.auth", "pg.pool_size", "pg.tls_cert_file", "pg.tls_required",
+                 "postgres.sslmode", "postgres.sslrootcert", "ops.listen"):
+        expect(must in rendered, f"{target} does not render {must}")
+    print(f"{target}: {len(rendered)} rendered keys, each described by values.schema.json "
+          f"({len(rendered - CHART_SET)}) or set by the chart ({len(rendered & CHART_SET)}); every schema "
+          f"property reaches the file; [pg] listen/auth/pool_size/TLS, postgres.sslmode/sslrootcert and "
+          f"{len(jwt_rendered)} [jwt] keys included")
 
 
 # --- Prometheus rules, ServiceMonitor, dashboard ---------------------------------------------------
@@ -294,9 +480,13 @@ def check_homeport_accepts(region, outdir):
 REQUIRED_ALERTS = {
     "HomeportReplicationLagHigh": ("warning", "1m", "> 5"),
     "HomeportReplicationLagCritical": ("page", "1m", "> 30"),
-    "HomeportEndpointDown": (None, "1m", "== 0"),
+    "HomeportReplicationLagUnknown": ("warning", "1m", "homeport_probe_age_seconds"),
+    "HomeportEndpointDown": ("warning", "1m", "== 0"),
+    "HomeportPrimaryDown": ("page", "1m", 'homeport_endpoint_up{role="primary"}) == 0'),
     "HomeportRYWFallbackRatioHigh": (None, "10m", "> 0.05"),
     "HomeportErrorRatioHigh": (None, "5m", "> 0.05"),
+    "HomeportTargetDown": ("warning", "5m", "up{"),
+    "HomeportMetricsAbsent": ("page", "5m", "absent(up{"),
 }
 
 
@@ -349,8 +539,28 @@ def check_alerts():
         expect(anchor == "runbook-" + name.lower(), f"{name}: runbook anchor {anchor}")
         expect(ann["runbook_url"].split("#")[0].endswith("/k8s/README.md"), f"{name}: runbook_url not k8s/README.md")
         expect(f'<a id="{anchor}"></a>' in readme and f"### {name}" in readme, f"{name}: no runbook section {anchor} in k8s/README.md")
-    print(f"{len(alerts)} alerts with severity, summary, description and a runbook_url whose anchor exists "
-          f"in k8s/README.md: {', '.join(alerts)}")
+        commands = first_three_commands(readme, anchor)
+        expect(len(commands) == 3, f"{name}: the runbook's \"First three commands\" block has {len(commands)} "
+                                   f"commands, expected 3: {commands}")
+    print(f"{len(alerts)} alerts with severity, summary, description, a runbook_url whose anchor exists in "
+          f"k8s/README.md, and a runbook that starts with three commands: {', '.join(alerts)}")
+
+
+def first_three_commands(readme, anchor):
+    """The commands of the first ```sh block after "**First three commands.**" in a runbook section
+    (a command may continue over lines ending in a backslash; comments do not count)."""
+    section = readme.split(f'<a id="{anchor}"></a>', 1)[1].split('<a id="', 1)[0]
+    expect("**First three commands.**" in section, f"runbook {anchor} has no **First three commands.**")
+    block = section.split("**First three commands.**", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands, current = [], ""
+    for line in block.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            commands.append(current.strip())
+            current = ""
+    return commands
 
 
 def check_servicemonitor(outdir):
@@ -369,33 +579,62 @@ def check_servicemonitor(outdir):
 
 
 def check_applicationset():
+    """A cluster generator selecting clusters by label, the region and values file from the
+    cluster's label, a pinned revision, automated sync with prune and self-heal. For every
+    values-<region>.yaml, the template is applied to a cluster labelled with that region and the
+    files it names must exist."""
     appset = yaml.safe_load((K8S / "argocd" / "applicationset.yaml").read_text())
     expect(appset["apiVersion"] == "argoproj.io/v1alpha1" and appset["kind"] == "ApplicationSet", "not an ApplicationSet")
     spec = appset["spec"]
-    elements = [e for g in spec["generators"] for e in g.get("list", {}).get("elements", [])]
-    names = sorted(e["region"] for e in elements)
-    expect(names == regions(), f"generator regions {names} != values files {regions()}")
-    for e in elements:
-        expect(e.get("server") and e.get("namespace"), f"element {e} lacks server or namespace")
-    tmpl = spec["template"]["spec"]
-    sources = tmpl.get("sources") or [tmpl["source"]]
+    expect(spec.get("goTemplate") is True, "goTemplate must be on (the templates use index)")
+    expect(len(spec["generators"]) == 1 and "clusters" in spec["generators"][0], "expected one cluster generator")
+    selector = spec["generators"][0]["clusters"].get("selector", {})
+    keys = {e["key"]: e["operator"] for e in selector.get("matchExpressions", [])} | \
+           {k: "In" for k in selector.get("matchLabels", {})}
+    expect(keys.get("homeport.io/region") in ("Exists", "In"), "the generator does not select by homeport.io/region")
+    tmpl = spec["template"]
+    sources = tmpl["spec"].get("sources") or [tmpl["spec"]["source"]]
+    for src in sources:
+        rev = str(src.get("targetRevision", ""))
+        expect(re.fullmatch(r"v?\d+\.\d+\.\d+|[0-9a-f]{40}", rev),
+               f"targetRevision {rev!r} is not pinned (a release tag or a commit, never a branch)")
     chart = [s for s in sources if "helm" in s]
     expect(len(chart) == 1, "expected one Helm source")
     expect((REPO / chart[0]["path"]).resolve() == CHART, f"chart path {chart[0]['path']} is not k8s/chart")
-    for e in elements:
-        for vf in chart[0]["helm"]["valueFiles"]:
-            f = CHART / vf.replace("{{ .region }}", e["region"])
-            expect(f.exists(), f"value file {f} for {e['region']} does not exist")
+
+    def instantiate(text, region):
+        labels = {"homeport.io/region": region}
+        def one(m):
+            expr = m.group(1).strip()
+            idx = re.fullmatch(r'index \.metadata\.labels "([^"]+)"', expr)
+            if idx:
+                return labels[idx.group(1)]
+            expect(expr == ".server", f"unsupported template expression {expr!r}")
+            return f"https://k8s.{region}.example.com"
+        return re.sub(r"\{\{(.*?)\}\}", one, text)
+
+    for region in regions():
+        app = yaml.safe_load(instantiate(yaml.safe_dump(tmpl), region))
+        expect(app["metadata"]["name"] == f"shop-{region}", f"application name {app['metadata']['name']}")
+        expect(app["metadata"]["labels"]["homeport.io/region"] == region, "application lacks the region label")
+        helm = [s for s in app["spec"]["sources"] if "helm" in s][0]["helm"]
+        for vf in helm["valueFiles"]:
+            expect((CHART / vf).exists(), f"{region}: value file {vf} does not exist")
+        expect(f"values-{region}.yaml" in helm["valueFiles"], f"{region}: its values file is not used")
+        expect(app["spec"]["destination"]["namespace"], "no destination namespace")
+        expect(app["spec"]["destination"]["server"] == f"https://k8s.{region}.example.com", "server not the cluster's")
     for s in sources:
         expect((REPO / s["path"]).is_dir(), f"source path {s['path']} does not exist")
         include = s.get("directory", {}).get("include", "")
         for name in re.findall(r"[\w.-]+\.ya?ml", include):
             expect((REPO / s["path"] / name).exists(), f"{s['path']}/{name} does not exist")
-    sync = tmpl["syncPolicy"]
+    sync = tmpl["spec"]["syncPolicy"]
     expect(sync["automated"].get("prune") is True and sync["automated"].get("selfHeal") is True, "no prune/selfHeal")
     expect("CreateNamespace=true" in sync.get("syncOptions", []), "no CreateNamespace=true")
-    print(f"ApplicationSet: list generator regions {names} match values-*.yaml; chart and monitoring "
-          f"sources exist; automated prune+selfHeal, CreateNamespace=true")
+    revs = sorted({str(s["targetRevision"]) for s in sources})
+    print(f"ApplicationSet: cluster generator selecting {sorted(keys)}; for clusters labelled "
+          f"{', '.join(regions())} the template names existing values files; pinned revision {', '.join(revs)}; "
+          f"automated prune+selfHeal, CreateNamespace=true")
 
 
 def metric_names_file():
@@ -422,9 +661,13 @@ def metrics_in(expr):
     return found
 
 
+# Series Prometheus makes itself for every scrape target.
+PROMETHEUS_SERIES = {"up"}
+
+
 def known_metric(name, names):
     base = re.sub(r"_(bucket|sum|count)$", "", name)
-    return name in names or (base in names and not base.endswith("_total"))
+    return name in names or name in PROMETHEUS_SERIES or (base in names and not base.endswith("_total"))
 
 
 def dashboard_exprs():
@@ -520,11 +763,11 @@ def check_dockerfile():
     expect(re.search(r'(?m)^ENTRYPOINT \["homeport"\]$', text), "ENTRYPOINT is not [\"homeport\"]")
     expect(re.search(r'(?m)^CMD \["serve", "--config", "%s"\]$' % re.escape(CONFIG_PATH), text),
            "CMD does not serve the config path the chart mounts")
-    expect(re.search(r"(?m)^EXPOSE 7400 7401$", text), "EXPOSE 7400 7401 missing")
+    expect(re.search(r"(?m)^EXPOSE 7400 7401 7402$", text), "EXPOSE 7400 7401 7402 missing")
     ignore = (REPO / ".dockerignore").read_text().split()
     expect({"target/", ".git"} <= set(ignore), ".dockerignore lacks target/ or .git")
     print(f"Dockerfile: stages {' -> '.join(stages)}; non-root; ENTRYPOINT/CMD serve {CONFIG_PATH}; "
-          f"EXPOSE 7400 7401; .dockerignore has target/ and .git")
+          f"EXPOSE 7400 7401 7402; .dockerignore has target/ and .git")
 
 
 def check_yaml_files():

@@ -7,9 +7,13 @@
 #
 # (a) values-<region>.yaml over values.yaml against values.schema.json (jsonschema), and every
 #     deliberately bad document in bad-values/ rejected;
-# (b) the chart rendered per region without helm (render.py), every manifest validated against the
-#     Kubernetes OpenAPI schemas (kubernetes-validate --strict), structural checks, the ConfigMap's
-#     homeport.toml parsed (tomllib), compared with config/<region>.toml and fed to homeport itself;
+# (b) the chart rendered per region and per variant (variants/: plain container instead of native
+#     sidecar; every optional part on) without helm (render.py), every manifest validated against
+#     the Kubernetes OpenAPI schemas of 1.30 (the chart's minimum) and of the newest release
+#     kubernetes-validate ships (kubernetes-validate --strict), structural checks, the shutdown
+#     arithmetic (and bad-grace/ rejected), the ConfigMap's homeport.toml parsed (tomllib),
+#     compared with config/<region>.toml, checked against the schema's coverage and fed to
+#     homeport itself;
 # (c) promtool check rules / test rules;
 # (d) the PrometheusRule equals the plain rule file;
 # (e) the dashboard's structure and PromQL, and every metric name against k8s/metric-names.txt;
@@ -21,9 +25,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 k8s="$(dirname "$here")"
 out="$here/.rendered"
 venv="$here/.venv"
-# Kubernetes version whose schemas the manifests are validated against (the chart needs >= 1.30
-# for the preStop sleep action; kubernetes-validate 1.37 ships schemas from 1.25 to 1.37).
-kube_version="1.30.0"
+# Kubernetes versions whose schemas the manifests are validated against: the chart's minimum (1.30,
+# for native sidecars and the preStop sleep action) and the newest kubernetes-validate ships
+# (found below; kubernetes-validate 1.37.0 ships schemas from 1.25 to 1.37).
+min_kube_version="1.30.0"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -44,6 +49,12 @@ if ! cmp -s "$here/requirements.txt" "$venv/.requirements" 2>/dev/null; then
 fi
 py="$venv/bin/python"
 export PATH="$venv/bin:$PATH"
+newest_kube_version="$("$py" -c '
+import os, re, kubernetes_validate
+d = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema")
+found = (re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)-local-strict", n) for n in os.listdir(d))
+print(".".join(map(str, max(tuple(map(int, m.groups())) for m in found if m))))
+')"
 
 passed=0 failed=0 skipped=0
 # check NAME COMMAND...: run one check, print its output indented, count the result.
@@ -75,14 +86,25 @@ for bad in "$here"/bad-values/*.yaml; do
     check "bad values $(basename "$bad") rejected" checks bad-values "$bad"
 done
 
-echo "== (b) chart rendered per region, Kubernetes schemas, config"
+echo "== (b) chart rendered per region and variant, Kubernetes schemas, shutdown arithmetic, config"
+mapfile -t variants < <(cd "$here/variants" && ls *.yaml | sed 's/\.yaml$//')
+for target in "${regions[@]}" "${variants[@]}"; do
+    check "render $target" checks render "$target" "$out"
+    for v in "$min_kube_version" "$newest_kube_version"; do
+        check "kubernetes-validate --strict $target (Kubernetes $v)" \
+            kubernetes-validate --strict --kubernetes-version "$v" "$out/$target.yaml"
+    done
+    check "manifests $target: sidecar, listeners, security, probes, PDB, secrets" checks manifests "$target" "$out"
+    check "shutdown arithmetic $target: grace, preStop, shutdown_grace" checks grace "$target" "$out"
+    check "homeport check accepts the $target config" checks homeport-accepts "$target" "$out"
+done
 for region in "${regions[@]}"; do
-    check "render $region" checks render "$region" "$out"
-    check "kubernetes-validate --strict $region (Kubernetes $kube_version)" \
-        kubernetes-validate --strict --kubernetes-version "$kube_version" "$out/$region.yaml"
-    check "manifests $region: sidecar, security, probes, drain, secrets" checks manifests "$region" "$out"
     check "configmap $region: homeport.toml" checks configmap "$region" "$out"
-    check "homeport check accepts the $region config" checks homeport-accepts "$region" "$out"
+done
+check "values.schema.json covers every key the chart renders (variant full)" \
+    checks schema-covers-config full "$out"
+for bad in "$here"/bad-grace/*.yaml; do
+    check "shutdown arithmetic $(basename "$bad") rejected" checks grace-rejected "$bad"
 done
 check "resources sized from the README benchmark" checks resources-vs-benchmark
 check "servicemonitor selects the metrics Service" checks servicemonitor "$out"

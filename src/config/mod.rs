@@ -47,6 +47,8 @@ pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 pub struct Config {
     pub region: RegionName,
     pub http: HttpConfig,
+    /// The operations listener: `/healthz`, `/readyz`, `/metrics` only.
+    pub ops: OpsConfig,
     /// The PostgreSQL wire-protocol listener; absent when `[pg]` is not configured.
     pub pg: Option<PgConfig>,
     pub postgres: PostgresConfig,
@@ -88,6 +90,13 @@ pub struct HttpConfig {
     pub auth: AuthConfig,
     pub public_url: Option<String>,
     pub header_timeout: Duration,
+}
+
+/// The operations listener. It serves no data and knows no identity, so it is the one listener
+/// that may face the pod network (kubelet probes, Prometheus).
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -401,6 +410,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
+    let allow_network = http.allow_trusted_header_on_network.unwrap_or(false);
+    if matches!(auth, AuthConfig::TrustedHeader) && !listen.ip().is_loopback() && !allow_network {
+        return Err(ConfigError::new(
+            "http.listen",
+            format!(
+                "http.listen = \"{listen}\" is not loopback and http.auth = \"trusted-header\" lets \
+                 anyone who reaches it act as any user; listen on 127.0.0.1, use http.auth = \"jwt\", \
+                 or set http.allow_trusted_header_on_network = true"
+            ),
+        ));
+    }
+    let ops = ops_config(raw.ops, listen)?;
+
     let probe = ProbeConfig {
         interval: raw
             .probe
@@ -590,6 +612,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         consistency,
         idempotency,
         pg,
+        ops,
         http: HttpConfig {
             listen,
             max_body,
@@ -619,7 +642,47 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(20)),
     };
     check_regions(&config)?;
+    check_listeners(&config)?;
     Ok(config)
+}
+
+/// `[ops] listen`, by default loopback port 7402: next to the data API's 7400 and the wire
+/// endpoint's 7401. The chart sets it to the pod IP.
+fn ops_config(raw: raw::RawOps, http: SocketAddr) -> Result<OpsConfig, ConfigError> {
+    let text = raw.listen.unwrap_or_else(|| "127.0.0.1:7402".into());
+    let listen: SocketAddr = text.parse().map_err(|_| {
+        ConfigError::new(
+            "ops.listen",
+            format!("{text:?} is not an address like \"0.0.0.0:7402\""),
+        )
+    })?;
+    if listen == http && listen.port() != 0 {
+        return Err(ConfigError::new(
+            "ops.listen",
+            format!("{listen} is also http.listen; the two listeners need different ports"),
+        ));
+    }
+    Ok(OpsConfig { listen })
+}
+
+/// No two listeners on the same address (port 0 picks a free port each time, so it never clashes).
+fn check_listeners(config: &Config) -> Result<(), ConfigError> {
+    if let Some(pg) = &config.pg
+        && pg.listen.port() != 0
+    {
+        for (other, path) in [
+            (config.http.listen, "http.listen"),
+            (config.ops.listen, "ops.listen"),
+        ] {
+            if other == pg.listen {
+                return Err(ConfigError::new(
+                    "pg.listen",
+                    format!("{other} is also {path}; every listener needs its own port"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sidecar's own region and every shard must be known regions; a shard's primary

@@ -14,6 +14,8 @@ pub struct RawConfig {
     pub region: String,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub ops: RawOps,
     pub jwt: Option<RawJwt>,
     pub pg: Option<RawPg>,
     #[serde(default)]
@@ -49,6 +51,13 @@ pub struct RawHttp {
     pub auth: Option<String>,
     pub public_url: Option<String>,
     pub header_timeout: Option<Dur>,
+    pub allow_trusted_header_on_network: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOps {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -166,3 +166,75 @@ fn redis_passwords_do_not_show_in_debug_output() {
     );
     assert!(shown.contains("redis.eu.internal:6379"), "{shown}");
 }
+
+#[test]
+fn ops_listener_defaults_to_loopback_7402() {
+    let c = Config::parse(&example().replace("[ops]\nlisten = \"127.0.0.1:7402\"\n", "")).unwrap();
+    assert_eq!(c.ops.listen.to_string(), "127.0.0.1:7402");
+    let c = Config::parse(&example().replace("127.0.0.1:7402", "0.0.0.0:9402")).unwrap();
+    assert_eq!(c.ops.listen.to_string(), "0.0.0.0:9402");
+}
+
+#[test]
+fn ops_listener_must_be_an_address_of_its_own() {
+    let e = err(&example().replace("127.0.0.1:7402", "ops.local:7402"));
+    assert_eq!(e.path, "ops.listen");
+    let e = err(&example().replace("127.0.0.1:7402", "127.0.0.1:7400"));
+    assert_eq!(e.path, "ops.listen");
+    assert!(e.message.contains("http.listen"), "{e}");
+    // The wire endpoint on the ops port.
+    let e = err(&(example() + "\n[pg]\nlisten = \"127.0.0.1:7402\"\n"));
+    assert_eq!(e.path, "pg.listen");
+    assert!(e.message.contains("ops.listen"), "{e}");
+}
+
+#[test]
+fn trusted_header_on_a_network_data_listener_is_refused() {
+    let text = example().replace("listen = \"127.0.0.1:7400\"", "listen = \"0.0.0.0:7400\"");
+    let e = err(&text);
+    assert_eq!(e.path, "http.listen");
+    assert!(
+        e.message
+            .contains("http.allow_trusted_header_on_network = true"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains('\n'), "one line: {e}");
+    // The pod IP or any other non-loopback address is refused the same way.
+    let e = err(&example().replace("listen = \"127.0.0.1:7400\"", "listen = \"10.1.2.3:7400\""));
+    assert_eq!(e.path, "http.listen");
+}
+
+#[test]
+fn trusted_header_on_the_network_needs_the_explicit_flag() {
+    let text = example()
+        .replace("listen = \"127.0.0.1:7400\"", "listen = \"0.0.0.0:7400\"")
+        .replace(
+            "header_timeout = \"10s\"\n",
+            "header_timeout = \"10s\"\nallow_trusted_header_on_network = true\n",
+        );
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.http.listen.to_string(), "0.0.0.0:7400");
+    // IPv6 loopback is loopback: no flag needed.
+    let c =
+        Config::parse(&example().replace("listen = \"127.0.0.1:7400\"", "listen = \"[::1]:7400\""))
+            .unwrap();
+    assert!(c.http.listen.ip().is_loopback());
+}
+
+#[test]
+fn jwt_auth_may_listen_on_the_network() {
+    let dir = std::env::temp_dir().join(format!("homeport-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("jwt-secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let text = example()
+        .replace("listen = \"127.0.0.1:7400\"", "listen = \"0.0.0.0:7400\"")
+        .replace("auth = \"trusted-header\"", "auth = \"jwt\"")
+        + &format!(
+            "\n[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
+            secret.display()
+        );
+    let c = Config::parse(&text);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(c.unwrap().http.auth, AuthConfig::Jwt(_)));
+}

@@ -94,6 +94,34 @@ pub fn split_candidates(
     (ready, waiting)
 }
 
+/// Why a token-carrying read left its nearest copy, noted while the candidates are tried and
+/// counted once per read (`homeport_ryw_fallbacks_total{reason, target}`): the first reason a copy
+/// was passed over, and where the read finally ran. Counting every passed-over copy and the
+/// final target separately would count one fallback two or more times.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback {
+    reason: Option<&'static str>,
+}
+
+impl Fallback {
+    /// A copy was passed over: `timeout`, `lagging`, `history` or `unavailable`.
+    pub fn passed_over(&mut self, reason: &'static str) {
+        self.reason.get_or_insert(reason);
+    }
+
+    /// The labels to count once the read ran on `ran_on` (`None`: no copy could serve it), or
+    /// `None` when the nearest copy served it.
+    pub fn outcome(self, ran_on: Option<Target>) -> Option<(&'static str, &'static str)> {
+        let reason = self.reason?;
+        let target = match ran_on {
+            Some(Target::Primary) => "primary",
+            Some(Target::LocalReplica | Target::RemoteReplica) => "replica",
+            None => "none",
+        };
+        Some((reason, target))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +264,26 @@ mod tests {
         }];
         assert_eq!(foreign_system(&snapshot, &c, &need(7, 1, 100)), None);
         assert_eq!(foreign_system(&snapshot, &c, &need(8, 1, 100)), Some(7));
+    }
+
+    #[test]
+    fn a_fallback_is_counted_once_with_the_first_reason_and_the_final_target() {
+        let mut f = Fallback::default();
+        assert_eq!(
+            f.outcome(Some(Target::LocalReplica)),
+            None,
+            "nearest copy served"
+        );
+        f.passed_over("lagging");
+        f.passed_over("timeout");
+        assert_eq!(
+            f.outcome(Some(Target::Primary)),
+            Some(("lagging", "primary"))
+        );
+        assert_eq!(
+            f.outcome(Some(Target::RemoteReplica)),
+            Some(("lagging", "replica"))
+        );
+        assert_eq!(f.outcome(None), Some(("lagging", "none")));
     }
 }

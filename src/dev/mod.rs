@@ -38,7 +38,8 @@ pub struct DevArgs {
     /// Where data, configs and logs go (default: a directory under the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Region names, comma separated; region k serves HTTP on base+10k, PostgreSQL wire on base+10k+1.
+    /// Region names, comma separated; region k serves HTTP on base+10k, PostgreSQL wire on
+    /// base+10k+1, and the ops endpoints (/healthz, /readyz, /metrics) on base+10k+2.
     #[arg(long, default_value = "eu,us", value_delimiter = ',')]
     pub regions: Vec<String>,
     /// recovery_min_apply_delay of every replica, e.g. 500ms.
@@ -100,6 +101,8 @@ pub struct RegionInfo {
     pub name: RegionName,
     pub http_port: u16,
     pub pg_port: u16,
+    /// The ops listener: `/healthz`, `/readyz`, `/metrics`.
+    pub ops_port: u16,
     /// Port of this region's shard primary.
     pub primary_port: u16,
     /// Replicas of *this region's shard*, by the region they are located in.
@@ -111,6 +114,10 @@ pub struct RegionInfo {
 impl RegionInfo {
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn ops_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ops_port)
     }
 }
 
@@ -267,11 +274,14 @@ impl Sandbox {
 
         let sidecar_ports = match self.options.base_port {
             Some(base) => (0..regions.len())
-                .map(|k| (base + 10 * k as u16, base + 10 * k as u16 + 1))
+                .map(|k| {
+                    let b = base + 10 * k as u16;
+                    (b, b + 1, b + 2)
+                })
                 .collect::<Vec<_>>(),
-            None => pick_ports(regions.len() * 2)?
-                .chunks(2)
-                .map(|c| (c[0], c[1]))
+            None => pick_ports(regions.len() * 3)?
+                .chunks(3)
+                .map(|c| (c[0], c[1], c[2]))
                 .collect(),
         };
         let redis_bin = if self.options.redis {
@@ -300,6 +310,7 @@ impl Sandbox {
                 name: region.clone(),
                 http_port: sidecar_ports[k].0,
                 pg_port: sidecar_ports[k].1,
+                ops_port: sidecar_ports[k].2,
                 primary_port: primary_ports[k],
                 replica_ports,
                 redis_port,
@@ -326,6 +337,7 @@ impl Sandbox {
             region: region.name.as_str(),
             http_port: region.http_port,
             pg_port: region.pg_port,
+            ops_port: region.ops_port,
             shards: self
                 .regions
                 .iter()
@@ -566,6 +578,7 @@ impl Sandbox {
                 json!({
                     "name": r.name,
                     "http": r.http_url(),
+                    "ops": r.ops_url(),
                     "pg": format!("postgresql://app@127.0.0.1:{}/app", r.pg_port),
                     "config": r.config_path,
                     "primary": pg_url(r.primary_port, APP_DB),
@@ -822,6 +835,11 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
             "  {:<8} pg   {}   (homeport's wire endpoint)",
             "",
             pg_url(r.pg_port, APP_DB)
+        );
+        println!(
+            "  {:<8} ops  {}   (/healthz, /readyz, /metrics)",
+            "",
+            r.ops_url()
         );
         println!("  {:<8} primary {}", "", pg_url(r.primary_port, APP_DB));
         for (loc, port) in &r.replica_ports {

@@ -116,6 +116,7 @@ pub struct SidecarPlan<'a> {
     pub region: &'a str,
     pub http_port: u16,
     pub pg_port: u16,
+    pub ops_port: u16,
     pub shards: Vec<ShardPlan>,
     pub directory_primary: (String, String),
     pub directory_replicas: Vec<(String, String)>,
@@ -144,6 +145,11 @@ pub fn render_config(p: &SidecarPlan) -> String {
         "auth = \"trusted-header\"   # identity from the Homeport-User header"
     );
     let _ = writeln!(s, "public_url = \"http://127.0.0.1:{}\"\n", p.http_port);
+    let _ = writeln!(
+        s,
+        "[ops]   # /healthz, /readyz and /metrics only\nlisten = \"127.0.0.1:{}\"\n",
+        p.ops_port
+    );
     let _ = writeln!(
         s,
         "[pg]   # the PostgreSQL wire-protocol endpoint\nlisten = \"127.0.0.1:{}\"\nmax_client_conn = 1000\npool_size = 20\n",

@@ -1,12 +1,14 @@
-//! The HTTP front end (hyper, HTTP/1.1): listener with graceful drain, request routing by path,
-//! body limits, JSON parsing, problem+json errors, and the operational endpoints (`/healthz`,
-//! `/readyz`, `/metrics`, `/v1/topology`). Data handlers live in `handlers`.
+//! The HTTP front end (hyper, HTTP/1.1): two listeners with graceful drain. The data listener
+//! (`http.listen`) routes the data API by path, with body limits, JSON parsing and problem+json
+//! errors, plus `/v1/topology`, `/healthz` and `/readyz`; data handlers live in `handlers`. The
+//! ops listener (`ops.listen`, module `ops`) serves `/healthz`, `/readyz` and `/metrics` only.
 
 mod execute;
 mod handlers;
 /// The request bodies, public for the fuzz targets and property tests.
 pub use handlers::{IntentField, QueryBody, StatementBody, TransactionBody};
 mod idempotent;
+mod ops;
 pub mod problem;
 mod ryw;
 mod session_state;
@@ -102,12 +104,40 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
         .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// Serves HTTP on `listener` until `shutdown` flips to true, then stops accepting and waits for
-/// in-flight requests (bounded by the caller's grace period).
+/// Which of the two HTTP listeners a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `http.listen`: the data API.
+    Data,
+    /// `ops.listen`: `/healthz`, `/readyz`, `/metrics`.
+    Ops,
+}
+
+/// Serves the data API on `listener` until `shutdown` flips to true, then stops accepting and
+/// waits for in-flight requests (bounded by the caller's grace period).
 pub async fn serve(
     current: crate::reload::Current,
     listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_listener(current, listener, shutdown, Listener::Data).await
+}
+
+/// Serves the ops endpoints on `listener` until `shutdown` flips to true. The caller keeps it
+/// open through the drain, so probes see `/readyz` turn false and the last metrics are scraped.
+pub async fn serve_ops(
+    current: crate::reload::Current,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_listener(current, listener, shutdown, Listener::Ops).await
+}
+
+async fn serve_listener(
+    current: crate::reload::Current,
+    listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
+    kind: Listener,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     while let Some(stream) = crate::net::accept(&listener, &mut shutdown).await {
@@ -116,7 +146,12 @@ pub async fn serve(
         // Each request runs on the config generation current when it arrived.
         let service = service_fn(move |req| {
             let generation = current.load_full();
-            async move { Ok::<_, Infallible>(handle(&generation.app, req).await) }
+            async move {
+                Ok::<_, Infallible>(match kind {
+                    Listener::Data => handle(&generation.app, req).await,
+                    Listener::Ops => ops::handle(&generation.app, &req),
+                })
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -173,7 +208,7 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     into_response(reply, app)
 }
 
-fn into_response(reply: Reply, app: &App) -> Response<Full<Bytes>> {
+pub(crate) fn into_response(reply: Reply, app: &App) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(reply.body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
@@ -204,20 +239,14 @@ async fn route(
 ) -> Result<Reply, Problem> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(Reply::json(StatusCode::OK, json!({"status": "ok"}))),
-        (&Method::GET, ["readyz"]) => Ok(if app.is_ready() {
-            Reply::json(StatusCode::OK, json!({"status": "ready"}))
-        } else {
-            Reply::problem(&Problem::unavailable(
-                "not ready: draining, or local endpoints not reachable yet",
-            ))
-        }),
-        (&Method::GET, ["metrics"]) => Ok(Reply {
-            status: StatusCode::OK,
-            content_type: "text/plain; version=0.0.4",
-            body: Bytes::from(app.metrics.render()),
-            headers: Vec::new(),
-        }),
+        (&Method::GET, ["healthz"]) => Ok(ops::healthz()),
+        (&Method::GET, ["readyz"]) => Ok(ops::readyz(app)),
+        (_, ["metrics"]) => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "metrics are served on the ops listener (ops.listen), not on the data listener",
+        )),
         (&Method::GET, ["v1", "topology"]) => {
             let snapshot = app.topology.snapshot();
             Ok(Reply::json(
@@ -238,7 +267,7 @@ async fn route(
             let body = read_body(app, headers, body).await?;
             handlers::put_home(app, headers, id, &body).await
         }
-        (_, ["healthz" | "readyz" | "metrics"])
+        (_, ["healthz" | "readyz"])
         | (_, ["v1", "topology" | "query" | "transaction"])
         | (_, ["v1", "users", _, "home"]) => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,

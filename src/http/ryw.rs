@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use super::execute::{self, QueryResult};
 use crate::app::{App, ServeError, Served};
-use crate::consistency::ryw::{foreign_message, foreign_system, split_candidates, worth_waiting};
+use crate::consistency::ryw::{
+    Fallback, foreign_message, foreign_system, split_candidates, worth_waiting,
+};
 use crate::consistency::token::Position;
 use crate::db::DbError;
 use crate::routing::{Candidate, RouteError};
@@ -79,20 +81,21 @@ where
     }
     let (ready, waiting) = split_candidates(&snapshot, candidates, Some(required));
     let mut last_error = None;
-    for (position, c) in candidates.iter().enumerate() {
+    let mut fallback = Fallback::default();
+    for c in candidates {
         let is_ready = ready.contains(c);
         if !is_ready && !waiting.contains(c) {
-            app.ryw_fallback("history");
+            fallback.passed_over("history");
             continue;
         }
         if !is_ready && !worth_waiting(&snapshot.get(c.index).status, max_wait) {
-            app.ryw_fallback("lagging");
+            fallback.passed_over("lagging");
             continue;
         }
         let client = match app.pools.get(c.index).await {
             Ok(client) => client,
             Err(e) => {
-                app.ryw_fallback("unavailable");
+                fallback.passed_over("unavailable");
                 last_error = Some(e);
                 continue;
             }
@@ -101,24 +104,19 @@ where
         let deadline = (!is_ready).then_some(started + max_wait);
         match app.while_up(c.index, run(client, endpoint, deadline)).await {
             Ok(Some(result)) => {
-                if position > 0 {
-                    app.ryw_fallback(if c.target == crate::routing::Target::Primary {
-                        "primary"
-                    } else {
-                        "replica"
-                    });
-                }
+                app.ryw_fallback(fallback, Some(c.target));
                 app.ryw_waited(started.elapsed());
                 return Ok((result, app.served_for(c)));
             }
-            Ok(None) => app.ryw_fallback("timeout"),
+            Ok(None) => fallback.passed_over("timeout"),
             Err(e @ (DbError::Unavailable { .. } | DbError::Lost { .. })) => {
-                app.ryw_fallback("unavailable");
+                fallback.passed_over("unavailable");
                 last_error = Some(e);
             }
             Err(e) => return Err(e.into()),
         }
     }
+    app.ryw_fallback(fallback, None);
     Err(match last_error {
         Some(e) => e.into(),
         None => ServeError::Route(RouteError::NoCopy(

@@ -16,9 +16,11 @@ use super::backend::ServerConn;
 use super::codec::{self, Message, ProtocolError};
 use super::pool::Lease;
 use super::session::{ClientError, Session};
-use crate::consistency::ryw::{foreign_message, foreign_system, split_candidates, worth_waiting};
+use crate::consistency::ryw::{
+    Fallback, foreign_message, foreign_system, split_candidates, worth_waiting,
+};
 use crate::consistency::token::{Position, Token};
-use crate::routing::{Candidate, Target};
+use crate::routing::Candidate;
 use crate::sql::TxnEffect;
 
 /// The commit position query pipelined behind a write.
@@ -63,20 +65,21 @@ impl Session {
         let started = Instant::now();
         let (ready, waiting) = split_candidates(&snapshot, &candidates, Some(&required));
         let mut last = "no copy can show this session's writes".to_string();
-        for (position, c) in candidates.iter().enumerate() {
+        let mut fallback = Fallback::default();
+        for c in &candidates {
             let is_ready = ready.contains(c);
             if !is_ready && !waiting.contains(c) {
-                self.app.ryw_fallback("history");
+                fallback.passed_over("history");
                 continue;
             }
             if !is_ready && !worth_waiting(&snapshot.get(c.index).status, max_wait) {
-                self.app.ryw_fallback("lagging");
+                fallback.passed_over("lagging");
                 continue;
             }
             let mut lease = match self.pools.acquire(c.index).await {
                 Ok(l) => l,
                 Err(e) => {
-                    self.app.ryw_fallback("unavailable");
+                    fallback.passed_over("unavailable");
                     last = e.to_string();
                     continue;
                 }
@@ -85,28 +88,23 @@ impl Session {
                 match wait_for_replay(&mut lease.conn, &required, started + max_wait).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        self.app.ryw_fallback("timeout");
+                        fallback.passed_over("timeout");
                         lease.release();
                         continue;
                     }
                     Err(e) => {
                         // The lease is dropped, so the broken connection is closed.
-                        self.app.ryw_fallback("unavailable");
+                        fallback.passed_over("unavailable");
                         last = e.to_string();
                         continue;
                     }
                 }
             }
-            if position > 0 {
-                self.app.ryw_fallback(if c.target == Target::Primary {
-                    "primary"
-                } else {
-                    "replica"
-                });
-            }
+            self.app.ryw_fallback(fallback, Some(c.target));
             self.app.ryw_waited(started.elapsed());
             return Ok((lease, *c));
         }
+        self.app.ryw_fallback(fallback, None);
         Err(unreachable(home, last))
     }
 

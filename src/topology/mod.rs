@@ -5,6 +5,7 @@
 pub mod health;
 pub mod lag;
 pub mod probe;
+pub mod readiness;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -54,6 +54,7 @@ pub fn spawn_all(topology: Arc<Topology>, config: ProbeConfig) -> Vec<JoinHandle
 
 async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConfig) {
     let mut client: Option<Client> = None;
+    let started = Instant::now();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -71,7 +72,7 @@ async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConf
             // A connection that failed or hung is not trusted again; the next tick reconnects.
             client = None;
         }
-        publish(&topology, &info, &config, outcome);
+        publish(&topology, &info, &config, outcome, started);
     }
 }
 
@@ -138,6 +139,7 @@ fn publish(
     info: &EndpointInfo,
     config: &ProbeConfig,
     outcome: Result<ProbeResult, String>,
+    started: Instant,
 ) {
     let ok = outcome.is_ok();
     let lag = match &outcome {
@@ -189,6 +191,8 @@ fn publish(
         view.is_up(),
         view.status.rtt,
     );
+    let since = view.status.last_ok.unwrap_or(started);
+    metrics::probe_age(&info.name, info.shard.as_str(), role, since.elapsed());
     if view.status.role == Some(Role::Replica)
         && let Some(lag) = view.status.lag
     {

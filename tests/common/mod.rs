@@ -55,6 +55,11 @@ impl Env {
         format!("{}{path}", self.sandbox.region(region).http_url())
     }
 
+    /// A URL on `region`'s ops listener (`/healthz`, `/readyz`, `/metrics`).
+    pub fn ops_url(&self, region: &str, path: &str) -> String {
+        format!("{}{path}", self.sandbox.region(region).ops_url())
+    }
+
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
         let resp = req.send().await.expect("request reached homeport");
         let status = resp.status().as_u16();
@@ -168,20 +173,31 @@ pub fn keep_primary_busy(env: &Env, region: &str) -> tokio::task::JoinHandle<()>
     })
 }
 
-/// `region`'s generated sidecar config moved to fresh HTTP and wire ports, for tests that start
-/// a variant of a sidecar next to the sandbox's own: (config text, http port, wire port).
+/// `region`'s generated sidecar config moved to fresh HTTP, wire and ops ports, for tests that
+/// start a variant of a sidecar next to the sandbox's own: (config text, http port, wire port);
+/// [`ops_port`] reads the ops port back from the text.
 pub fn region_config_on_new_ports(env: &Env, region: &str) -> (String, u16, u16) {
     let r = env.sandbox.region(region);
-    let ports = homeport::dev::pick_ports(2).unwrap();
-    let config = std::fs::read_to_string(&r.config_path)
-        .unwrap()
-        .replace(
-            &format!("127.0.0.1:{}\"", r.http_port),
-            &format!("127.0.0.1:{}\"", ports[0]),
-        )
-        .replace(
-            &format!("127.0.0.1:{}\"", r.pg_port),
-            &format!("127.0.0.1:{}\"", ports[1]),
-        );
+    let ports = homeport::dev::pick_ports(3).unwrap();
+    let config = move_ports(&std::fs::read_to_string(&r.config_path).unwrap(), r, &ports);
     (config, ports[0], ports[1])
+}
+
+/// A region's config text with its http, wire and ops ports replaced by `ports[0..3]`.
+pub fn move_ports(config: &str, r: &homeport::dev::RegionInfo, ports: &[u16]) -> String {
+    let mut config = config.to_string();
+    for (old, new) in [r.http_port, r.pg_port, r.ops_port].iter().zip(ports) {
+        config = config.replace(&format!("127.0.0.1:{old}\""), &format!("127.0.0.1:{new}\""));
+    }
+    config
+}
+
+/// The port of `[ops] listen` in a config text.
+pub fn ops_port(config: &str) -> u16 {
+    let ops = config.split("[ops]").nth(1).expect("an [ops] table");
+    let listen = ops
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen = \"127.0.0.1:"))
+        .expect("ops listen");
+    listen.trim_end_matches('"').parse().expect("a port")
 }
