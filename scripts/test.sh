@@ -27,9 +27,9 @@ fi
 
 # Driver suites for the wire endpoint (tests/wire_clients.rs): psycopg 3 and asyncpg from PyPI,
 # node-postgres from npm.
-if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import psycopg, asyncpg" 2>/dev/null; then
+if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import psycopg, asyncpg, sqlalchemy" 2>/dev/null; then
     python3 -m venv target/pyenv
-    target/pyenv/bin/pip install --quiet --disable-pip-version-check "psycopg[binary]>=3.1" "asyncpg>=0.29"
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check "psycopg[binary]>=3.1" "asyncpg>=0.29" "sqlalchemy>=2.0"
 fi
 if [ ! -d tests/clients/node_modules/pg ]; then
     command -v npm >/dev/null 2>&1 || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null

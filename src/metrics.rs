@@ -22,6 +22,8 @@ pub const IDEMPOTENCY_TOTAL: &str = "homeport_idempotency_total";
 pub const IDEMPOTENCY_CACHE_TOTAL: &str = "homeport_idempotency_cache_lookups_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "homeport_config_reloads_total";
 pub const WIRE_PINS_TOTAL: &str = "homeport_wire_pins_total";
+pub const OPTIMISTIC_TRANSACTIONS_TOTAL: &str = "homeport_optimistic_transactions_total";
+pub const OPTIMISTIC_REPLAY_SECONDS: &str = "homeport_optimistic_replay_seconds";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -40,6 +42,8 @@ pub const ALL: &[&str] = &[
     IDEMPOTENCY_CACHE_TOTAL,
     CONFIG_RELOADS_TOTAL,
     WIRE_PINS_TOTAL,
+    OPTIMISTIC_TRANSACTIONS_TOTAL,
+    OPTIMISTIC_REPLAY_SECONDS,
 ];
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
@@ -78,6 +82,18 @@ pub fn config_reload(result: &'static str) {
 /// over the wire sessions it opened.
 pub fn wire_pin(reason: &'static str) {
     counter!(WIRE_PINS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A plain-`BEGIN` transaction on the wire: `read_only` (stayed on a read copy and ended there),
+/// `promoted` (moved to the home primary, its reads replayed and equal), `conflict` (a replayed
+/// read differed: 40001), `primary` (went to the primary from its first unit).
+pub fn optimistic_transaction(result: &'static str) {
+    counter!(OPTIMISTIC_TRANSACTIONS_TOTAL, "result" => result).increment(1);
+}
+
+/// Time an optimistic transaction spent on a read copy before its promotion, including the replay.
+pub fn optimistic_replay(took: Duration) {
+    histogram!(OPTIMISTIC_REPLAY_SECONDS).record(took.as_secs_f64());
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

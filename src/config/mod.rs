@@ -37,6 +37,8 @@ impl ConfigError {
 pub const DEFAULT_MAX_PREPARED: usize = 200;
 /// `pg.max_batch_bytes` when not set.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 << 20;
+/// `pg.optimistic_replay_bytes` when not set.
+pub const DEFAULT_OPTIMISTIC_REPLAY_BYTES: usize = 1 << 20;
 /// `postgres.idle_timeout` when not set.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `postgres.max_lifetime` when not set.
@@ -113,6 +115,12 @@ pub struct PgConfig {
     pub max_prepared_statements: usize,
     /// Bytes of extended-protocol messages a client may send before a Sync (54000 past it).
     pub max_batch_bytes: usize,
+    /// Plain `BEGIN` transactions start on the nearest read copy and move to the primary on
+    /// their first write (`pg.optimistic_transactions = "on"`).
+    pub optimistic_transactions: bool,
+    /// Bytes of client messages an optimistic transaction keeps for its replay; past them it
+    /// is promoted at once.
+    pub optimistic_replay_bytes: usize,
     pub auth: PgAuth,
     pub tls: Option<PgTlsConfig>,
 }
@@ -547,6 +555,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 max_batch_bytes: p
                     .max_batch_bytes
                     .map_or(DEFAULT_MAX_BATCH_BYTES, |b| b.0 as usize),
+                optimistic_transactions: match p.optimistic_transactions.as_deref() {
+                    None | Some("on") => true,
+                    Some("off") => false,
+                    Some(other) => {
+                        return Err(ConfigError::new(
+                            "pg.optimistic_transactions",
+                            format!("{other:?} is not \"on\" or \"off\""),
+                        ));
+                    }
+                },
+                optimistic_replay_bytes: p
+                    .optimistic_replay_bytes
+                    .map_or(DEFAULT_OPTIMISTIC_REPLAY_BYTES, |b| b.0 as usize),
                 auth,
                 tls,
             })

@@ -71,6 +71,8 @@ pub struct RawPg {
     pub login_timeout: Option<Dur>,
     pub pool_size: Option<usize>,
     pub max_prepared_statements: Option<usize>,
+    pub optimistic_transactions: Option<String>,
+    pub optimistic_replay_bytes: Option<super::units::ByteSize>,
     pub max_batch_bytes: Option<super::units::ByteSize>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,

@@ -15,6 +15,7 @@ pub mod codec;
 mod consistency;
 mod emulate;
 mod idempotency;
+mod optimistic;
 mod pool;
 mod prepared;
 mod relay;

@@ -243,9 +243,10 @@ impl Session {
         if let Some(a) = self.server.as_mut() {
             a.ready = status;
         }
-        if status != Some(TxnStatus::Idle) {
+        if status != Some(TxnStatus::Idle) || self.replaying.is_some() {
             return;
         }
+        self.optimistic_ended();
         if std::mem::take(&mut self.settings_changed) {
             self.capture_settings().await;
         }
@@ -296,6 +297,7 @@ impl Session {
         self.txn_key = None;
         self.skipping = false;
         self.parsed_now.clear();
+        self.optimistic = None;
         self.send(codec::error_response(
             "ERROR",
             "08006",
@@ -333,7 +335,15 @@ impl Session {
             }
             return Ok(());
         }
-        self.leave_replica_for_write(plan.read_only).await;
+        let classes: Vec<&crate::sql::Classification> =
+            plan.executed.iter().map(|c| c.as_ref()).collect();
+        let len = batch.iter().map(|m| m.body.len() + 5).sum();
+        if !self.may_stay(&classes, len) && !self.promote(sync).await? {
+            return Ok(());
+        }
+        let optimistic = self.opens_optimistic(&classes);
+        let read_only = plan.read_only || optimistic;
+        self.leave_replica_for_write(read_only).await;
         if self.server.is_none() {
             if !plan.any_statement {
                 if sync {
@@ -343,7 +353,7 @@ impl Session {
                 return Ok(());
             }
             if let Err(e) = self
-                .attach(plan.read_only, plan.hint, plan.user.as_deref())
+                .attach(read_only, plan.hint, plan.user.as_deref())
                 .await
             {
                 self.fail(e);
@@ -352,6 +362,7 @@ impl Session {
                 }
                 return Ok(());
             }
+            self.began(optimistic, &classes);
         }
         if sync && let Some(message) = self.other_shard(plan.user.as_deref()).await {
             return self.raise_on_server(&message).await;
@@ -369,7 +380,9 @@ impl Session {
             super::consistency::position_query().write_to(&mut buf);
             queue.push_back(Expect::Position);
         }
-        self.relay(buf, queue).await
+        self.relay(buf, queue).await?;
+        self.keep_batch(batch);
+        Ok(())
     }
 
     /// First pass over a batch: remember parsed statements, check that referenced statements
@@ -384,6 +397,7 @@ impl Session {
             session: None,
             setting_names: None,
             forgets_prepared: false,
+            executed: Vec::new(),
         };
         let note = |plan: &mut BatchPlan, sql: &str, app: &crate::app::App| {
             let class = app.classifier.classify(sql);
@@ -455,7 +469,12 @@ impl Session {
                         self.statements.get(name).map(|s| s.sql.clone())
                     };
                     match sql {
-                        Some(sql) => note(&mut plan, &sql, &self.app),
+                        Some(sql) => {
+                            note(&mut plan, &sql, &self.app);
+                            if m.tag == b'B' {
+                                plan.executed.push(self.app.classifier.classify(&sql));
+                            }
+                        }
                         None if name.is_empty() => {}
                         None => {
                             return Err(ClientError {
@@ -483,7 +502,10 @@ impl Session {
 
     /// Second pass: the bytes to send, with statement names rewritten and missing statements
     /// prepared, and what to expect back for each message.
-    fn rewrite(&mut self, batch: &[Message]) -> Result<(BytesMut, VecDeque<Expect>), SessionError> {
+    pub(super) fn rewrite(
+        &mut self,
+        batch: &[Message],
+    ) -> Result<(BytesMut, VecDeque<Expect>), SessionError> {
         let mut buf = BytesMut::new();
         let mut queue = VecDeque::with_capacity(batch.len() + 2);
         let mark = self
@@ -633,6 +655,8 @@ pub(super) struct BatchPlan {
     setting_names: Option<SettingNames>,
     /// A statement drops every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     forgets_prepared: bool,
+    /// The classifications of the statements the batch executes (its Binds), in order.
+    executed: Vec<std::sync::Arc<crate::sql::Classification>>,
 }
 
 fn protocol(e: ProtocolError) -> ClientError {

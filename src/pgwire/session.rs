@@ -34,6 +34,7 @@ pub(super) const HIDDEN_SETTING: &str = "homeport.* settings must be written pla
 /// Flush buffered output to the client once it holds this much.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
 
+#[derive(Clone)]
 pub(super) struct ClientStatement {
     pub(super) sql: Arc<str>,
     /// Name on server connections: derived from text and parameter types.
@@ -115,6 +116,13 @@ pub struct Session {
     /// Custom settings (`prefix.name`) the session's statements named: `pg_settings` does not
     /// list them, so they are read back by name.
     pub(super) custom_names: std::collections::BTreeSet<String>,
+    /// The optimistic transaction in progress on a read copy, if any.
+    pub(super) optimistic: Option<super::optimistic::Optimistic>,
+    /// While an optimistic transaction is replayed on the primary: the digest its answers go
+    /// into instead of to the client.
+    pub(super) replaying: Option<sha2::Sha256>,
+    /// `SET homeport.optimistic_transactions`: the session's choice over the config's.
+    pub(super) optimistic_setting: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +189,9 @@ impl Session {
             settings,
             settings_changed: false,
             custom_names: Default::default(),
+            optimistic: None,
+            replaying: None,
+            optimistic_setting: None,
         }
     }
 
@@ -358,6 +369,13 @@ impl Session {
     }
 
     pub(super) fn send(&mut self, m: Message) {
+        if let Some(d) = self.replaying.as_mut() {
+            super::optimistic::feed(d, &m);
+            return;
+        }
+        if let Some(o) = self.optimistic.as_mut() {
+            super::optimistic::feed(&mut o.current, &m);
+        }
         m.write_to(&mut self.out);
     }
 
@@ -399,16 +417,23 @@ impl Session {
             self.send(codec::ready_for_query(status));
             return Ok(());
         }
-        let read_only = class.read_only || is_read_only_begin(&sql);
+        let classes = [class.as_ref()];
+        if !self.may_stay(&classes, msg.body.len() + 5) && !self.promote(true).await? {
+            return Ok(());
+        }
+        let optimistic = self.opens_optimistic(&classes);
+        let read_only = class.read_only || is_read_only_begin(&sql) || optimistic;
         self.leave_replica_for_write(read_only).await;
-        if self.server.is_none()
-            && let Err(e) = self
+        if self.server.is_none() {
+            if let Err(e) = self
                 .attach(read_only, class.route, class.user.as_deref())
                 .await
-        {
-            self.fail(e);
-            self.send(codec::ready_for_query(b'I'));
-            return Ok(());
+            {
+                self.fail(e);
+                self.send(codec::ready_for_query(b'I'));
+                return Ok(());
+            }
+            self.began(optimistic, &classes);
         }
         if let Some(message) = self.other_shard(class.user.as_deref()).await {
             return self.raise_on_server(&message).await;
@@ -428,7 +453,9 @@ impl Session {
             super::consistency::position_query().write_to(&mut buf);
             queue.push_back(Expect::Position);
         }
-        self.relay(buf, queue).await
+        self.relay(buf, queue).await?;
+        self.keep_unit(super::optimistic::Unit::Query(msg));
+        Ok(())
     }
 
     /// The transaction status to report to the client.
@@ -612,6 +639,14 @@ impl Session {
                         })?;
                     done("SET")
                 }
+                "optimistic_transactions" => {
+                    self.optimistic_setting =
+                        Some(settings::parse_on_off(value).map_err(|m| ClientError {
+                            code: "22023",
+                            message: format!("invalid homeport.optimistic_transactions: {m}"),
+                        })?);
+                    done("SET")
+                }
                 _ => Err(ClientError {
                     code: "55P02",
                     message: "homeport.route is read-only; use a /*homeport_route='primary'*/ hint"
@@ -629,6 +664,10 @@ impl Session {
                 }
                 "max_staleness" => {
                     self.max_staleness = None;
+                    done("RESET")
+                }
+                "optimistic_transactions" => {
+                    self.optimistic_setting = None;
                     done("RESET")
                 }
                 "idempotency_key" => Err(ClientError {
@@ -661,6 +700,7 @@ impl Session {
                 .max_staleness
                 .map(|d| format!("{}ms", d.as_millis()))
                 .unwrap_or_else(|| "off".into()),
+            "optimistic_transactions" => if self.optimistic_on() { "on" } else { "off" }.into(),
             _ => self
                 .last_route
                 .map(|(i, t)| {

@@ -25,8 +25,18 @@ pub const KNOWN: &[&str] = &[
     "consistency_token",
     "max_staleness",
     "idempotency_key",
+    "optimistic_transactions",
 ];
 pub const RESERVED: &[&str] = &[];
+
+/// An `on` / `off` value (also `true`/`false`, `1`/`0`, `yes`/`no`, as PostgreSQL's booleans).
+pub fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        other => Err(format!("{other:?} is not on or off")),
+    }
+}
 
 /// A `homeport.max_staleness` value: `off` for no bound, a whole number
 /// of milliseconds, or a duration such as `200ms` or `2s`.

@@ -10,6 +10,7 @@ use super::lexer::{Token, tokenize};
 use super::session::{
     SessionState, SettingNames, is_transaction_control, session_state, setting_names,
 };
+use super::transaction::{Begin, begin, is_volatile};
 
 /// Where a `/*homeport_route='...'*/` hint asks a statement to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,10 @@ pub struct Classification {
     pub transaction_control: bool,
     /// Custom settings the text sets or resets.
     pub setting_names: Option<SettingNames>,
+    /// The text is one `BEGIN` / `START TRANSACTION`.
+    pub begin: Option<Begin>,
+    /// Run again, the text may return something else (clock, random, sequence).
+    pub volatile: bool,
 }
 
 /// What a statement may do to its transaction, judged from its keywords (never from literals,
@@ -94,6 +99,8 @@ pub fn classify_with(sql: &str, stateless: &dyn Fn(&str) -> bool) -> Classificat
         session: session_state(&code, stateless),
         transaction_control: is_transaction_control(&code),
         setting_names: setting_names(&code),
+        begin: begin(&code),
+        volatile: is_volatile(&code),
     }
 }
 

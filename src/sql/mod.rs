@@ -5,7 +5,9 @@ pub mod cache;
 pub mod classify;
 pub mod lexer;
 pub mod session;
+pub mod transaction;
 
 pub use cache::ClassifyCache;
 pub use classify::{Classification, RouteHint, TxnEffect, classify, classify_with};
 pub use session::{SessionState, SettingNames};
+pub use transaction::Begin;
