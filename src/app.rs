@@ -30,6 +30,8 @@ pub struct App {
     pub http_metrics: RequestMetrics,
     pub wire_metrics: RequestMetrics,
     pub classifier: ClassifyCache,
+    /// Result bytes all HTTP requests together may hold (`http.result_budget`).
+    pub http_budget: crate::http::Budget,
     cross_region: CrossRegionMetrics,
     draining: AtomicBool,
 }
@@ -79,6 +81,7 @@ impl App {
         let directory = Directory::new(&config, topology.clone(), pools.clone(), kv.clone());
         let regions = config.regions().into_iter().map(|r| r.to_string());
         let cross_region = CrossRegionMetrics::new(config.region.as_str(), regions);
+        let http_budget = crate::http::Budget::new(config.http.result_budget);
         App {
             config,
             topology,
@@ -90,6 +93,7 @@ impl App {
             http_metrics: RequestMetrics::new("http"),
             wire_metrics: RequestMetrics::new("pg"),
             classifier: ClassifyCache::new(10_000),
+            http_budget,
             cross_region,
             draining: AtomicBool::new(false),
         }

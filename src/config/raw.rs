@@ -49,6 +49,9 @@ pub struct RawHttp {
     pub auth: Option<String>,
     pub public_url: Option<String>,
     pub header_timeout: Option<Dur>,
+    pub max_result_rows: Option<u64>,
+    pub max_result_bytes: Option<ByteSize>,
+    pub result_budget: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,7 +1,11 @@
 //! The HTTP front end (hyper, HTTP/1.1): listener with graceful drain, request routing by path,
 //! body limits, JSON parsing, problem+json errors, and the operational endpoints (`/healthz`,
-//! `/readyz`, `/metrics`, `/v1/topology`). Data handlers live in `handlers`.
+//! `/readyz`, `/metrics`, `/v1/topology`). Data handlers live in `handlers`; results are encoded
+//! in `encode`, run within limits in `execute`, streamed in `stream`, and charged to `budget`.
 
+mod budget;
+pub use budget::Budget;
+mod encode;
 mod execute;
 mod handlers;
 /// The request bodies, public for the fuzz targets and property tests.
@@ -9,6 +13,7 @@ pub use handlers::{IntentField, QueryBody, StatementBody, TransactionBody};
 mod idempotent;
 pub mod problem;
 mod ryw;
+mod stream;
 mod time;
 pub mod values;
 
@@ -18,7 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -41,9 +46,18 @@ const DISCARD_CAP: usize = 16 << 20;
 pub struct Reply {
     status: StatusCode,
     content_type: &'static str,
-    body: Bytes,
+    body: ReplyBody,
     headers: Vec<(&'static str, String)>,
 }
+
+/// A body sent at once (with `Content-Length`), or a result streamed as it arrives (chunked).
+pub enum ReplyBody {
+    Full(Bytes),
+    Stream(stream::ResultStream),
+}
+
+/// What hyper sends: small bodies stay a plain `Full`, so they pay nothing for streaming.
+pub type Body = Either<Full<Bytes>, StreamBody<stream::ResultStream>>;
 
 impl Reply {
     /// Serializes straight to bytes, without an intermediate `Value`.
@@ -51,7 +65,7 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
+            body: ReplyBody::Full(Bytes::from(serde_json::to_vec(body).unwrap_or_default())),
             headers: Vec::new(),
         }
     }
@@ -60,7 +74,7 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            body: ReplyBody::Full(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())),
             headers: Vec::new(),
         }
     }
@@ -70,7 +84,17 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: Bytes::from(body),
+            body: ReplyBody::Full(Bytes::from(body)),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A JSON body that is already encoded, sent at once or streamed.
+    pub fn encoded(body: ReplyBody) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body,
             headers: Vec::new(),
         }
     }
@@ -131,7 +155,7 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -172,8 +196,12 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     into_response(reply, app)
 }
 
-fn into_response(reply: Reply, app: &App) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(reply.body));
+fn into_response(reply: Reply, app: &App) -> Response<Body> {
+    let body = match reply.body {
+        ReplyBody::Full(bytes) => Either::Left(Full::new(bytes)),
+        ReplyBody::Stream(s) => Either::Right(StreamBody::new(s)),
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
@@ -214,7 +242,7 @@ async fn route(
         (&Method::GET, ["metrics"]) => Ok(Reply {
             status: StatusCode::OK,
             content_type: "text/plain; version=0.0.4",
-            body: Bytes::from(app.metrics.render()),
+            body: ReplyBody::Full(Bytes::from(app.metrics.render())),
             headers: Vec::new(),
         }),
         (&Method::GET, ["v1", "topology"]) => {
