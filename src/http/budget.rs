@@ -1,8 +1,9 @@
-//! The global budget of result bytes that HTTP requests may hold in memory at once
-//! (`http.result_budget`). Each request's result buffer reserves from it as it grows; a request
-//! that cannot get more answers 503 with `Retry-After` instead of growing the process, so
-//! concurrency cannot multiply the per-request limit (`http.max_result_bytes`) into an
-//! out-of-memory kill. The reservation is given back when the buffer is dropped.
+//! The global budget of bytes that HTTP requests may hold in memory at once
+//! (`http.result_budget`): request bodies and result buffers. Each reserves from it as it grows;
+//! a request that cannot get more answers 503 with `Retry-After` instead of growing the process,
+//! so concurrency cannot multiply the per-request limits (`http.max_body`,
+//! `http.max_result_bytes`) into an out-of-memory kill. A reservation is given back when its
+//! buffer is dropped.
 //!
 //! Reservations never wait: a waiting reservation would hold what it has while waiting for more,
 //! and a few large requests could then wait on each other forever.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Reservations grow in steps of this many bytes, so a small result costs one atomic update.
-const GRANULE: usize = 64 << 10;
+const GRANULE: usize = 16 << 10;
 
 /// The shared budget; cheap to clone.
 #[derive(Clone, Debug)]

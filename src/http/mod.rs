@@ -253,16 +253,16 @@ async fn route(
             ))
         }
         (&Method::POST, ["v1", "query"]) => {
-            let body = read_body(app, headers, body).await?;
+            let (body, _held) = read_body(app, headers, body).await?;
             handlers::query(app, headers, &body, outcome).await
         }
         (&Method::POST, ["v1", "transaction"]) => {
-            let body = read_body(app, headers, body).await?;
+            let (body, _held) = read_body(app, headers, body).await?;
             handlers::transaction(app, headers, &body, outcome).await
         }
         (&Method::GET, ["v1", "users", id, "home"]) => handlers::get_home(app, headers, id).await,
         (&Method::PUT, ["v1", "users", id, "home"]) => {
-            let body = read_body(app, headers, body).await?;
+            let (body, _held) = read_body(app, headers, body).await?;
             handlers::put_home(app, headers, id, &body).await
         }
         (_, ["healthz" | "readyz" | "metrics"])
@@ -283,7 +283,13 @@ async fn route(
 }
 
 /// Reads the whole body, refusing more than `http.max_body` bytes (413) and non-JSON content (415).
-async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Problem> {
+/// The body is charged to the result budget (`http.result_budget`) until the reservation
+/// returned with it is dropped; past the budget, 503.
+async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<(Bytes, budget::Reservation), Problem> {
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         if !(ct.starts_with("application/json") || ct.is_empty()) {
@@ -314,6 +320,7 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
     // client that sends its whole body before reading gets the 413 instead of a reset.
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
+    let mut held = app.http_budget.reservation();
     let mut seen = 0usize;
     let deadline = tokio::time::Instant::now()
         + app
@@ -339,6 +346,12 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
         if let Some(data) = frame.data_ref() {
             seen += data.len();
             if seen <= limit {
+                if !held.cover(seen) {
+                    return Err(Problem::unavailable(format!(
+                        "this sidecar already holds its budget of {} bytes of requests and results (http.result_budget); retry",
+                        app.http_budget.capacity()
+                    )));
+                }
                 buf.extend_from_slice(data);
             } else if seen > DISCARD_CAP {
                 break;
@@ -348,5 +361,5 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
     if seen > limit {
         return Err(too_large());
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), held))
 }
