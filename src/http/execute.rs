@@ -82,13 +82,14 @@ impl Limits {
 #[derive(Clone)]
 pub struct Canceller {
     token: CancelToken,
-    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// How to reach the server; the TLS connector is only built for a cancel, not per request.
+    tls: crate::db::tls::ServerTls,
 }
 
 impl Canceller {
     pub async fn cancel(&self) {
-        let sent = match &self.tls {
-            Some(tls) => self.token.cancel_query(tls.clone()).await,
+        let sent = match self.tls.make_connect() {
+            Some(tls) => self.token.cancel_query(tls).await,
             None => self.token.cancel_query(tokio_postgres::NoTls).await,
         };
         if let Err(e) = sent {
@@ -120,7 +121,7 @@ impl Exec {
             },
             canceller: Canceller {
                 token: client.cancel_token(),
-                tls: app.topology.tls.make_connect(),
+                tls: app.topology.tls.clone(),
             },
             held: Mutex::new((0, app.http_budget.reservation())),
             cancelled: AtomicBool::new(false),
