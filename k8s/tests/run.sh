@@ -85,6 +85,7 @@ for region in "${regions[@]}"; do
     check "homeport check accepts the $region config" checks homeport-accepts "$region" "$out"
 done
 check "resources sized from the README benchmark" checks resources-vs-benchmark
+check "memory limit holds the docs/http.md memory model" checks memory-model
 check "servicemonitor selects the metrics Service" checks servicemonitor "$out"
 check "applicationset" checks applicationset
 
