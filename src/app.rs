@@ -31,6 +31,8 @@ pub struct App {
     pub http_metrics: RequestMetrics,
     pub wire_metrics: RequestMetrics,
     pub classifier: ClassifyCache,
+    /// Result bytes all HTTP requests together may hold (`http.result_budget`).
+    pub http_budget: crate::http::Budget,
     cross_region: CrossRegionMetrics,
     draining: AtomicBool,
 }
@@ -82,6 +84,7 @@ impl App {
         let cross_region = CrossRegionMetrics::new(config.region.as_str(), regions);
         let classifier =
             ClassifyCache::with_stateless(10_000, config.postgres.stateless_functions.clone());
+        let http_budget = crate::http::Budget::new(config.http.result_budget);
         App {
             config,
             topology,
@@ -93,6 +96,7 @@ impl App {
             http_metrics: RequestMetrics::new("http"),
             wire_metrics: RequestMetrics::new("pg"),
             classifier,
+            http_budget,
             cross_region,
             draining: AtomicBool::new(false),
         }

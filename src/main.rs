@@ -10,6 +10,27 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+unsafe extern "C" {
+    /// mimalloc's option setter, from the static library `libmimalloc-sys` links in.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys 0.1.49, pinned by
+/// Cargo.lock; `libmimalloc_sys::extended` numbers the options the same way).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Freed memory goes back to the OS at once instead of after mimalloc's default 1 s delay:
+/// the delayed purge only runs when the allocator is used again, so a sidecar that went quiet
+/// after a spike kept its peak RSS (measured in docs/http.md: 130 MiB stayed 130 MiB; with
+/// immediate purging it fell to 24 MiB, at no measurable cost for point reads).
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn return_freed_memory_promptly() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a plain setter of an integer option, valid at any time from any thread.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "homeport",
@@ -39,6 +60,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory_promptly();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -750,6 +750,31 @@ def check_resources_vs_benchmark():
     print(f"benchmark peak RSS {peak:g} MiB (README): memory request {request:g} MiB, limit {limit:g} MiB")
 
 
+def byte_size(value):
+    """A homeport size setting ("64MiB" or an integer of bytes) in bytes."""
+    m = re.fullmatch(r"([0-9]+)\s*(B|KiB|KB|kB|MiB|MB|GiB|GB)?", str(value).strip())
+    expect(m, f"cannot read size {value!r}")
+    unit = {"B": 1, "KiB": 2**10, "KB": 2**10, "kB": 2**10, "MiB": 2**20, "MB": 2**20, "GiB": 2**30, "GB": 2**30}
+    return int(m.group(1)) * unit.get(m.group(2) or "B", 1)
+
+
+def check_memory_model():
+    """The memory limit holds the worst case that docs/http.md derives from the memory model, and
+    that worst case counts the chart's http.result_budget twice (a collected result is copied once
+    into its response)."""
+    doc = (REPO / "docs" / "http.md").read_text()
+    m = re.search(r"worst case with the chart's values: \*\*([0-9.]+) MiB\*\*", doc, re.I)
+    expect(m, "docs/http.md states no \"worst case with the chart's values: **N MiB**\"")
+    worst = float(m.group(1))
+    for region in regions():
+        values = region_values(region)
+        budget = byte_size(values["config"]["http"]["result_budget"]) / 2**20
+        limit = mebibytes(values["homeport"]["resources"]["limits"]["memory"])
+        expect(worst >= 2 * budget, f"{region}: docs/http.md worst case {worst:g} MiB < 2 x result_budget {budget:g} MiB")
+        expect(limit >= worst, f"{region}: memory limit {limit:g} MiB < docs/http.md worst case {worst:g} MiB")
+    print(f"docs/http.md worst case {worst:g} MiB (result_budget {budget:g} MiB): memory limit {limit:g} MiB")
+
+
 # --- container image and plain YAML -------------------------------------------------------------------
 
 def check_dockerfile():

@@ -107,6 +107,7 @@ for bad in "$here"/bad-grace/*.yaml; do
     check "shutdown arithmetic $(basename "$bad") rejected" checks grace-rejected "$bad"
 done
 check "resources sized from the README benchmark" checks resources-vs-benchmark
+check "memory limit holds the docs/http.md memory model" checks memory-model
 check "servicemonitor selects the metrics Service" checks servicemonitor "$out"
 check "applicationset" checks applicationset
 

@@ -92,6 +92,12 @@ pub struct HttpConfig {
     pub auth: AuthConfig,
     pub public_url: Option<String>,
     pub header_timeout: Duration,
+    /// Rows one statement's result may have over HTTP; past it the request fails (422).
+    pub max_result_rows: u64,
+    /// Bytes of JSON one response may have; past it the request fails (422).
+    pub max_result_bytes: usize,
+    /// Bytes of results all HTTP requests together may hold in memory; past it, 503.
+    pub result_budget: usize,
 }
 
 /// The operations listener. It serves no data and knows no identity, so it is the one listener
@@ -100,6 +106,11 @@ pub struct HttpConfig {
 pub struct OpsConfig {
     pub listen: SocketAddr,
 }
+
+/// Defaults of the HTTP result limits; docs/http.md derives the chart's memory from them.
+pub const DEFAULT_MAX_RESULT_ROWS: u64 = 100_000;
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 16 << 20;
+pub const DEFAULT_RESULT_BUDGET: u64 = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub struct PgConfig {
@@ -402,6 +413,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "must be between 1 byte and the address space",
             )
         })?;
+    let max_result_rows = http.max_result_rows.unwrap_or(DEFAULT_MAX_RESULT_ROWS);
+    if max_result_rows == 0 {
+        return Err(ConfigError::new(
+            "http.max_result_rows",
+            "must be at least 1",
+        ));
+    }
+    let max_result_bytes = positive_size(
+        "http.max_result_bytes",
+        http.max_result_bytes,
+        DEFAULT_MAX_RESULT_BYTES,
+    )?;
+    let result_budget = positive_size(
+        "http.result_budget",
+        http.result_budget,
+        DEFAULT_RESULT_BUDGET,
+    )?;
     let auth = match http.auth.as_deref().unwrap_or("trusted-header") {
         "trusted-header" => AuthConfig::TrustedHeader,
         "jwt" => {
@@ -643,6 +671,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 .header_timeout
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(10)),
+            max_result_rows,
+            max_result_bytes,
+            result_budget,
         },
         postgres: pg_defaults.settings,
         probe,
@@ -807,6 +838,18 @@ fn is_qualified_identifier(s: &str) -> bool {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     };
     matches!(s.split_once('.'), Some((schema, table)) if ident(schema) && ident(table))
+}
+
+/// A size setting that must be at least one byte and fit in memory.
+fn positive_size(
+    path: &str,
+    value: Option<units::ByteSize>,
+    default: u64,
+) -> Result<usize, ConfigError> {
+    usize::try_from(value.map_or(default, |b| b.0))
+        .ok()
+        .filter(|b| *b > 0)
+        .ok_or_else(|| ConfigError::new(path, "must be between 1 byte and the address space"))
 }
 
 #[cfg(test)]

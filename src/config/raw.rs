@@ -52,6 +52,9 @@ pub struct RawHttp {
     pub public_url: Option<String>,
     pub header_timeout: Option<Dur>,
     pub allow_trusted_header_on_network: Option<bool>,
+    pub max_result_rows: Option<u64>,
+    pub max_result_bytes: Option<ByteSize>,
+    pub result_budget: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

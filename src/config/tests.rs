@@ -238,3 +238,37 @@ fn jwt_auth_may_listen_on_the_network() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(matches!(c.unwrap().http.auth, AuthConfig::Jwt(_)));
 }
+
+#[test]
+fn result_limits_have_defaults_and_refuse_zero() {
+    let c = Config::parse(&example()).unwrap();
+    assert_eq!(c.http.max_result_rows, 100_000);
+    assert_eq!(c.http.max_result_bytes, 16 << 20);
+    assert_eq!(c.http.result_budget, 64 << 20);
+    let without = example()
+        .replace("max_result_rows = 100000\n", "")
+        .replace("max_result_bytes = \"16MiB\"\n", "")
+        .replace("result_budget = \"64MiB\"\n", "");
+    let d = Config::parse(&without).unwrap();
+    assert_eq!(d.http.max_result_rows, DEFAULT_MAX_RESULT_ROWS);
+    assert_eq!(d.http.result_budget as u64, DEFAULT_RESULT_BUDGET);
+    for (from, to, path) in [
+        (
+            "max_result_rows = 100000",
+            "max_result_rows = 0",
+            "http.max_result_rows",
+        ),
+        (
+            "max_result_bytes = \"16MiB\"",
+            "max_result_bytes = 0",
+            "http.max_result_bytes",
+        ),
+        (
+            "result_budget = \"64MiB\"",
+            "result_budget = \"0MiB\"",
+            "http.result_budget",
+        ),
+    ] {
+        assert_eq!(err(&example().replace(from, to)).path, path);
+    }
+}

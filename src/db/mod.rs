@@ -29,6 +29,12 @@ pub enum DbError {
     /// A parameter could not be bound (index is 1-based like `$1`).
     #[error("parameter ${index}: {message}")]
     Param { index: usize, message: String },
+    /// The result passed a limit of the HTTP API (`http.max_result_rows`, `http.max_result_bytes`).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The sidecar's budget of buffered result bytes (`http.result_budget`) is in use.
+    #[error("{0}")]
+    OverBudget(String),
 }
 
 impl DbError {

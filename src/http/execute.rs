@@ -1,77 +1,214 @@
 //! Running statements for the HTTP API on a pooled connection: prepare (cached per server
-//! connection), bind the JSON parameters as text, stream the rows and encode them to JSON.
+//! connection), bind the JSON parameters as text, and encode the rows to JSON as they arrive
+//! (`encode`), within the result limits (`http.max_result_rows`, `http.max_result_bytes`, the
+//! request's `max_rows`) and the global budget of buffered bytes (`budget`).
+//!
+//! Two ways to run: [`run`] collects the whole result (transactions, writes, reads that carry a
+//! consistency token), and [`start`] begins a `/v1/query` read that turns into a stream
+//! (`stream`) once it outgrows [`STREAM_AFTER`] bytes, so small results are still sent in one
+//! piece with a `Content-Length`.
+//!
+//! Past a limit the statement is cancelled with PostgreSQL's cancel request (a separate
+//! connection to the server, <https://www.postgresql.org/docs/15/protocol-flow.html#id-1.10.6.7.10>).
+//! A cancel can arrive late and hit whatever runs next on that server connection, so a
+//! connection a cancel was sent on is never pooled again: [`Exec::release`] closes it.
 
-use std::error::Error;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use deadpool_postgres::GenericClient;
-use futures_util::{TryStreamExt, pin_mut};
-use serde::Serialize;
+use bytes::Bytes;
+use deadpool_postgres::{GenericClient, Object};
+use futures_util::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{CancelToken, Row, RowStream};
 
-use super::values::{TextParam, decode, param_to_text};
+use super::budget::Reservation;
+use super::encode::ResultJson;
+use super::values::{TextParam, param_to_text};
+use crate::app::App;
 use crate::db::DbError;
 
-/// The result of one statement, as the API returns it.
-#[derive(Debug, Serialize)]
+/// A `/v1/query` result larger than this many bytes of JSON is streamed (chunked) rather than
+/// sent in one piece. Below it, a result costs exactly what it did before streaming existed.
+pub const STREAM_AFTER: usize = 64 << 10;
+
+/// The result of one statement, collected: its complete JSON object.
+#[derive(Debug, Clone)]
 pub struct QueryResult {
-    pub command: String,
+    pub json: Bytes,
     pub row_count: u64,
-    pub columns: Vec<Column>,
-    pub rows: Vec<Vec<Value>>,
 }
 
-/// A result column as `{"name": ..., "type": ...}`.
-#[derive(Debug, Serialize)]
-pub struct Column {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub type_name: String,
+/// How much of a result one request may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rows per statement (`http.max_result_rows`): past it the request fails.
+    pub max_rows: u64,
+    /// Bytes of JSON per response (`http.max_result_bytes`): past it the request fails.
+    pub max_bytes: usize,
+    /// The request's own `max_rows`: past it the result is cut and marked `"truncated": true`.
+    pub page: Option<u64>,
 }
 
-/// A result cell's raw binary bytes, decoded by [`decode`] according to the column type.
-struct RawCell<'a>(Option<&'a [u8]>);
+/// Why a result stopped before its last row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The request's `max_rows` was reached and there were more rows.
+    Page,
+    /// More rows than `http.max_result_rows`.
+    Rows(u64),
+    /// More JSON than `http.max_result_bytes`.
+    Bytes(usize),
+    /// The global budget (`http.result_budget`, this many bytes) is in use by other requests.
+    Budget(usize),
+}
 
-impl<'a> FromSql<'a> for RawCell<'a> {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
-        Ok(RawCell(Some(raw)))
+impl Limits {
+    /// Whether a result that has `rows` rows may get one more.
+    pub fn before_row(&self, rows: u64) -> Option<Stop> {
+        if self.page.is_some_and(|p| rows >= p) {
+            return Some(Stop::Page);
+        }
+        (rows >= self.max_rows).then_some(Stop::Rows(self.max_rows))
     }
 
-    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn Error + Sync + Send>> {
-        Ok(RawCell(None))
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
+    /// Whether a response of `written` bytes is still within the byte limit.
+    pub fn after_row(&self, written: usize) -> Option<Stop> {
+        (written > self.max_bytes).then_some(Stop::Bytes(self.max_bytes))
     }
 }
 
-/// Prepares and runs one statement. `command` is the tag from the classifier (tokio-postgres does
-/// not expose the server's CommandComplete tag; for a single statement they agree).
-pub async fn run<C: GenericClient>(
-    client: &C,
-    endpoint: &str,
-    sql: &str,
-    params: &[Value],
-    command: &str,
-) -> Result<QueryResult, DbError> {
-    let stmt = client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
-    run_prepared(client, endpoint, &stmt, params, command).await
+/// Sends PostgreSQL cancel requests for one server connection.
+#[derive(Clone)]
+pub struct Canceller {
+    token: CancelToken,
+    /// How to reach the server; the TLS connector is only built for a cancel, not per request.
+    tls: crate::db::tls::ServerTls,
 }
 
-/// Runs an already prepared statement. Nothing here awaits before the statement is handed to the
-/// connection, so a query polled right after this one (to capture the commit position in the
-/// same round trip) is sent after it.
-pub async fn run_prepared<C: GenericClient>(
-    client: &C,
-    endpoint: &str,
-    stmt: &tokio_postgres::Statement,
-    params: &[Value],
-    command: &str,
-) -> Result<QueryResult, DbError> {
+impl Canceller {
+    pub async fn cancel(&self) {
+        let sent = match self.tls.make_connect() {
+            Some(tls) => self.token.cancel_query(tls).await,
+            None => self.token.cancel_query(tokio_postgres::NoTls).await,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "cancel request not sent; the connection is closed instead");
+        }
+    }
+}
+
+/// One request's statements on one server connection: where, within which limits, charged to
+/// which budget, and how to cancel them.
+pub struct Exec {
+    pub endpoint: String,
+    pub limits: Limits,
+    canceller: Canceller,
+    /// Results already finished in this request, and the bytes reserved for all of them.
+    held: Mutex<(usize, Reservation)>,
+    cancelled: AtomicBool,
+}
+
+impl Exec {
+    pub fn new(app: &App, client: &Object, endpoint: &str, page: Option<u64>) -> Exec {
+        let http = &app.config.http;
+        Exec {
+            endpoint: endpoint.to_string(),
+            limits: Limits {
+                max_rows: http.max_result_rows,
+                max_bytes: http.max_result_bytes,
+                page,
+            },
+            canceller: Canceller {
+                token: client.cancel_token(),
+                tls: app.topology.tls.clone(),
+            },
+            held: Mutex::new((0, app.http_budget.reservation())),
+            cancelled: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds `row` to `json` if the limits and the budget allow it; otherwise says why not.
+    pub fn admit(&self, json: &mut ResultJson, row: &Row) -> Result<Option<Stop>, DbError> {
+        if let Some(stop) = self.limits.before_row(json.rows()) {
+            return Ok(Some(stop));
+        }
+        json.push_row(row)
+            .map_err(|e| DbError::from_pg(&self.endpoint, e))?;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stop) = self.limits.after_row(held.0 + json.written()) {
+            return Ok(Some(stop));
+        }
+        let need = held.0 + json.held();
+        if !held.1.cover(need) {
+            return Ok(Some(Stop::Budget(budget_capacity(&held.1))));
+        }
+        Ok(None)
+    }
+
+    /// Records a finished result, which stays held until the response is sent.
+    fn finished(&self, bytes: usize) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).0 += bytes;
+    }
+
+    /// Gives back the share of the limits of a collected result that will not be sent.
+    pub fn discard(&self, result: QueryResult) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.0 = held.0.saturating_sub(result.json.len());
+    }
+
+    /// Sends a cancel request for the statement running on this connection.
+    pub async fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.canceller.cancel().await;
+    }
+
+    pub fn canceller(&self) -> Canceller {
+        self.canceller.clone()
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Lets a connection go back to the pool, unless a cancel was sent on it: then it is closed.
+    pub fn release(&self, client: Object) {
+        if self.cancelled() {
+            drop(Object::take(client));
+        }
+    }
+
+    /// The error for a result stopped by a limit. `finished` says whether the statement ran to
+    /// its end anyway (the cancel came too late), when that is known.
+    pub fn stop_error(&self, stop: Stop, finished: Option<bool>) -> DbError {
+        let after = match finished {
+            Some(true) => {
+                " The statement had already finished when it was stopped: outside a transaction, its effects are applied."
+            }
+            Some(false) => " The statement was cancelled.",
+            None => " The statement was cancelled.",
+        };
+        match stop {
+            Stop::Budget(capacity) => DbError::OverBudget(format!(
+                "this sidecar already holds its budget of {capacity} bytes of results for other requests (http.result_budget); retry, or ask for less.{after}"
+            )),
+            Stop::Rows(n) => DbError::TooLarge(format!(
+                "the result has more than {n} rows (http.max_result_rows); page through it (keyset pagination with WHERE and LIMIT) or set \"max_rows\".{after}"
+            )),
+            Stop::Bytes(n) => DbError::TooLarge(format!(
+                "the response is larger than {n} bytes (http.max_result_bytes); page through it (keyset pagination with WHERE and LIMIT) or select fewer columns.{after}"
+            )),
+            Stop::Page => DbError::TooLarge(format!("max_rows reached.{after}")),
+        }
+    }
+}
+
+fn budget_capacity(r: &Reservation) -> usize {
+    r.budget().capacity()
+}
+
+/// Binds the JSON parameters as text for `stmt`.
+fn bind(stmt: &tokio_postgres::Statement, params: &[Value]) -> Result<Vec<TextParam>, DbError> {
     let types = stmt.params();
     if types.len() != params.len() {
         return Err(DbError::Param {
@@ -83,7 +220,7 @@ pub async fn run_prepared<C: GenericClient>(
             ),
         });
     }
-    let bound: Vec<TextParam> = params
+    params
         .iter()
         .zip(types)
         .enumerate()
@@ -93,38 +230,158 @@ pub async fn run_prepared<C: GenericClient>(
                 message,
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
 
-    let stream = client
-        .query_raw(stmt, bound.iter())
+/// Prepares and runs one statement, collecting its result. `command` is the tag from the
+/// classifier (tokio-postgres does not expose the server's CommandComplete tag; for a single
+/// statement they agree).
+pub async fn run<C: GenericClient>(
+    client: &C,
+    exec: &Exec,
+    sql: &str,
+    params: &[Value],
+    command: &str,
+) -> Result<QueryResult, DbError> {
+    let stmt = client
+        .prepare_cached(sql)
         .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
-    pin_mut!(stream);
-    let columns = stmt.columns();
-    let mut rows = Vec::new();
-    while let Some(row) = stream
-        .try_next()
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?
-    {
-        let mut out = Vec::with_capacity(columns.len());
-        for (i, col) in columns.iter().enumerate() {
-            let cell: RawCell = row.try_get(i).map_err(|e| DbError::from_pg(endpoint, e))?;
-            out.push(decode(col.type_(), cell.0));
+        .map_err(|e| DbError::from_pg(&exec.endpoint, e))?;
+    run_prepared(client, exec, &stmt, params, command).await
+}
+
+/// Runs an already prepared statement, collecting its result. Nothing here awaits before the
+/// statement is handed to the connection, so a query polled right after this one (to capture
+/// the commit position in the same round trip) is sent after it.
+///
+/// Past `max_rows` the rest of the result is read and dropped, not cancelled: a cancel would
+/// abort the surrounding transaction. Past a hard limit the statement is cancelled and the rest
+/// read and dropped, to learn whether it finished anyway.
+pub async fn run_prepared<C: GenericClient>(
+    client: &C,
+    exec: &Exec,
+    stmt: &tokio_postgres::Statement,
+    params: &[Value],
+    command: &str,
+) -> Result<QueryResult, DbError> {
+    let pg = |e| DbError::from_pg(&exec.endpoint, e);
+    let bound = bind(stmt, params)?;
+    let rows = client.query_raw(stmt, bound.iter()).await.map_err(pg)?;
+    let mut rows = std::pin::pin!(rows);
+    let mut json = ResultJson::begin(stmt.columns());
+    while let Some(row) = rows.try_next().await.map_err(pg)? {
+        match exec.admit(&mut json, &row)? {
+            None => {}
+            Some(Stop::Page) => {
+                drain(rows.as_mut()).await.map_err(pg)?;
+                return Ok(finish(exec, json, command, None));
+            }
+            Some(stop) => {
+                exec.cancel().await;
+                let finished = drain(rows.as_mut()).await.is_ok();
+                return Err(exec.stop_error(stop, Some(finished)));
+            }
         }
-        rows.push(out);
     }
-    let row_count = stream.rows_affected().unwrap_or(rows.len() as u64);
-    Ok(QueryResult {
-        command: command.to_string(),
-        row_count,
-        columns: columns
-            .iter()
-            .map(|c| Column {
-                name: c.name().to_string(),
-                type_name: c.type_().name().to_string(),
-            })
-            .collect(),
-        rows,
-    })
+    let row_count = rows.rows_affected().unwrap_or(json.rows());
+    Ok(finish(exec, json, command, Some(row_count)))
+}
+
+/// Closes a collected result; `row_count` is `None` for one cut at the request's `max_rows`.
+fn finish(exec: &Exec, mut json: ResultJson, command: &str, row_count: Option<u64>) -> QueryResult {
+    let rows = row_count.unwrap_or(json.rows());
+    json.end(command, rows, row_count.is_none());
+    let json = json.take();
+    exec.finished(json.len());
+    QueryResult {
+        json,
+        row_count: rows,
+    }
+}
+
+/// Reads a result to its end, dropping the rows.
+async fn drain(mut rows: std::pin::Pin<&mut RowStream>) -> Result<(), tokio_postgres::Error> {
+    while rows.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
+/// A `/v1/query` read that has begun: either complete, or streaming on with its connection.
+pub enum Started {
+    Complete(QueryResult),
+    Streaming(super::stream::ResultStream),
+}
+
+/// Begins an autocommit read on `client`: rows are collected until the result is complete or
+/// passes [`STREAM_AFTER`]; then the rest is streamed by [`super::stream`], which owns the
+/// connection until the last row. Past a limit here the statement is cancelled and its
+/// connection closed.
+pub async fn start(
+    client: Object,
+    exec: Exec,
+    sql: &str,
+    params: &[Value],
+    command: &str,
+    down: super::stream::Down,
+) -> Result<Started, DbError> {
+    let pg = |e| DbError::from_pg(&exec.endpoint, e);
+    let stmt = client.prepare_cached(sql).await.map_err(pg)?;
+    let bound = bind(&stmt, params)?;
+    let rows = client.query_raw(&stmt, bound.iter()).await.map_err(pg)?;
+    let mut rows = Box::pin(rows);
+    let mut json = ResultJson::begin(stmt.columns());
+    while let Some(row) = rows.try_next().await.map_err(pg)? {
+        match exec.admit(&mut json, &row)? {
+            None if json.held() < STREAM_AFTER => {}
+            None => {
+                return Ok(Started::Streaming(super::stream::ResultStream::new(
+                    client, rows, json, exec, command, down,
+                )));
+            }
+            Some(stop) => {
+                exec.cancel().await;
+                exec.release(client);
+                return match stop {
+                    Stop::Page => Ok(Started::Complete(finish(&exec, json, command, None))),
+                    stop => Err(exec.stop_error(stop, None)),
+                };
+            }
+        }
+    }
+    let row_count = rows.rows_affected().unwrap_or(json.rows());
+    Ok(Started::Complete(finish(
+        &exec,
+        json,
+        command,
+        Some(row_count),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_stop_at_the_first_row_too_many() {
+        let l = Limits {
+            max_rows: 3,
+            max_bytes: 100,
+            page: None,
+        };
+        assert_eq!(l.before_row(2), None);
+        assert_eq!(l.before_row(3), Some(Stop::Rows(3)));
+        assert_eq!(l.after_row(100), None);
+        assert_eq!(l.after_row(101), Some(Stop::Bytes(100)));
+    }
+
+    #[test]
+    fn the_requests_max_rows_truncates_before_the_hard_limit_fails() {
+        let l = Limits {
+            max_rows: 3,
+            max_bytes: 100,
+            page: Some(3),
+        };
+        assert_eq!(l.before_row(3), Some(Stop::Page));
+        let l = Limits { page: Some(5), ..l };
+        assert_eq!(l.before_row(3), Some(Stop::Rows(3)));
+    }
 }

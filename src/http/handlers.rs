@@ -6,9 +6,9 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::execute::{self, QueryResult};
+use super::execute::{self, Exec, QueryResult, Started};
 use super::problem::Problem;
-use super::{Reply, parse_json};
+use super::{Reply, ReplyBody, parse_json};
 use crate::app::{App, ServeError, Served};
 use crate::consistency::token::{Position, Token};
 
@@ -41,6 +41,9 @@ pub struct QueryBody {
     pub params: Vec<Value>,
     #[serde(default)]
     pub intent: IntentField,
+    /// At most this many rows: a longer result is cut and marked `"truncated": true`.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,21 +146,13 @@ pub async fn query(
     if let (Some(required), Intent::Read, false, Some(config)) =
         (required, intent, guard_reads, &app.config.consistency)
     {
-        let read = super::ryw::read(
-            app,
-            &candidates,
-            &required,
-            sql,
-            &q.params,
-            command,
-            config.max_wait,
-        )
-        .await
-        .map_err(serve_problem)?;
+        let read = super::ryw::read(app, &candidates, &required, &q, command, config.max_wait)
+            .await
+            .map_err(serve_problem)?;
         outcome.served = Some(read.served.clone());
         let mut reply = with_staleness(
             app,
-            Reply::serialize(StatusCode::OK, &read.result).served(&read.served),
+            Reply::encoded(ReplyBody::Full(read.result.json)).served(&read.served),
             &read.served,
         );
         if let Some(token) = response_token(app, token_in, &home, &read.served, None) {
@@ -165,30 +160,35 @@ pub async fn query(
         }
         return Ok(reply);
     }
+    // Plain reads stream once their result outgrows a small buffer; writes and guarded reads
+    // are collected, because their transaction or commit position ends after the last row.
+    let streams = intent == Intent::Read && !guard_reads && !capture;
     let mut attempts = app.attempts(candidates, intent);
-    let ((result, lsn), served) = loop {
+    let ((body, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
-        let run = run_one(
-            client,
-            &served.endpoint,
-            sql,
-            &q.params,
-            command,
-            guard_reads,
-            capture,
-        );
+        let exec = Exec::new(app, &client, &served.endpoint, q.max_rows);
+        let run = async {
+            if streams {
+                let down = super::stream::Down::new(app, served.index);
+                let started = execute::start(client, exec, sql, &q.params, command, down).await?;
+                Ok(match started {
+                    Started::Complete(r) => (ReplyBody::Full(r.json), None),
+                    Started::Streaming(s) => (ReplyBody::Stream(s), None),
+                })
+            } else {
+                run_one(client, exec, sql, &q.params, command, guard_reads, capture)
+                    .await
+                    .map(|(r, lsn)| (ReplyBody::Full(r.json), lsn))
+            }
+        };
         match app.while_up(served.index, run).await {
             Ok(r) => break (r, served),
             Err(e) => attempts.failed(e).map_err(serve_problem)?,
         }
     };
     outcome.served = Some(served.clone());
-    let mut reply = with_staleness(
-        app,
-        Reply::serialize(StatusCode::OK, &result).served(&served),
-        &served,
-    );
+    let mut reply = with_staleness(app, Reply::encoded(body).served(&served), &served);
     if let Some(token) = response_token(app, token_in, &home, &served, lsn) {
         reply = reply.header(CONSISTENCY_TOKEN, token);
     }
@@ -246,7 +246,7 @@ pub async fn transaction(
                 {
                     return Ok(None);
                 }
-                run_transaction(client, &endpoint, statements, classes, intent)
+                run_transaction(app, client, &endpoint, statements, classes, intent)
                     .await
                     .map(Some)
             },
@@ -288,12 +288,25 @@ pub async fn transaction(
         trim_statement_cache(&client);
         let run = async {
             if capture {
-                run_write_transaction_capturing(client, &served.endpoint, &t.statements, &classes)
-                    .await
+                run_write_transaction_capturing(
+                    app,
+                    client,
+                    &served.endpoint,
+                    &t.statements,
+                    &classes,
+                )
+                .await
             } else {
-                run_transaction(client, &served.endpoint, &t.statements, &classes, intent)
-                    .await
-                    .map(|r| (r, None))
+                run_transaction(
+                    app,
+                    client,
+                    &served.endpoint,
+                    &t.statements,
+                    &classes,
+                    intent,
+                )
+                .await
+                .map(|r| (r, None))
             }
         };
         match app.while_up(served.index, run).await {
@@ -315,21 +328,35 @@ fn transaction_reply(
     served: &Served,
     lsn: Option<crate::types::Lsn>,
 ) -> Reply {
-    #[derive(serde::Serialize)]
-    struct Results {
-        results: Vec<QueryResult>,
-    }
-    let mut reply = Reply::serialize(StatusCode::OK, &Results { results }).served(served);
+    let results: Vec<_> = results.into_iter().map(|r| r.json).collect();
+    let body = super::encode::results_object(&results);
+    drop(results);
+    let mut reply = Reply::encoded(ReplyBody::Full(body)).served(served);
     if let Some(token) = response_token(app, token_in, home, served, lsn) {
         reply = reply.header(CONSISTENCY_TOKEN, token);
     }
     reply
 }
 
-/// One statement; in a READ ONLY transaction when `guard` is set.
+/// One statement, collected; in a READ ONLY transaction when `guard` is set. The connection is
+/// closed instead of pooled if a limit made `exec` cancel the statement.
 async fn run_one(
     mut client: deadpool_postgres::Object,
-    endpoint: &str,
+    exec: Exec,
+    sql: &str,
+    params: &[Value],
+    command: &str,
+    guard: bool,
+    capture: bool,
+) -> Result<(QueryResult, Option<crate::types::Lsn>), DbError> {
+    let r = run_one_on(&mut client, &exec, sql, params, command, guard, capture).await;
+    exec.release(client);
+    r
+}
+
+async fn run_one_on(
+    client: &mut deadpool_postgres::Object,
+    exec: &Exec,
     sql: &str,
     params: &[Value],
     command: &str,
@@ -337,21 +364,22 @@ async fn run_one(
     capture: bool,
 ) -> Result<(QueryResult, Option<crate::types::Lsn>), DbError> {
     if capture {
-        return run_capturing_position(&client, endpoint, sql, params, command).await;
+        return run_capturing_position(client, exec, sql, params, command).await;
     }
     if !guard {
         return Ok((
-            execute::run(&client, endpoint, sql, params, command).await?,
+            execute::run(&*client, exec, sql, params, command).await?,
             None,
         ));
     }
+    let endpoint = exec.endpoint.as_str();
     let tx = client
         .build_transaction()
         .read_only(true)
         .start()
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
-    let r = execute::run(&tx, endpoint, sql, params, command).await?;
+    let r = execute::run(&tx, exec, sql, params, command).await?;
     tx.commit()
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
@@ -363,11 +391,12 @@ async fn run_one(
 /// first, so nothing can reorder them on the connection.
 async fn run_capturing_position(
     client: &deadpool_postgres::Object,
-    endpoint: &str,
+    exec: &Exec,
     sql: &str,
     params: &[Value],
     command: &str,
 ) -> Result<(QueryResult, Option<crate::types::Lsn>), DbError> {
+    let endpoint = exec.endpoint.as_str();
     let stmt = client
         .prepare_cached(sql)
         .await
@@ -377,7 +406,7 @@ async fn run_capturing_position(
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     let (result, lsn) = tokio::join!(
-        execute::run_prepared(client, endpoint, &stmt, params, command),
+        execute::run_prepared(client, exec, &stmt, params, command),
         client.query_one(&lsn_stmt, &[])
     );
     let lsn = lsn
@@ -481,13 +510,29 @@ pub(super) fn response_token(
 }
 
 /// All statements in one transaction; any error rolls it back (dropping the transaction does).
+/// The results together are within the request's limits (`execute::Exec`).
 async fn run_transaction(
+    app: &App,
     mut client: deadpool_postgres::Object,
     endpoint: &str,
     statements: &[StatementBody],
     classes: &[std::sync::Arc<Classification>],
     intent: Intent,
 ) -> Result<Vec<QueryResult>, DbError> {
+    let exec = Exec::new(app, &client, endpoint, None);
+    let r = run_transaction_on(&mut client, &exec, statements, classes, intent).await;
+    exec.release(client);
+    r
+}
+
+async fn run_transaction_on(
+    client: &mut deadpool_postgres::Object,
+    exec: &Exec,
+    statements: &[StatementBody],
+    classes: &[std::sync::Arc<Classification>],
+    intent: Intent,
+) -> Result<Vec<QueryResult>, DbError> {
+    let endpoint = exec.endpoint.as_str();
     let tx = client
         .build_transaction()
         .read_only(intent == Intent::Read)
@@ -496,7 +541,7 @@ async fn run_transaction(
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, c)) in statements.iter().zip(classes).enumerate() {
-        let r = execute::run(&tx, endpoint, &s.sql, &s.params, &c.command)
+        let r = execute::run(&tx, exec, &s.sql, &s.params, &c.command)
             .await
             .map_err(|e| StatementFailed(i, e))?;
         results.push(r);
@@ -522,6 +567,13 @@ impl TxGuard {
     pub(super) fn finish(mut self) {
         self.0.take();
     }
+
+    /// Like [`TxGuard::finish`], but closes the connection if `exec` sent a cancel on it.
+    pub(super) fn finish_with(mut self, exec: &Exec) {
+        if let Some(client) = self.0.take() {
+            exec.release(client);
+        }
+    }
 }
 
 impl Drop for TxGuard {
@@ -536,11 +588,13 @@ impl Drop for TxGuard {
 /// position costs no extra round trip. BEGIN and COMMIT are plain statements on the pooled
 /// connection (tokio-postgres' Transaction would hold the connection exclusively).
 async fn run_write_transaction_capturing(
+    app: &App,
     client: deadpool_postgres::Object,
     endpoint: &str,
     statements: &[StatementBody],
     classes: &[std::sync::Arc<Classification>],
 ) -> Result<(Vec<QueryResult>, Option<crate::types::Lsn>), DbError> {
+    let exec = Exec::new(app, &client, endpoint, None);
     let guard = TxGuard(Some(client));
     let c = guard.client();
     let pg = |e| DbError::from_pg(endpoint, e);
@@ -551,11 +605,11 @@ async fn run_write_transaction_capturing(
     c.batch_execute("BEGIN").await.map_err(pg)?;
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, cl)) in statements.iter().zip(classes).enumerate() {
-        match execute::run(c, endpoint, &s.sql, &s.params, &cl.command).await {
+        match execute::run(c, &exec, &s.sql, &s.params, &cl.command).await {
             Ok(r) => results.push(r),
             Err(e) => {
                 c.batch_execute("ROLLBACK").await.map_err(pg)?;
-                guard.finish();
+                guard.finish_with(&exec);
                 return Err(StatementFailed(i, e).into());
             }
         }

@@ -10,7 +10,7 @@
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
-use super::execute::{self, QueryResult};
+use super::execute::{self, Exec, QueryResult};
 use super::handlers::{
     CONSISTENCY_TOKEN, Outcome, StatementFailed, TxGuard, response_token, serve_problem,
     trim_statement_cache,
@@ -193,6 +193,7 @@ async fn keyed_transaction(
         .ensure(&app.pools, served.index)
         .await
         .map_err(Problem::from)?;
+    let exec = Exec::new(app, &client, endpoint, None);
     let guard = TxGuard(Some(client));
     let c = guard.client();
     // Prepared once per connection, all in one round trip.
@@ -211,7 +212,7 @@ async fn keyed_transaction(
     let (begin, claimed, first_result) = tokio::join!(
         c.batch_execute("BEGIN"),
         c.execute(&claim, &claim_params),
-        execute::run(c, endpoint, first.sql, first.params, first.command),
+        execute::run(c, &exec, first.sql, first.params, first.command),
     );
     begin.map_err(pg)?;
     if let Err(e) = claimed {
@@ -221,11 +222,11 @@ async fn keyed_transaction(
         if refusal == Some(Refusal::Completed) {
             // ROLLBACK and the stored response's lookup go out together.
             let done = replay(app, req, c, endpoint, served, (&lookup, &lsn_stmt)).await;
-            guard.finish();
+            guard.finish_with(&exec);
             return done;
         }
         c.batch_execute("ROLLBACK").await.map_err(pg)?;
-        guard.finish();
+        guard.finish_with(&exec);
         let Some(refusal) = refusal else {
             return Err(pg(e));
         };
@@ -238,7 +239,7 @@ async fn keyed_transaction(
         if failed.is_some() {
             break;
         }
-        match execute::run(c, endpoint, s.sql, s.params, s.command).await {
+        match execute::run(c, &exec, s.sql, s.params, s.command).await {
             Ok(r) => results.push(r),
             Err(e) => failed = Some((i, e)),
         }
@@ -246,7 +247,7 @@ async fn keyed_transaction(
     if let Some((i, e)) = failed {
         // Rolled back: no write and no record, so the client may retry with the same key.
         c.batch_execute("ROLLBACK").await.map_err(pg)?;
-        guard.finish();
+        guard.finish_with(&exec);
         let e = match req.shape {
             Shape::Single => e,
             Shape::Transaction => StatementFailed(i, e).into(),
@@ -263,7 +264,7 @@ async fn keyed_transaction(
     );
     recorded.map_err(pg)?;
     commit.map_err(pg)?;
-    guard.finish();
+    guard.finish_with(&exec);
     metrics::idempotency("new", "http");
     let lsn = lsn
         .ok()
@@ -325,15 +326,15 @@ async fn replay(
 }
 
 fn shape(shape: Shape, mut results: Vec<QueryResult>) -> String {
-    #[derive(serde::Serialize)]
-    struct Results {
-        results: Vec<QueryResult>,
-    }
-    let text = match shape {
-        Shape::Single => serde_json::to_string(&results.remove(0)),
-        Shape::Transaction => serde_json::to_string(&Results { results }),
+    let json = match shape {
+        Shape::Single => results.remove(0).json,
+        Shape::Transaction => {
+            let results: Vec<_> = results.into_iter().map(|r| r.json).collect();
+            super::encode::results_object(&results)
+        }
     };
-    text.unwrap_or_default()
+    // The encoder writes UTF-8 only.
+    String::from_utf8_lossy(&json).into_owned()
 }
 
 /// The cached token merged with the one the request brought.
@@ -385,12 +386,12 @@ mod tests {
     #[test]
     fn bodies_have_the_shape_of_their_endpoint() {
         let r = || QueryResult {
-            command: "INSERT".into(),
+            json: bytes::Bytes::from_static(
+                b"{\"columns\":[],\"rows\":[],\"command\":\"INSERT\",\"row_count\":1}",
+            ),
             row_count: 1,
-            columns: vec![],
-            rows: vec![],
         };
-        assert!(shape(Shape::Single, vec![r()]).starts_with("{\"command\":\"INSERT\""));
+        assert!(shape(Shape::Single, vec![r()]).starts_with("{\"columns\":[]"));
         assert!(shape(Shape::Transaction, vec![r(), r()]).starts_with("{\"results\":["));
     }
 }

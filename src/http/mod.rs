@@ -1,8 +1,13 @@
 //! The HTTP front end (hyper, HTTP/1.1): two listeners with graceful drain. The data listener
 //! (`http.listen`) routes the data API by path, with body limits, JSON parsing and problem+json
-//! errors, plus `/v1/topology`, `/healthz` and `/readyz`; data handlers live in `handlers`. The
-//! ops listener (`ops.listen`, module `ops`) serves `/healthz`, `/readyz` and `/metrics` only.
+//! errors, plus `/v1/topology`, `/healthz` and `/readyz`; data handlers live in `handlers`;
+//! results are encoded in `encode`, run within limits in `execute`, streamed in `stream`, and
+//! charged to `budget`. The ops listener (`ops.listen`, module `ops`) serves `/healthz`,
+//! `/readyz` and `/metrics` only.
 
+mod budget;
+pub use budget::Budget;
+mod encode;
 mod execute;
 mod handlers;
 /// The request bodies, public for the fuzz targets and property tests.
@@ -12,6 +17,7 @@ mod ops;
 pub mod problem;
 mod ryw;
 mod session_state;
+mod stream;
 mod time;
 pub mod values;
 
@@ -21,7 +27,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -44,9 +50,18 @@ const DISCARD_CAP: usize = 16 << 20;
 pub struct Reply {
     status: StatusCode,
     content_type: &'static str,
-    body: Bytes,
+    body: ReplyBody,
     headers: Vec<(&'static str, String)>,
 }
+
+/// A body sent at once (with `Content-Length`), or a result streamed as it arrives (chunked).
+pub enum ReplyBody {
+    Full(Bytes),
+    Stream(stream::ResultStream),
+}
+
+/// What hyper sends: small bodies stay a plain `Full`, so they pay nothing for streaming.
+pub type Body = Either<Full<Bytes>, StreamBody<stream::ResultStream>>;
 
 impl Reply {
     /// Serializes straight to bytes, without an intermediate `Value`.
@@ -54,7 +69,7 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
+            body: ReplyBody::Full(Bytes::from(serde_json::to_vec(body).unwrap_or_default())),
             headers: Vec::new(),
         }
     }
@@ -63,7 +78,7 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            body: ReplyBody::Full(Bytes::from(serde_json::to_vec(&body).unwrap_or_default())),
             headers: Vec::new(),
         }
     }
@@ -73,7 +88,17 @@ impl Reply {
         Reply {
             status,
             content_type: "application/json",
-            body: Bytes::from(body),
+            body: ReplyBody::Full(Bytes::from(body)),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A JSON body that is already encoded, sent at once or streamed.
+    pub fn encoded(body: ReplyBody) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body,
             headers: Vec::new(),
         }
     }
@@ -167,7 +192,7 @@ async fn serve_listener(
     graceful.shutdown().await;
 }
 
-async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -208,8 +233,12 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     into_response(reply, app)
 }
 
-pub(crate) fn into_response(reply: Reply, app: &App) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(reply.body));
+pub(crate) fn into_response(reply: Reply, app: &App) -> Response<Body> {
+    let body = match reply.body {
+        ReplyBody::Full(bytes) => Either::Left(Full::new(bytes)),
+        ReplyBody::Stream(s) => Either::Right(StreamBody::new(s)),
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
@@ -255,16 +284,16 @@ async fn route(
             ))
         }
         (&Method::POST, ["v1", "query"]) => {
-            let body = read_body(app, headers, body).await?;
+            let (body, _held) = read_body(app, headers, body).await?;
             handlers::query(app, headers, &body, outcome).await
         }
         (&Method::POST, ["v1", "transaction"]) => {
-            let body = read_body(app, headers, body).await?;
+            let (body, _held) = read_body(app, headers, body).await?;
             handlers::transaction(app, headers, &body, outcome).await
         }
         (&Method::GET, ["v1", "users", id, "home"]) => handlers::get_home(app, headers, id).await,
         (&Method::PUT, ["v1", "users", id, "home"]) => {
-            let body = read_body(app, headers, body).await?;
+            let (body, _held) = read_body(app, headers, body).await?;
             handlers::put_home(app, headers, id, &body).await
         }
         (_, ["healthz" | "readyz"])
@@ -285,7 +314,13 @@ async fn route(
 }
 
 /// Reads the whole body, refusing more than `http.max_body` bytes (413) and non-JSON content (415).
-async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Problem> {
+/// The body is charged to the result budget (`http.result_budget`) until the reservation
+/// returned with it is dropped; past the budget, 503.
+async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<(Bytes, budget::Reservation), Problem> {
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         if !(ct.starts_with("application/json") || ct.is_empty()) {
@@ -316,6 +351,7 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
     // client that sends its whole body before reading gets the 413 instead of a reset.
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
+    let mut held = app.http_budget.reservation();
     let mut seen = 0usize;
     let deadline = tokio::time::Instant::now()
         + app
@@ -341,6 +377,12 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
         if let Some(data) = frame.data_ref() {
             seen += data.len();
             if seen <= limit {
+                if !held.cover(seen) {
+                    return Err(Problem::unavailable(format!(
+                        "this sidecar already holds its budget of {} bytes of requests and results (http.result_budget); retry",
+                        app.http_budget.capacity()
+                    )));
+                }
                 buf.extend_from_slice(data);
             } else if seen > DISCARD_CAP {
                 break;
@@ -350,5 +392,5 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byt
     if seen > limit {
         return Err(too_large());
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), held))
 }

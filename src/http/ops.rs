@@ -4,20 +4,19 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use serde_json::json;
 
-use super::{Reply, into_response, problem::Problem};
+use super::{Body, Reply, ReplyBody, into_response, problem::Problem};
 use crate::app::App;
 
 /// Answers a request on the ops listener.
-pub fn handle<B>(app: &App, req: &Request<B>) -> Response<Full<Bytes>> {
+pub fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let reply = match (req.method(), path) {
         (&Method::GET, "/metrics") => Ok(Reply {
             status: StatusCode::OK,
             content_type: "text/plain; version=0.0.4",
-            body: Bytes::from(app.metrics.render()),
+            body: ReplyBody::Full(Bytes::from(app.metrics.render())),
             headers: Vec::new(),
         }),
         (&Method::GET, "/healthz") => Ok(healthz()),

@@ -113,6 +113,21 @@ impl From<DbError> for Problem {
                 "Bad parameter",
                 e.to_string(),
             ),
+            DbError::TooLarge(detail) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "result-too-large",
+                "Result too large",
+                detail,
+            ),
+            DbError::OverBudget(detail) => Problem {
+                retry_after: Some(RETRY_AFTER_SECS),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "result-budget",
+                    "Result budget in use",
+                    detail,
+                )
+            },
             DbError::Server(pg) => {
                 let (code, detail) = match pg.as_db_error() {
                     Some(db) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::execute::{self, QueryResult};
+use super::execute::{self, Exec, QueryResult};
 use crate::app::{App, ServeError, Served};
 use crate::consistency::ryw::{
     Fallback, foreign_message, foreign_system, split_candidates, worth_waiting,
@@ -31,26 +31,28 @@ pub async fn read(
     app: &App,
     candidates: &[Candidate],
     required: &Position,
-    sql: &str,
-    params: &[Value],
+    query: &super::QueryBody,
     command: &str,
     max_wait: Duration,
 ) -> Result<RywRead, ServeError> {
+    let (sql, params, page) = (query.sql.as_str(), query.params.as_slice(), query.max_rows);
     let (result, served) = serve(
         app,
         candidates,
         required,
         max_wait,
         |client, endpoint, deadline| async move {
-            match deadline {
-                None => execute::run(&client, &endpoint, sql, params, command)
+            let exec = Exec::new(app, &client, &endpoint, page);
+            let r = match deadline {
+                None => execute::run(&client, &exec, sql, params, command)
                     .await
                     .map(Some),
                 Some(deadline) => {
-                    wait_and_read(&client, &endpoint, required, sql, params, command, deadline)
-                        .await
+                    wait_and_read(&client, &exec, required, sql, params, command, deadline).await
                 }
-            }
+            };
+            exec.release(client);
+            r
         },
     )
     .await?;
@@ -158,13 +160,14 @@ const CHECK_SQL: &str = "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn";
 /// The pipelined check-then-read until `deadline`; `None` if the replica never got there.
 async fn wait_and_read(
     client: &deadpool_postgres::Object,
-    endpoint: &str,
+    exec: &Exec,
     required: &Position,
     sql: &str,
     params: &[Value],
     command: &str,
     deadline: Instant,
 ) -> Result<Option<QueryResult>, DbError> {
+    let endpoint = exec.endpoint.as_str();
     let check = client
         .prepare_cached(CHECK_SQL)
         .await
@@ -178,12 +181,14 @@ async fn wait_and_read(
     loop {
         let (replayed, result) = tokio::join!(
             client.query_one(&check, &check_params),
-            execute::run_prepared(client, endpoint, &stmt, params, command)
+            execute::run_prepared(client, exec, &stmt, params, command)
         );
         let replayed = replayed.map_err(|e| DbError::from_pg(endpoint, e))?;
         if replayed.get::<_, Option<bool>>(0) == Some(true) {
             return result.map(Some);
         }
+        // Read too early: its result is dropped, and so is its share of the limits.
+        exec.discard(result?);
         if Instant::now() + POLL > deadline {
             return Ok(None);
         }
