@@ -1,5 +1,5 @@
 //! Errors as `application/problem+json` (RFC 9457). Every error a handler can return maps to one
-//! status here, in one place; the README's error table is generated from the same mapping.
+//! status here, in one place; docs/http-api.md lists the statuses for readers (it is written by hand).
 
 use http::StatusCode;
 use serde_json::{Value, json};
