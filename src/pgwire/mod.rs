@@ -120,6 +120,7 @@ struct Login {
     user: Option<UserId>,
     registration: cancel::Registration,
     settings: server_settings::Settings,
+    optimistic: Option<bool>,
 }
 
 async fn session(
@@ -160,6 +161,7 @@ async fn session(
         l.registration,
         l.settings,
     )
+    .with_optimistic(l.optimistic)
     .run(shutdown)
     .await
 }
@@ -334,6 +336,7 @@ async fn login(
         user,
         registration,
         settings,
+        optimistic: startup_optimistic(&params),
     }))
 }
 
@@ -361,6 +364,11 @@ async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
 
 /// `homeport.user` from a startup `options` string: `-c homeport.user=u1` or `--homeport.user=u1`.
 pub fn option_user(options: &str) -> Option<String> {
+    option_value(options, "homeport.user")
+}
+
+/// The value of `-c name=value` (or `--name=value`) in a startup `options` string.
+pub fn option_value(options: &str, name: &str) -> Option<String> {
     let mut words = options.split_whitespace();
     while let Some(w) = words.next() {
         let setting = if w == "-c" {
@@ -370,11 +378,26 @@ pub fn option_user(options: &str) -> Option<String> {
         } else {
             w.strip_prefix("--").unwrap_or("")
         };
-        if let Some(v) = setting.strip_prefix("homeport.user=") {
+        if let Some(v) = setting
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+        {
             return Some(v.to_string());
         }
     }
     None
+}
+
+/// `homeport.optimistic_transactions` given at startup (a parameter or an `-c` option).
+fn startup_optimistic(params: &[(String, String)]) -> Option<bool> {
+    params.iter().find_map(|(k, v)| {
+        let value = match k.as_str() {
+            "options" => option_value(v, "homeport.optimistic_transactions")?,
+            "homeport.optimistic_transactions" => v.clone(),
+            _ => return None,
+        };
+        settings::parse_on_off(&value).ok()
+    })
 }
 
 /// A healthy endpoint to learn server parameters from: local first.
@@ -393,7 +416,7 @@ fn startup_endpoint(app: &App) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::option_user;
+    use super::{option_user, startup_optimistic};
 
     #[test]
     fn user_from_startup_options() {
@@ -404,5 +427,26 @@ mod tests {
         );
         assert_eq!(option_user("--homeport.user=u3").as_deref(), Some("u3"));
         assert_eq!(option_user("-c search_path=x"), None);
+        assert_eq!(option_user("-c homeport.user_x=u4"), None);
+    }
+
+    #[test]
+    fn optimistic_transactions_from_startup() {
+        let p = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(
+            startup_optimistic(&p(
+                "options",
+                "-c homeport.user=u -c homeport.optimistic_transactions=off"
+            )),
+            Some(false)
+        );
+        assert_eq!(
+            startup_optimistic(&p("homeport.optimistic_transactions", "on")),
+            Some(true)
+        );
+        assert_eq!(
+            startup_optimistic(&p("options", "-c homeport.user=u")),
+            None
+        );
     }
 }

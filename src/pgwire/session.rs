@@ -292,6 +292,12 @@ impl Session {
         });
     }
 
+    /// `homeport.optimistic_transactions` given at startup.
+    pub fn with_optimistic(mut self, on: Option<bool>) -> Self {
+        self.optimistic_setting = on;
+        self
+    }
+
     /// Moves to the newest config generation if there is one (between transactions, with no
     /// server attached, so nothing in flight belongs to the old one).
     fn follow_reload(&mut self) {
