@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// The one FFI call of the crate (the lint policy in Cargo.toml denies unsafe code elsewhere).
+#[allow(unsafe_code)]
 unsafe extern "C" {
     /// mimalloc's option setter, from the static library `libmimalloc-sys` links in.
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
@@ -24,6 +26,7 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// after a spike kept its peak RSS (measured in docs/http.md: 130 MiB stayed 130 MiB; with
 /// immediate purging it fell to 24 MiB, at no measurable cost for point reads).
 /// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+#[allow(unsafe_code)]
 fn return_freed_memory_promptly() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain setter of an integer option, valid at any time from any thread.
