@@ -10,6 +10,7 @@
 //! Everything listens on 127.0.0.1. Dropping the sandbox stops every process it started.
 
 pub mod link;
+pub mod ports;
 mod postgres;
 mod sidecar;
 
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::types::RegionName;
+pub use ports::pick_ports;
 pub use postgres::{PgTools, is_root};
 pub use sidecar::Managed;
 use sidecar::SidecarPlan;
@@ -444,9 +446,28 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Starts region `k`'s sidecar. With free ports (no `base_port`), a sidecar that could not
+    /// bind because another program took one of its ports in the meantime is started again on
+    /// fresh ones (see `ports`); fixed ports are the user's choice and fail with the reason.
     fn start_sidecar(&mut self, k: usize) -> Result<(), DevError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.try_start_sidecar(k) {
+                Err(e)
+                    if attempts < 4 && self.options.base_port.is_none() && self.bind_failed(k) =>
+                {
+                    tracing::warn!(error = %e, "sidecar port taken; retrying on fresh ports");
+                    self.move_sidecar_ports(k)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start_sidecar(&mut self, k: usize) -> Result<(), DevError> {
         let region = &self.regions[k];
-        let log = self.dir.join(region.name.as_str()).join("homeport.log");
+        let log = self.sidecar_log(k);
         let mut cmd = std::process::Command::new(&self.options.homeport_exe);
         cmd.arg("serve").arg("--config").arg(&region.config_path);
         let mut child =
@@ -454,6 +475,26 @@ impl Sandbox {
         sidecar::wait_ready(&mut child, region.http_port, &log, Duration::from_secs(30))?;
         self.sidecars[k] = Some(child);
         Ok(())
+    }
+
+    fn sidecar_log(&self, k: usize) -> PathBuf {
+        self.dir
+            .join(self.regions[k].name.as_str())
+            .join("homeport.log")
+    }
+
+    fn bind_failed(&self, k: usize) -> bool {
+        ports::address_in_use(&std::fs::read_to_string(self.sidecar_log(k)).unwrap_or_default())
+    }
+
+    /// Gives region `k`'s sidecar fresh listener ports and rewrites its config.
+    fn move_sidecar_ports(&mut self, k: usize) -> Result<(), DevError> {
+        let fresh = pick_ports(3)?;
+        let r = &mut self.regions[k];
+        (r.http_port, r.pg_port, r.ops_port) = (fresh[0], fresh[1], fresh[2]);
+        let text = sidecar::render_config(&self.plan(k));
+        let path = self.regions[k].config_path.clone();
+        std::fs::write(&path, text).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))
     }
 
     /// Stops one region's sidecar (SIGTERM, then SIGKILL after `grace`).
@@ -641,7 +682,10 @@ fn setup_primary(
 ) -> Result<(), DevError> {
     let data = pg_dir.join(format!("{region}-primary"));
     pg.initdb(&data)?;
-    append(&data.join("postgresql.conf"), &postgres::server_conf(port))?;
+    append(
+        &data.join("postgresql.conf"),
+        &postgres::server_conf(port, pg),
+    )?;
     pg.start(&data, &pg_dir.join(format!("{region}-primary.log")))?;
     pg.psql(
         port,
@@ -745,22 +789,6 @@ fn clean_previous(pg: &PgTools, dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Free loopback ports, all distinct (held open together while picking).
-pub fn pick_ports(n: usize) -> Result<Vec<u16>, DevError> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| DevError::Setup(format!("cannot find free ports: {e}")))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| DevError::Setup(e.to_string()))
-        })
-        .collect()
 }
 
 fn wait_port(port: u16, timeout: Duration) -> Result<(), DevError> {
