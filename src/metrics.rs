@@ -22,6 +22,7 @@ pub const IDEMPOTENCY_TOTAL: &str = "homeport_idempotency_total";
 pub const IDEMPOTENCY_CACHE_TOTAL: &str = "homeport_idempotency_cache_lookups_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "homeport_config_reloads_total";
 pub const WIRE_PINS_TOTAL: &str = "homeport_wire_pins_total";
+pub const PROBE_MODE: &str = "homeport_probe_mode";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -40,7 +41,17 @@ pub const ALL: &[&str] = &[
     IDEMPOTENCY_CACHE_TOTAL,
     CONFIG_RELOADS_TOTAL,
     WIRE_PINS_TOTAL,
+    PROBE_MODE,
 ];
+
+/// How this sidecar learns the topology (`topology::share`): 1 for the current mode (`own`:
+/// probes everything itself; `publisher`: probes and publishes for the region; `reader`: reads
+/// the publisher's snapshot), 0 for the others.
+pub fn probe_mode(current: &'static str) {
+    for mode in ["own", "publisher", "reader"] {
+        gauge!(PROBE_MODE, "mode" => mode).set(if mode == current { 1.0 } else { 0.0 });
+    }
+}
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
 pub fn ryw_wait(waited: Duration) {

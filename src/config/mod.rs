@@ -184,6 +184,14 @@ pub struct ProbeConfig {
     pub fall: u32,
     /// Consecutive good probes before a down endpoint is marked up again.
     pub rise: u32,
+    /// One sidecar per region probes and publishes through Redis; the others read
+    /// (`topology::share`). Off without `[redis]`.
+    pub shared: bool,
+    /// A published snapshot older than this is gone (its Redis TTL), and readers probe on their
+    /// own again; also the publisher's lease.
+    pub stale_after: Duration,
+    /// How often a reader measures its own round trip to each endpoint.
+    pub rtt_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,7 +444,30 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(1)),
         fall: raw.probe.fall.unwrap_or(2).max(1),
         rise: raw.probe.rise.unwrap_or(1).max(1),
+        shared: raw.probe.shared.unwrap_or(true) && raw.redis.is_some(),
+        stale_after: Duration::ZERO,
+        rtt_interval: raw
+            .probe
+            .rtt_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
     };
+    let probe = ProbeConfig {
+        // Several missed publications, and never under 2 s: a publisher's GC-free hiccup or a
+        // slow Redis round trip must not send the whole fleet back to probing.
+        stale_after: raw
+            .probe
+            .stale_after
+            .map(|d| d.0)
+            .unwrap_or((probe.interval * 5).max(Duration::from_secs(2))),
+        ..probe
+    };
+    if probe.stale_after < probe.interval * 2 {
+        return Err(ConfigError::new(
+            "probe.stale_after",
+            "must be at least twice probe.interval (a publisher publishes once per interval)",
+        ));
+    }
     if probe.interval < Duration::from_millis(1) {
         return Err(ConfigError::new("probe.interval", "must be at least 1ms"));
     }

@@ -130,6 +130,10 @@ pub struct RawProbe {
     pub timeout: Option<Dur>,
     pub fall: Option<u32>,
     pub rise: Option<u32>,
+    /// Share probe results through the regional Redis (default: on when `[redis]` is set).
+    pub shared: Option<bool>,
+    pub stale_after: Option<Dur>,
+    pub rtt_interval: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,7 @@ pub mod health;
 pub mod lag;
 pub mod probe;
 pub mod readiness;
+pub mod share;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,6 +147,12 @@ impl Topology {
         map.entry(shard.clone())
             .or_default()
             .observe_primary(lsn, at);
+    }
+
+    /// Forgets every primary's position history (see `share`: a sidecar that read positions
+    /// second hand starts its own history afresh when it probes again).
+    pub fn reset_lag_history(&self) {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Lag of a replica of `shard` that had replayed `replay` at `at`.
