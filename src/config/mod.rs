@@ -450,7 +450,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .probe
             .rtt_interval
             .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(10)),
+            .unwrap_or(Duration::from_secs(30)),
     };
     let probe = ProbeConfig {
         // Several missed publications, and never under 2 s: a publisher's GC-free hiccup or a
@@ -652,7 +652,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             header_timeout: http
                 .header_timeout
                 .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(10)),
+                .unwrap_or(Duration::from_secs(30)),
         },
         postgres: pg_defaults.settings,
         probe,
