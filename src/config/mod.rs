@@ -218,6 +218,9 @@ pub struct EndpointConfig {
     pub name: String,
     pub region: RegionName,
     pub pg: tokio_postgres::Config,
+    /// `probe_url`: where the probe reaches the server itself when `url` (the data path) goes
+    /// through a pooler, whose backends could be any server's. `None`: the probe uses `url`.
+    pub probe_pg: Option<tokio_postgres::Config>,
 }
 
 #[derive(Debug, Clone)]
@@ -769,9 +772,9 @@ fn endpoints(
         .enumerate()
         .map(|(i, e)| {
             let path = format!("{parent}.{key}[{i}]");
-            let (url, region) = match e {
-                RawEndpoint::Url(url) => (url, None),
-                RawEndpoint::Full(t) => (t.url, t.region),
+            let (url, region, probe_url) = match e {
+                RawEndpoint::Url(url) => (url, None, None),
+                RawEndpoint::Full(t) => (t.url, t.region, t.probe_url),
             };
             let region = match (region, default_region) {
                 (Some(r), _) => RegionName::parse(&r)
@@ -787,10 +790,15 @@ fn endpoints(
             let pg = defaults
                 .connection(&url)
                 .map_err(|m| ConfigError::new(&path, m))?;
+            let probe_pg = probe_url
+                .map(|u| defaults.connection(&u))
+                .transpose()
+                .map_err(|m| ConfigError::new(format!("{path}.probe_url"), m))?;
             Ok(EndpointConfig {
                 name: endpoint_name(&pg),
                 region,
                 pg,
+                probe_pg,
             })
         })
         .collect()

@@ -157,6 +157,8 @@ pub enum RawEndpoint {
 pub struct RawEndpointTable {
     pub url: String,
     pub region: Option<String>,
+    /// The server itself, for the probe, when `url` goes through a pooler.
+    pub probe_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

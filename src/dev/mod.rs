@@ -10,6 +10,7 @@
 //! Everything listens on 127.0.0.1. Dropping the sandbox stops every process it started.
 
 pub mod link;
+mod pooler;
 pub mod ports;
 mod postgres;
 mod sidecar;
@@ -55,6 +56,10 @@ pub struct DevArgs {
     pub schema: Option<PathBuf>,
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
+    /// A PgBouncer (transaction mode) in front of every server: the sidecars' data path goes
+    /// through it, their probes to the server itself (`probe_url`). See docs/fleet.md.
+    #[arg(long)]
+    pub upstream_pooler: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +78,8 @@ pub struct SandboxOptions {
     pub redis: bool,
     /// Remove `dir` when the sandbox stops.
     pub remove_dir: bool,
+    /// A PgBouncer in front of every server (`homeport dev --upstream-pooler`).
+    pub upstream_pooler: bool,
 }
 
 impl SandboxOptions {
@@ -93,6 +100,7 @@ impl SandboxOptions {
             homeport_exe: homeport_exe.into(),
             redis: true,
             remove_dir: true,
+            upstream_pooler: false,
         }
     }
 }
@@ -132,6 +140,9 @@ pub struct Sandbox {
     servers: Vec<PathBuf>,
     sidecars: Vec<Option<Managed>>,
     redis: Vec<Managed>,
+    /// With `upstream_pooler`: a PgBouncer per server, and server port -> PgBouncer port.
+    poolers: Vec<Managed>,
+    pub pooler_ports: BTreeMap<u16, u16>,
     /// Cross-region links: (from region, server port) -> link, when a link delay is set.
     links: Vec<(RegionName, u16, link::Link)>,
     link_runtime: Option<link::Links>,
@@ -193,6 +204,8 @@ impl Sandbox {
             servers: Vec::new(),
             sidecars: Vec::new(),
             redis: Vec::new(),
+            poolers: Vec::new(),
+            pooler_ports: BTreeMap::new(),
             links: Vec::new(),
             link_runtime: None,
             options,
@@ -331,9 +344,16 @@ impl Sandbox {
         let region = &self.regions[k];
         let first = &self.regions[0];
         // The port a sidecar of `region` uses for a server: through a link when there is one.
-        let via = |port: u16| {
+        let direct = |port: u16| {
             self.link_to(region.name.as_str(), port)
                 .map_or(port, |l| l.port)
+        };
+        // The data path: through the server's PgBouncer when there is one.
+        let via = |port: u16| {
+            self.pooler_ports
+                .get(&port)
+                .copied()
+                .unwrap_or(direct(port))
         };
         SidecarPlan {
             region: region.name.as_str(),
@@ -367,6 +387,14 @@ impl Sandbox {
                 .collect(),
             redis: region.redis_port,
             consistency_key: self.dir.join("consistency.key"),
+            probe_urls: self
+                .pooler_ports
+                .iter()
+                .flat_map(|(server, pooler)| {
+                    [APP_DB, DIRECTORY_DB]
+                        .map(|db| (pg_url(*pooler, db), pg_url(direct(*server), db)))
+                })
+                .collect(),
         }
     }
 
@@ -425,8 +453,52 @@ impl Sandbox {
         }
     }
 
+    /// With `upstream_pooler`: one PgBouncer per server, on a port of its own.
+    fn start_poolers(&mut self) -> Result<(), DevError> {
+        if !self.options.upstream_pooler {
+            return Ok(());
+        }
+        if self.options.link_delay.is_some() {
+            return Err(DevError::Argument(
+                "--upstream-pooler does not combine with --link-delay yet".into(),
+            ));
+        }
+        let bin = pooler::find_pgbouncer().ok_or_else(|| {
+            DevError::Setup("--upstream-pooler needs pgbouncer (apt-get install pgbouncer)".into())
+        })?;
+        let dir = self.dir.join("pgbouncer");
+        std::fs::create_dir_all(&dir).map_err(|e| DevError::Setup(e.to_string()))?;
+        pooler::write_users(&dir)?;
+        self.pg.hand_over(&dir)?;
+        let servers: Vec<(String, u16)> = self
+            .regions
+            .iter()
+            .flat_map(|r| {
+                std::iter::once((format!("{}-primary", r.name), r.primary_port)).chain(
+                    r.replica_ports
+                        .iter()
+                        .map(|(loc, p)| (format!("{}-replica-{loc}", r.name), *p)),
+                )
+            })
+            .collect();
+        let ports = pick_ports(servers.len())?;
+        for ((name, server), port) in servers.into_iter().zip(ports) {
+            let ini = dir.join(format!("{name}.ini"));
+            std::fs::write(&ini, pooler::config(&name, port, server, &dir))
+                .map_err(|e| DevError::Setup(format!("{}: {e}", ini.display())))?;
+            self.pg.hand_over(&dir)?;
+            let as_postgres = self.pg.runs_as_postgres();
+            self.poolers
+                .push(pooler::spawn(&bin, &name, &ini, as_postgres)?);
+            wait_port(port, Duration::from_secs(10))?;
+            self.pooler_ports.insert(server, port);
+        }
+        Ok(())
+    }
+
     fn start_sidecars(&mut self) -> Result<(), DevError> {
         self.start_links()?;
+        self.start_poolers()?;
         let key: String = crate::random::bytes::<32>()
             .map_err(|e| DevError::Setup(e.to_string()))?
             .iter()
@@ -653,6 +725,7 @@ impl Sandbox {
             }
         }
         self.redis.clear();
+        self.poolers.clear();
         let servers = std::mem::take(&mut self.servers);
         std::thread::scope(|s| {
             for data in &servers {
@@ -842,6 +915,7 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         homeport_exe: exe,
         redis: true,
         remove_dir: false,
+        upstream_pooler: args.upstream_pooler,
     };
     let started = Instant::now();
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))

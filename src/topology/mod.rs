@@ -36,6 +36,8 @@ pub struct EndpointInfo {
     pub region: RegionName,
     pub configured: Configured,
     pub pg: tokio_postgres::Config,
+    /// Where probes connect: `probe_url` when configured, else the data path's `pg`.
+    pub probe_pg: tokio_postgres::Config,
 }
 
 /// What the probes last saw.
@@ -183,7 +185,12 @@ fn add_shard(endpoints: &mut Vec<EndpointView>, shard: &ShardConfig) {
         .map(|e| (e, Configured::PrimaryCandidate))
         .chain(shard.replicas.iter().map(|e| (e, Configured::Replica)));
     for (e, configured) in tagged {
-        let EndpointConfig { name, region, pg } = e;
+        let EndpointConfig {
+            name,
+            region,
+            pg,
+            probe_pg,
+        } = e;
         endpoints.push(EndpointView {
             info: Arc::new(EndpointInfo {
                 index: endpoints.len(),
@@ -191,6 +198,7 @@ fn add_shard(endpoints: &mut Vec<EndpointView>, shard: &ShardConfig) {
                 shard: shard.name.clone(),
                 region: region.clone(),
                 configured,
+                probe_pg: probe_pg.clone().unwrap_or_else(|| pg.clone()),
                 pg: pg.clone(),
             }),
             status: EndpointStatus::default(),

@@ -124,7 +124,7 @@ async fn run(
 /// A reader's round-trip sample: one trivial query on a connection closed right after, so the
 /// readers of a fleet hold no connections between samples.
 async fn rtt_once(info: &EndpointInfo, tls: &ServerTls) -> Result<Duration, String> {
-    let client = connect(&info.pg, tls).await?;
+    let client = connect(&info.probe_pg, tls).await?;
     let started = Instant::now();
     client
         .simple_query(RTT_SQL)
@@ -140,7 +140,7 @@ pub async fn probe_once(
     client: &mut Option<Client>,
 ) -> Result<ProbeResult, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(connect(&info.pg, tls).await?);
+        *client = Some(connect(&info.probe_pg, tls).await?);
     }
     let c = client.as_ref().expect("connected above");
     let started = Instant::now();
