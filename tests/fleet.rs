@@ -129,6 +129,7 @@ async fn mode_of(env: &Env, ops_port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_load_does_not_grow_with_the_fleet_and_falls_back_without_redis() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut o = options(&["eu", "us"]);
     o.remove_dir = std::env::var_os("FLEET_KEEP").is_none();
     let env = start(o).await;
@@ -238,4 +239,55 @@ async fn probe_load_does_not_grow_with_the_fleet_and_falls_back_without_redis() 
             "lag SLI exported without Redis"
         );
     }
+}
+
+async fn wait_for_mode(env: &Env, ops: u16, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mode = mode_of(env, ops).await;
+        if mode == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {mode}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Both tests start a sandbox and several sidecars: one at a time on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_takes_over_publishing_when_the_publisher_stops() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("eu", "gus", "eu").await.status, 201);
+    let mut fleet = Fleet {
+        sidecars: Vec::new(),
+    };
+    fleet.grow(&env, 1).await;
+    let (_, http_port, ops) = fleet.sidecars[0];
+    wait_for_mode(&env, ops, "reader").await;
+    // The region's own sidecar held the lease; it stops, its lease and snapshot expire after
+    // probe.stale_after, and the reader takes over.
+    env.sandbox.stop_sidecar("eu", Duration::from_secs(5));
+    wait_for_mode(&env, ops, "publisher").await;
+    let w = env
+        .send(
+            env.http
+                .post(format!("http://127.0.0.1:{http_port}/v1/query"))
+                .header("homeport-user", "gus")
+                .json(&json!({"sql": "INSERT INTO notes (user_id, body) VALUES ('gus', 'x')"})),
+        )
+        .await;
+    assert_eq!(
+        (w.status, w.served_by()),
+        (200, "eu/primary"),
+        "{:?}",
+        w.body
+    );
+    assert!(
+        metrics(&env, ops)
+            .await
+            .contains("homeport_replication_lag_seconds{")
+    );
 }
