@@ -148,10 +148,22 @@ pub fn budget(config: &Config) -> Budget {
 
 /// Warnings about the configuration that do not stop it from working, one `note:` line each.
 fn notes(config: &Config) -> String {
-    crate::auth::notes(&config.http.auth)
-        .into_iter()
-        .map(|n| format!("note: {n}\n"))
-        .collect()
+    let mut notes = crate::auth::notes(&config.http.auth);
+    let pooled = config
+        .shards
+        .iter()
+        .chain(std::iter::once(&config.directory.shard))
+        .flat_map(|s| s.primaries.iter().chain(&s.replicas))
+        .any(|e| e.probe_pg.is_some());
+    if pooled {
+        notes.push(
+            "endpoints with probe_url sit behind a pooler: through PgBouncer < 1.21 in transaction \
+             mode the HTTP API and wire clients' named prepared statements fail (26000); see \
+             docs/fleet.md"
+                .into(),
+        );
+    }
+    notes.into_iter().map(|n| format!("note: {n}\n")).collect()
 }
 
 #[cfg(test)]
@@ -172,6 +184,22 @@ mod tests {
             "{} server connections per endpoint",
             b.max_per_endpoint()
         )));
+    }
+
+    #[test]
+    fn check_warns_about_endpoints_behind_a_pooler() {
+        let base = include_str!("../config/eu.toml")
+            .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
+        assert!(!notes(&Config::parse(&base).unwrap()).contains("probe_url"));
+        let pooled = base.replace(
+            "primary = [\"postgresql://pg-eu-primary.eu.internal:5432\"]",
+            "primary = [{ url = \"postgresql://pgbouncer:6432\", region = \"eu\", probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\" }]",
+        );
+        let out = notes(&Config::parse(&pooled).unwrap());
+        assert!(
+            out.contains("note: endpoints with probe_url sit behind a pooler"),
+            "{out}"
+        );
     }
 
     #[test]
