@@ -50,6 +50,7 @@ pub async fn run(config: &Config) -> (String, bool) {
         snapshot.endpoints.len()
     );
     out.push_str(&notes(config));
+    out.push_str(&budget(config).line());
     let _ = writeln!(
         out,
         "{:<10} {:<8} {:<40} {:<9} {:>8} {:>12}  status",
@@ -107,17 +108,99 @@ pub async fn run(config: &Config) -> (String, bool) {
     (out, ok)
 }
 
+/// The most server connections one sidecar opens to any one endpoint: what a fleet budget
+/// multiplies by the number of pods (k8s/chart checks `pods × max_per_endpoint` against each
+/// database's `max_connections`, see docs/fleet.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// `postgres.pool_size`: the HTTP front end's pool.
+    pub http_pool: usize,
+    /// `pg.pool_size`: the wire front end's pool (0 without `[pg]`).
+    pub wire_pool: usize,
+    /// The probe's own connection (one per endpoint).
+    pub probe: usize,
+}
+
+impl Budget {
+    pub fn max_per_endpoint(&self) -> usize {
+        self.http_pool + self.wire_pool + self.probe
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "per-sidecar maximum: {} server connections per endpoint (HTTP pool {} + wire pool {} + probe {}); a fleet of N pods needs N x {} on every server it reaches\n",
+            self.max_per_endpoint(),
+            self.http_pool,
+            self.wire_pool,
+            self.probe,
+            self.max_per_endpoint()
+        )
+    }
+}
+
+pub fn budget(config: &Config) -> Budget {
+    Budget {
+        http_pool: config.postgres.pool_size,
+        wire_pool: config.pg.as_ref().map_or(0, |pg| pg.pool_size),
+        probe: 1,
+    }
+}
+
 /// Warnings about the configuration that do not stop it from working, one `note:` line each.
 fn notes(config: &Config) -> String {
-    crate::auth::notes(&config.http.auth)
-        .into_iter()
-        .map(|n| format!("note: {n}\n"))
-        .collect()
+    let mut notes = crate::auth::notes(&config.http.auth);
+    let pooled = config
+        .shards
+        .iter()
+        .chain(std::iter::once(&config.directory.shard))
+        .flat_map(|s| s.primaries.iter().chain(&s.replicas))
+        .any(|e| e.probe_pg.is_some());
+    if pooled {
+        notes.push(
+            "endpoints with probe_url sit behind a pooler: through PgBouncer < 1.21 in transaction \
+             mode the HTTP API and wire clients' named prepared statements fail (26000); see \
+             docs/fleet.md"
+                .into(),
+        );
+    }
+    notes.into_iter().map(|n| format!("note: {n}\n")).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_adds_both_pools_and_the_probe() {
+        let base = include_str!("../config/eu.toml")
+            .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
+        let config = Config::parse(&base).unwrap();
+        let b = budget(&config);
+        assert_eq!(
+            b.max_per_endpoint(),
+            config.postgres.pool_size + config.pg.as_ref().map_or(0, |p| p.pool_size) + 1
+        );
+        assert!(b.line().contains(&format!(
+            "{} server connections per endpoint",
+            b.max_per_endpoint()
+        )));
+    }
+
+    #[test]
+    fn check_warns_about_endpoints_behind_a_pooler() {
+        let base = include_str!("../config/eu.toml")
+            .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
+        assert!(!notes(&Config::parse(&base).unwrap()).contains("probe_url"));
+        let pooled = base.replace(
+            "primary = [\"postgresql://pg-eu-primary.eu.internal:5432\"]",
+            "primary = [{ url = \"postgresql://pgbouncer:6432\", region = \"eu\", probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\" }]",
+        );
+        let out = notes(&Config::parse(&pooled).unwrap());
+        assert!(
+            out.contains("note: endpoints with probe_url sit behind a pooler"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn check_says_when_the_jwt_audience_is_not_checked() {

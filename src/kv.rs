@@ -76,6 +76,21 @@ impl Kv {
             .await;
     }
 
+    /// SET with a TTL in milliseconds (the key vanishes on Redis's clock, not ours).
+    pub async fn set_px(&self, key: &str, value: &str, ttl: Duration) {
+        let ms = (ttl.as_millis() as u64).max(1);
+        self.call(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
+    }
+
     /// Runs a Lua script atomically in Redis (one round trip); `None` if Redis could not answer.
     pub async fn eval<T: redis::FromRedisValue>(
         &self,

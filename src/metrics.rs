@@ -24,6 +24,7 @@ pub const CONFIG_RELOADS_TOTAL: &str = "homeport_config_reloads_total";
 pub const WIRE_PINS_TOTAL: &str = "homeport_wire_pins_total";
 pub const OPTIMISTIC_TRANSACTIONS_TOTAL: &str = "homeport_optimistic_transactions_total";
 pub const OPTIMISTIC_REPLAY_SECONDS: &str = "homeport_optimistic_replay_seconds";
+pub const PROBE_MODE: &str = "homeport_probe_mode";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -44,7 +45,17 @@ pub const ALL: &[&str] = &[
     WIRE_PINS_TOTAL,
     OPTIMISTIC_TRANSACTIONS_TOTAL,
     OPTIMISTIC_REPLAY_SECONDS,
+    PROBE_MODE,
 ];
+
+/// How this sidecar learns the topology (`topology::share`): 1 for the current mode (`own`:
+/// probes everything itself; `publisher`: probes and publishes for the region; `reader`: reads
+/// the publisher's snapshot), 0 for the others.
+pub fn probe_mode(current: &'static str) {
+    for mode in ["own", "publisher", "reader"] {
+        gauge!(PROBE_MODE, "mode" => mode).set(if mode == current { 1.0 } else { 0.0 });
+    }
+}
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
 pub fn ryw_wait(waited: Duration) {

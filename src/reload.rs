@@ -41,8 +41,12 @@ impl Generation {
         cancel: &Arc<CancelRegistry>,
     ) -> Arc<Generation> {
         let app = Arc::new(App::new(config, metrics));
-        let mut tasks =
-            crate::topology::probe::spawn_all(app.topology.clone(), app.config.probe.clone());
+        let mut tasks = crate::topology::probe::spawn_all(
+            app.topology.clone(),
+            app.config.probe.clone(),
+            app.kv.clone(),
+            app.config.region.clone(),
+        );
         tasks.push(crate::idempotency::store::spawn_cleanup(app.clone()));
         let wire_pools = app.config.pg.as_ref().map(|pg| {
             Arc::new(WirePools::new(

@@ -133,7 +133,7 @@ impl Intent {
 }
 
 /// The role an endpoint plays, as probed with `pg_is_in_recovery()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Primary,

@@ -20,7 +20,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-from render import load_values, render
+from render import RenderFail, load_values, render
 
 K8S = Path(__file__).resolve().parent.parent
 REPO = K8S.parent
@@ -214,6 +214,24 @@ def check_grace_rejected(path):
     expect(grace < needed, f"{path.name} adds up ({grace} >= {needed:g}) but is meant not to")
     why = path.read_text().splitlines()[0].lstrip("# ")
     print(f"{path.name} ({why}): grace {grace}s < {drain} + {own:g} + {SIGNAL_MARGIN} = {needed:g}s, rejected")
+
+
+def check_budget_rejected(path):
+    """A fleet that could ask a database for more than its max_connections must not render, and
+    the message must carry the arithmetic (templates/fleet-budget.yaml)."""
+    path = Path(path)
+    values = region_values(regions()[0], path)
+    expect(not schema_errors(values), f"{path.name} must be schema-valid: only the budget is wrong")
+    try:
+        render(CHART, values, RELEASE, NAMESPACE)
+    except RenderFail as e:
+        message = str(e)
+    else:
+        raise Failed(f"{path.name} rendered although its fleet is over budget")
+    expected = re.search(r"= (\d+) > PostgreSQL", path.read_text().splitlines()[0])
+    expect(expected and f"= {expected.group(1)} > max_connections" in message,
+           f"the message does not carry the arithmetic of {path.name}: {message}")
+    print(f"{path.name} refused: {message}")
 
 
 def check_manifests(target, outdir):

@@ -6,13 +6,17 @@ Supports exactly the Go-template subset the chart uses, with Helm's semantics:
   {{- ... -}} whitespace trimming, {{/* comments */}}
   {{ if X }} ... {{ else }} ... {{ end }}
   {{ range LIST_OR_MAP }} ... {{ end }}   {{ range $k, $v := MAP }} ... {{ end }}  (maps in key order)
-  functions: quote, int, toYaml, toJson, sha256sum, nindent N, indent N, not, eq
+  {{ $x := PIPELINE }} declares a variable, {{ $x = PIPELINE }} assigns the nearest one (Go 1.11
+  semantics: a range body sees and updates the variables around it)
+  functions: quote, int, toYaml, toJson, sha256sum, nindent N, indent N, not, eq, add, sub, mul,
+  gt, printf (%d %s %v), fail (stops rendering with the message, as helm does)
 Anything else is an error, so a template that uses more fails here instead of rendering wrongly.
 A missing value printed by {{ }} is an error too (helm would print nothing).
 
 Usage: render.py CHART_DIR [-f VALUES.yaml ...] [--name RELEASE] [--namespace NS] [--notes]
 """
 import argparse
+import collections
 import hashlib
 import json
 import re
@@ -89,6 +93,21 @@ def indent(n, text):
     return "\n".join(" " * n + line for line in str(text).split("\n"))
 
 
+class RenderFail(Exception):
+    """`fail` in a template: helm stops with "execution error ...: <message>"."""
+
+
+def fail(message):
+    raise RenderFail(message)
+
+
+def printf(form, *args):
+    """Go's Printf for the verbs the chart uses: %d, %s, %v."""
+    parts = re.split(r"(%[dsv])", form)
+    it = iter(args)
+    return "".join(fmt(next(it)) if p in ("%d", "%s", "%v") else p for p in parts)
+
+
 FUNCS = {
     "quote": lambda v: json.dumps("" if v is None else fmt(v), ensure_ascii=False),
     "int": lambda v: int(float(v)),
@@ -99,6 +118,12 @@ FUNCS = {
     "nindent": lambda n, text: "\n" + indent(n, text),
     "not": lambda v: not v,
     "eq": lambda a, b: a == b,
+    "add": lambda *xs: sum(int(x) for x in xs),
+    "sub": lambda a, b: int(a) - int(b),
+    "mul": lambda *xs: __import__("math").prod(int(x) for x in xs),
+    "gt": lambda a, b: a > b,
+    "printf": printf,
+    "fail": fail,
 }
 
 
@@ -168,7 +193,16 @@ def execute(nodes, dot, scope, out):
         if kind == "text":
             out.append(node[1])
         elif kind == "expr":
-            out.append(fmt(pipeline(node[1], dot, scope)))
+            m = re.fullmatch(r"(\$\w+)\s*(:?=)\s*(.+)", node[1], re.S)
+            if m and m.group(2) == ":=":
+                scope.maps[0][m.group(1)] = pipeline(m.group(3), dot, scope)
+            elif m:
+                owner = next((d for d in scope.maps if m.group(1) in d), None)
+                if owner is None:
+                    raise ValueError(f"assignment to undeclared variable {m.group(1)}")
+                owner[m.group(1)] = pipeline(m.group(3), dot, scope)
+            else:
+                out.append(fmt(pipeline(node[1], dot, scope)))
         elif kind == "if":
             execute(node[2] if pipeline(node[1], dot, scope) else node[3], dot, scope, out)
         elif kind == "range":
@@ -176,13 +210,13 @@ def execute(nodes, dot, scope, out):
             items = pipeline(m.group(3) if m else node[1], dot, scope) or []
             pairs = sorted(items.items()) if isinstance(items, dict) else enumerate(items)
             for key, item in pairs:
-                inner = dict(scope, **({m.group(1): key, m.group(2): item} if m else {}))
+                inner = scope.new_child({m.group(1): key, m.group(2): item} if m else {})
                 execute(node[2], item, inner, out)
 
 
 def render_template(src, context):
     out = []
-    execute(parse(tokenize(src)), context, {"$": context}, out)
+    execute(parse(tokenize(src)), context, collections.ChainMap({"$": context}), out)
     return "".join(out)
 
 

@@ -13,7 +13,8 @@
 #     kubernetes-validate ships (kubernetes-validate --strict), structural checks, the shutdown
 #     arithmetic (and bad-grace/ rejected), the ConfigMap's homeport.toml parsed (tomllib),
 #     compared with config/<region>.toml, checked against the schema's coverage and fed to
-#     homeport itself;
+#     homeport itself; the fleet's connection budget (bad-budget/ refused at render time with
+#     the arithmetic in the message);
 # (c) promtool check rules / test rules;
 # (d) the PrometheusRule equals the plain rule file;
 # (e) the dashboard's structure and PromQL, and every metric name against k8s/metric-names.txt;
@@ -105,6 +106,9 @@ check "values.schema.json covers every key the chart renders (variant full)" \
     checks schema-covers-config full "$out"
 for bad in "$here"/bad-grace/*.yaml; do
     check "shutdown arithmetic $(basename "$bad") rejected" checks grace-rejected "$bad"
+done
+for bad in "$here"/bad-budget/*.yaml; do
+    check "fleet budget $(basename "$bad") refused at render time" checks budget-rejected "$bad"
 done
 check "resources sized from the README benchmark" checks resources-vs-benchmark
 check "memory limit holds the docs/http.md memory model" checks memory-model

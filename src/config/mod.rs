@@ -203,6 +203,14 @@ pub struct ProbeConfig {
     pub fall: u32,
     /// Consecutive good probes before a down endpoint is marked up again.
     pub rise: u32,
+    /// One sidecar per region probes and publishes through Redis; the others read
+    /// (`topology::share`). Off without `[redis]`.
+    pub shared: bool,
+    /// A published snapshot older than this is gone (its Redis TTL), and readers probe on their
+    /// own again; also the publisher's lease.
+    pub stale_after: Duration,
+    /// How often a reader measures its own round trip to each endpoint.
+    pub rtt_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +237,9 @@ pub struct EndpointConfig {
     pub name: String,
     pub region: RegionName,
     pub pg: tokio_postgres::Config,
+    /// `probe_url`: where the probe reaches the server itself when `url` (the data path) goes
+    /// through a pooler, whose backends could be any server's. `None`: the probe uses `url`.
+    pub probe_pg: Option<tokio_postgres::Config>,
 }
 
 #[derive(Debug, Clone)]
@@ -472,7 +483,30 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(1)),
         fall: raw.probe.fall.unwrap_or(2).max(1),
         rise: raw.probe.rise.unwrap_or(1).max(1),
+        shared: raw.probe.shared.unwrap_or(true) && raw.redis.is_some(),
+        stale_after: Duration::ZERO,
+        rtt_interval: raw
+            .probe
+            .rtt_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
     };
+    let probe = ProbeConfig {
+        // Several missed publications, and never under 2 s: a publisher's GC-free hiccup or a
+        // slow Redis round trip must not send the whole fleet back to probing.
+        stale_after: raw
+            .probe
+            .stale_after
+            .map(|d| d.0)
+            .unwrap_or((probe.interval * 5).max(Duration::from_secs(2))),
+        ..probe
+    };
+    if probe.stale_after < probe.interval * 2 {
+        return Err(ConfigError::new(
+            "probe.stale_after",
+            "must be at least twice probe.interval (a publisher publishes once per interval)",
+        ));
+    }
     if probe.interval < Duration::from_millis(1) {
         return Err(ConfigError::new("probe.interval", "must be at least 1ms"));
     }
@@ -790,9 +824,9 @@ fn endpoints(
         .enumerate()
         .map(|(i, e)| {
             let path = format!("{parent}.{key}[{i}]");
-            let (url, region) = match e {
-                RawEndpoint::Url(url) => (url, None),
-                RawEndpoint::Full(t) => (t.url, t.region),
+            let (url, region, probe_url) = match e {
+                RawEndpoint::Url(url) => (url, None, None),
+                RawEndpoint::Full(t) => (t.url, t.region, t.probe_url),
             };
             let region = match (region, default_region) {
                 (Some(r), _) => RegionName::parse(&r)
@@ -808,10 +842,15 @@ fn endpoints(
             let pg = defaults
                 .connection(&url)
                 .map_err(|m| ConfigError::new(&path, m))?;
+            let probe_pg = probe_url
+                .map(|u| defaults.connection(&u))
+                .transpose()
+                .map_err(|m| ConfigError::new(format!("{path}.probe_url"), m))?;
             Ok(EndpointConfig {
                 name: endpoint_name(&pg),
                 region,
                 pg,
+                probe_pg,
             })
         })
         .collect()

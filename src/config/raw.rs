@@ -135,6 +135,10 @@ pub struct RawProbe {
     pub timeout: Option<Dur>,
     pub fall: Option<u32>,
     pub rise: Option<u32>,
+    /// Share probe results through the regional Redis (default: on when `[redis]` is set).
+    pub shared: Option<bool>,
+    pub stale_after: Option<Dur>,
+    pub rtt_interval: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +162,8 @@ pub enum RawEndpoint {
 pub struct RawEndpointTable {
     pub url: String,
     pub region: Option<String>,
+    /// The server itself, for the probe, when `url` goes through a pooler.
+    pub probe_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

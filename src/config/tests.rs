@@ -38,6 +38,32 @@ fn two_primary_candidates_as_plain_urls_are_two_candidates() {
 }
 
 #[test]
+fn probe_url_sends_the_probe_past_the_pooler() {
+    let text = example().replace(
+        "primary = [\"postgresql://pg-eu-primary.eu.internal:5432\"]",
+        "primary = [{ url = \"postgresql://pgbouncer.eu.internal:6432\", region = \"eu\", probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\" }]",
+    );
+    let c = Config::parse(&text).unwrap();
+    let eu = c.shard(&RegionName::parse("eu").unwrap()).unwrap();
+    let e = &eu.primaries[0];
+    assert_eq!(
+        e.name, "pgbouncer.eu.internal:6432/app",
+        "named after the data path"
+    );
+    let probe = e.probe_pg.as_ref().expect("a probe URL");
+    assert_eq!(
+        crate::config::endpoint_name(probe),
+        "pg-eu-primary.eu.internal:5432/app"
+    );
+    assert!(eu.replicas.iter().all(|r| r.probe_pg.is_none()));
+    let bad = example().replace(
+        "primary = [\"postgresql://pg-eu-primary.eu.internal:5432\"]",
+        "primary = [{ url = \"postgresql://a:6432\", region = \"eu\", probe_url = \"mysql://b\" }]",
+    );
+    assert_eq!(err(&bad).path, "shards.eu.primary[0].probe_url");
+}
+
+#[test]
 fn unknown_key_is_reported_with_its_path() {
     let text = example().replace("[probe]\n", "[probe]\nintervall = \"1s\"\n");
     let e = err(&text);

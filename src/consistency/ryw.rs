@@ -198,6 +198,7 @@ mod tests {
                 region: crate::types::RegionName::parse("us").unwrap(),
                 configured: Configured::Replica,
                 pg: tokio_postgres::Config::new(),
+                probe_pg: tokio_postgres::Config::new(),
             }),
             status: s,
         };
@@ -252,6 +253,7 @@ mod tests {
                 region: crate::types::RegionName::parse("eu").unwrap(),
                 configured: Configured::PrimaryCandidate,
                 pg: tokio_postgres::Config::new(),
+                probe_pg: tokio_postgres::Config::new(),
             }),
             status: status(7, 1, 500),
         };

@@ -70,6 +70,7 @@ mod tests {
                 region: crate::types::RegionName::parse("us").unwrap(),
                 configured: Configured::Replica,
                 pg: tokio_postgres::Config::new(),
+                probe_pg: tokio_postgres::Config::new(),
             }),
             status: s,
         };

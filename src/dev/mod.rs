@@ -10,6 +10,8 @@
 //! Everything listens on 127.0.0.1. Dropping the sandbox stops every process it started.
 
 pub mod link;
+mod pooler;
+pub mod ports;
 mod postgres;
 mod sidecar;
 
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::types::RegionName;
+pub use ports::pick_ports;
 pub use postgres::{PgTools, is_root};
 pub use sidecar::Managed;
 use sidecar::SidecarPlan;
@@ -53,6 +56,10 @@ pub struct DevArgs {
     pub schema: Option<PathBuf>,
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
+    /// A PgBouncer (transaction mode) in front of every server: the sidecars' data path goes
+    /// through it, their probes to the server itself (`probe_url`). See docs/fleet.md.
+    #[arg(long)]
+    pub upstream_pooler: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +78,8 @@ pub struct SandboxOptions {
     pub redis: bool,
     /// Remove `dir` when the sandbox stops.
     pub remove_dir: bool,
+    /// A PgBouncer in front of every server (`homeport dev --upstream-pooler`).
+    pub upstream_pooler: bool,
 }
 
 impl SandboxOptions {
@@ -91,6 +100,7 @@ impl SandboxOptions {
             homeport_exe: homeport_exe.into(),
             redis: true,
             remove_dir: true,
+            upstream_pooler: false,
         }
     }
 }
@@ -130,6 +140,9 @@ pub struct Sandbox {
     servers: Vec<PathBuf>,
     sidecars: Vec<Option<Managed>>,
     redis: Vec<Managed>,
+    /// With `upstream_pooler`: a PgBouncer per server, and server port -> PgBouncer port.
+    poolers: Vec<Managed>,
+    pub pooler_ports: BTreeMap<u16, u16>,
     /// Cross-region links: (from region, server port) -> link, when a link delay is set.
     links: Vec<(RegionName, u16, link::Link)>,
     link_runtime: Option<link::Links>,
@@ -191,6 +204,8 @@ impl Sandbox {
             servers: Vec::new(),
             sidecars: Vec::new(),
             redis: Vec::new(),
+            poolers: Vec::new(),
+            pooler_ports: BTreeMap::new(),
             links: Vec::new(),
             link_runtime: None,
             options,
@@ -329,9 +344,16 @@ impl Sandbox {
         let region = &self.regions[k];
         let first = &self.regions[0];
         // The port a sidecar of `region` uses for a server: through a link when there is one.
-        let via = |port: u16| {
+        let direct = |port: u16| {
             self.link_to(region.name.as_str(), port)
                 .map_or(port, |l| l.port)
+        };
+        // The data path: through the server's PgBouncer when there is one.
+        let via = |port: u16| {
+            self.pooler_ports
+                .get(&port)
+                .copied()
+                .unwrap_or(direct(port))
         };
         SidecarPlan {
             region: region.name.as_str(),
@@ -365,6 +387,14 @@ impl Sandbox {
                 .collect(),
             redis: region.redis_port,
             consistency_key: self.dir.join("consistency.key"),
+            probe_urls: self
+                .pooler_ports
+                .iter()
+                .flat_map(|(server, pooler)| {
+                    [APP_DB, DIRECTORY_DB]
+                        .map(|db| (pg_url(*pooler, db), pg_url(direct(*server), db)))
+                })
+                .collect(),
         }
     }
 
@@ -423,8 +453,52 @@ impl Sandbox {
         }
     }
 
+    /// With `upstream_pooler`: one PgBouncer per server, on a port of its own.
+    fn start_poolers(&mut self) -> Result<(), DevError> {
+        if !self.options.upstream_pooler {
+            return Ok(());
+        }
+        if self.options.link_delay.is_some() {
+            return Err(DevError::Argument(
+                "--upstream-pooler does not combine with --link-delay yet".into(),
+            ));
+        }
+        let bin = pooler::find_pgbouncer().ok_or_else(|| {
+            DevError::Setup("--upstream-pooler needs pgbouncer (apt-get install pgbouncer)".into())
+        })?;
+        let dir = self.dir.join("pgbouncer");
+        std::fs::create_dir_all(&dir).map_err(|e| DevError::Setup(e.to_string()))?;
+        pooler::write_users(&dir)?;
+        self.pg.hand_over(&dir)?;
+        let servers: Vec<(String, u16)> = self
+            .regions
+            .iter()
+            .flat_map(|r| {
+                std::iter::once((format!("{}-primary", r.name), r.primary_port)).chain(
+                    r.replica_ports
+                        .iter()
+                        .map(|(loc, p)| (format!("{}-replica-{loc}", r.name), *p)),
+                )
+            })
+            .collect();
+        let ports = pick_ports(servers.len())?;
+        for ((name, server), port) in servers.into_iter().zip(ports) {
+            let ini = dir.join(format!("{name}.ini"));
+            std::fs::write(&ini, pooler::config(&name, port, server, &dir))
+                .map_err(|e| DevError::Setup(format!("{}: {e}", ini.display())))?;
+            self.pg.hand_over(&dir)?;
+            let as_postgres = self.pg.runs_as_postgres();
+            self.poolers
+                .push(pooler::spawn(&bin, &name, &ini, as_postgres)?);
+            wait_port(port, Duration::from_secs(10))?;
+            self.pooler_ports.insert(server, port);
+        }
+        Ok(())
+    }
+
     fn start_sidecars(&mut self) -> Result<(), DevError> {
         self.start_links()?;
+        self.start_poolers()?;
         let key: String = crate::random::bytes::<32>()
             .map_err(|e| DevError::Setup(e.to_string()))?
             .iter()
@@ -444,9 +518,28 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Starts region `k`'s sidecar. With free ports (no `base_port`), a sidecar that could not
+    /// bind because another program took one of its ports in the meantime is started again on
+    /// fresh ones (see `ports`); fixed ports are the user's choice and fail with the reason.
     fn start_sidecar(&mut self, k: usize) -> Result<(), DevError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.try_start_sidecar(k) {
+                Err(e)
+                    if attempts < 4 && self.options.base_port.is_none() && self.bind_failed(k) =>
+                {
+                    tracing::warn!(error = %e, "sidecar port taken; retrying on fresh ports");
+                    self.move_sidecar_ports(k)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start_sidecar(&mut self, k: usize) -> Result<(), DevError> {
         let region = &self.regions[k];
-        let log = self.dir.join(region.name.as_str()).join("homeport.log");
+        let log = self.sidecar_log(k);
         let mut cmd = std::process::Command::new(&self.options.homeport_exe);
         cmd.arg("serve").arg("--config").arg(&region.config_path);
         let mut child =
@@ -454,6 +547,26 @@ impl Sandbox {
         sidecar::wait_ready(&mut child, region.http_port, &log, Duration::from_secs(30))?;
         self.sidecars[k] = Some(child);
         Ok(())
+    }
+
+    fn sidecar_log(&self, k: usize) -> PathBuf {
+        self.dir
+            .join(self.regions[k].name.as_str())
+            .join("homeport.log")
+    }
+
+    fn bind_failed(&self, k: usize) -> bool {
+        ports::address_in_use(&std::fs::read_to_string(self.sidecar_log(k)).unwrap_or_default())
+    }
+
+    /// Gives region `k`'s sidecar fresh listener ports and rewrites its config.
+    fn move_sidecar_ports(&mut self, k: usize) -> Result<(), DevError> {
+        let fresh = pick_ports(3)?;
+        let r = &mut self.regions[k];
+        (r.http_port, r.pg_port, r.ops_port) = (fresh[0], fresh[1], fresh[2]);
+        let text = sidecar::render_config(&self.plan(k));
+        let path = self.regions[k].config_path.clone();
+        std::fs::write(&path, text).map_err(|e| DevError::Setup(format!("{}: {e}", path.display())))
     }
 
     /// Stops one region's sidecar (SIGTERM, then SIGKILL after `grace`).
@@ -612,6 +725,7 @@ impl Sandbox {
             }
         }
         self.redis.clear();
+        self.poolers.clear();
         let servers = std::mem::take(&mut self.servers);
         std::thread::scope(|s| {
             for data in &servers {
@@ -641,7 +755,10 @@ fn setup_primary(
 ) -> Result<(), DevError> {
     let data = pg_dir.join(format!("{region}-primary"));
     pg.initdb(&data)?;
-    append(&data.join("postgresql.conf"), &postgres::server_conf(port))?;
+    append(
+        &data.join("postgresql.conf"),
+        &postgres::server_conf(port, pg),
+    )?;
     pg.start(&data, &pg_dir.join(format!("{region}-primary.log")))?;
     pg.psql(
         port,
@@ -747,22 +864,6 @@ fn clean_previous(pg: &PgTools, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Free loopback ports, all distinct (held open together while picking).
-pub fn pick_ports(n: usize) -> Result<Vec<u16>, DevError> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| DevError::Setup(format!("cannot find free ports: {e}")))?;
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| DevError::Setup(e.to_string()))
-        })
-        .collect()
-}
-
 fn wait_port(port: u16, timeout: Duration) -> Result<(), DevError> {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -814,6 +915,7 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         homeport_exe: exe,
         redis: true,
         remove_dir: false,
+        upstream_pooler: args.upstream_pooler,
     };
     let started = Instant::now();
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))

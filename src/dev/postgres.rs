@@ -186,7 +186,14 @@ impl PgTools {
 
 /// Settings for sandbox servers: loopback only, no Unix socket (so several sandboxes and a
 /// system PostgreSQL never collide), and durability traded for speed, as befits a sandbox.
-pub fn server_conf(port: u16) -> String {
+/// The sandbox's server settings. `pg_stat_statements` is preloaded when the installation has
+/// it, so tests and users can count the queries homeport sends (probes per second, docs/fleet.md).
+pub fn server_conf(port: u16, pg: &PgTools) -> String {
+    let stats = if pg.bindir.join("../lib/pg_stat_statements.so").exists() {
+        "shared_preload_libraries = 'pg_stat_statements'\n"
+    } else {
+        ""
+    };
     format!(
         "\n# homeport dev sandbox\n\
          listen_addresses = '127.0.0.1'\n\
@@ -203,7 +210,8 @@ pub fn server_conf(port: u16) -> String {
          hot_standby = on\n\
          hot_standby_feedback = on\n\
          wal_receiver_status_interval = 1s\n\
-         logging_collector = off\n"
+         logging_collector = off\n\
+         {stats}"
     )
 }
 

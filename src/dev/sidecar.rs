@@ -123,6 +123,20 @@ pub struct SidecarPlan<'a> {
     pub redis: Option<u16>,
     /// The HMAC key file every sidecar of the sandbox shares for consistency tokens.
     pub consistency_key: std::path::PathBuf,
+    /// Data URL -> the server's own URL, for endpoints behind a pooler (`probe_url`).
+    pub probe_urls: std::collections::BTreeMap<String, String>,
+}
+
+impl SidecarPlan<'_> {
+    /// One endpoint as the config writes it: a table, with `probe_url` behind a pooler.
+    fn endpoint(&self, url: &str, region: &str) -> String {
+        match self.probe_urls.get(url) {
+            Some(probe) => {
+                format!("{{ url = \"{url}\", region = \"{region}\", probe_url = \"{probe}\" }}")
+            }
+            None => format!("{{ url = \"{url}\", region = \"{region}\" }}"),
+        }
+    }
 }
 
 /// The generated config: a real, commented config file a user can learn the format from.
@@ -164,22 +178,25 @@ pub fn render_config(p: &SidecarPlan) -> String {
         "[probe]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 2\nrise = 1\n"
     );
     for (shard, primary, replicas) in &p.shards {
-        let _ = writeln!(
-            s,
-            "[shards.{shard}]\nprimary = [\"{primary}\"]\nreplicas = ["
-        );
+        let primary = if p.probe_urls.contains_key(primary) {
+            p.endpoint(primary, shard)
+        } else {
+            format!("\"{primary}\"")
+        };
+        let _ = writeln!(s, "[shards.{shard}]\nprimary = [{primary}]\nreplicas = [");
         for (region, url) in replicas {
-            let _ = writeln!(s, "  {{ url = \"{url}\", region = \"{region}\" }},");
+            let _ = writeln!(s, "  {},", p.endpoint(url, region));
         }
         let _ = writeln!(s, "]\n");
     }
     let (dir_region, dir_url) = &p.directory_primary;
     let _ = writeln!(
         s,
-        "[directory]\nprimary = [{{ url = \"{dir_url}\", region = \"{dir_region}\" }}]\nreplicas = ["
+        "[directory]\nprimary = [{}]\nreplicas = [",
+        p.endpoint(dir_url, dir_region)
     );
     for (region, url) in &p.directory_replicas {
-        let _ = writeln!(s, "  {{ url = \"{url}\", region = \"{region}\" }},");
+        let _ = writeln!(s, "  {},", p.endpoint(url, region));
     }
     let _ = writeln!(
         s,

@@ -14,6 +14,16 @@ pub struct Health {
 }
 
 impl Health {
+    /// The health another sidecar published (`share`): it already applied the hysteresis.
+    pub fn published(up: bool) -> Health {
+        Health {
+            probed: true,
+            up,
+            ok_streak: 0,
+            fail_streak: 0,
+        }
+    }
+
     pub fn observe(mut self, ok: bool, rise: u32, fall: u32) -> Health {
         if ok {
             self.ok_streak += 1;

@@ -6,6 +6,7 @@ pub mod health;
 pub mod lag;
 pub mod probe;
 pub mod readiness;
+pub mod share;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,8 @@ pub struct EndpointInfo {
     pub region: RegionName,
     pub configured: Configured,
     pub pg: tokio_postgres::Config,
+    /// Where probes connect: `probe_url` when configured, else the data path's `pg`.
+    pub probe_pg: tokio_postgres::Config,
 }
 
 /// What the probes last saw.
@@ -148,6 +151,12 @@ impl Topology {
             .observe_primary(lsn, at);
     }
 
+    /// Forgets every primary's position history (see `share`: a sidecar that read positions
+    /// second hand starts its own history afresh when it probes again).
+    pub fn reset_lag_history(&self) {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Lag of a replica of `shard` that had replayed `replay` at `at`.
     pub fn replica_lag(&self, shard: &ShardId, replay: Lsn, at: Instant) -> Option<Duration> {
         let map = self.lag.lock().unwrap_or_else(|p| p.into_inner());
@@ -176,7 +185,12 @@ fn add_shard(endpoints: &mut Vec<EndpointView>, shard: &ShardConfig) {
         .map(|e| (e, Configured::PrimaryCandidate))
         .chain(shard.replicas.iter().map(|e| (e, Configured::Replica)));
     for (e, configured) in tagged {
-        let EndpointConfig { name, region, pg } = e;
+        let EndpointConfig {
+            name,
+            region,
+            pg,
+            probe_pg,
+        } = e;
         endpoints.push(EndpointView {
             info: Arc::new(EndpointInfo {
                 index: endpoints.len(),
@@ -184,6 +198,7 @@ fn add_shard(endpoints: &mut Vec<EndpointView>, shard: &ShardConfig) {
                 shard: shard.name.clone(),
                 region: region.clone(),
                 configured,
+                probe_pg: probe_pg.clone().unwrap_or_else(|| pg.clone()),
                 pg: pg.clone(),
             }),
             status: EndpointStatus::default(),

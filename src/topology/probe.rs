@@ -10,11 +10,13 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::health::smooth_rtt;
+use super::share::{self, Mode, ModeCell};
 use super::{EndpointInfo, Topology};
 use crate::config::ProbeConfig;
 use crate::db::tls::ServerTls;
+use crate::kv::Kv;
 use crate::metrics;
-use crate::types::{Lsn, Role};
+use crate::types::{Lsn, RegionName, Role};
 
 /// `pg_is_in_recovery()` is the role; the WAL position is the replay position on a replica and
 /// the insert position on a primary. Text results keep this a single simple-protocol round trip.
@@ -24,7 +26,10 @@ use crate::types::{Lsn, Role};
 /// file's checkpoint timeline stays the old one after a promotion until the next checkpoint. A
 /// replica reports its last restartpoint's timeline, which can only lag behind (then tokens of the
 /// new timeline go to the primary, never to a copy that lacks them).
-const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+/// What a reader sends (`share`), rarely; the comment tells it apart in `pg_stat_statements`.
+pub const RTT_SQL: &str = "SELECT 1 /* homeport rtt */";
+
+pub const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
      (SELECT system_identifier FROM pg_control_system())::text, \
      (CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
@@ -42,23 +47,63 @@ pub struct ProbeResult {
     pub timeline: Option<u32>,
 }
 
-/// Starts a probe task for every endpoint of the topology.
-pub fn spawn_all(topology: Arc<Topology>, config: ProbeConfig) -> Vec<JoinHandle<()>> {
-    topology
+/// Starts a probe task for every endpoint of the topology and, with a regional Redis and
+/// `probe.shared`, the coordinator that shares results between the region's sidecars (`share`).
+pub fn spawn_all(
+    topology: Arc<Topology>,
+    config: ProbeConfig,
+    kv: Option<Arc<Kv>>,
+    region: RegionName,
+) -> Vec<JoinHandle<()>> {
+    let mode = Arc::new(ModeCell::default());
+    crate::metrics::probe_mode(share::mode_name(Mode::OnOwn));
+    let mut tasks: Vec<JoinHandle<()>> = topology
         .snapshot()
         .endpoints
         .iter()
-        .map(|e| tokio::spawn(run(topology.clone(), e.info.clone(), config.clone())))
-        .collect()
+        .map(|e| {
+            tokio::spawn(run(
+                topology.clone(),
+                e.info.clone(),
+                config.clone(),
+                mode.clone(),
+            ))
+        })
+        .collect();
+    if let Some(kv) = kv.filter(|_| config.shared) {
+        tasks.push(tokio::spawn(share::coordinate(
+            topology, kv, region, config, mode,
+        )));
+    }
+    tasks
 }
 
-async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConfig) {
+async fn run(
+    topology: Arc<Topology>,
+    info: Arc<EndpointInfo>,
+    config: ProbeConfig,
+    mode: Arc<ModeCell>,
+) {
     let mut client: Option<Client> = None;
     let started = Instant::now();
+    let mut last_rtt: Option<Instant> = None;
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if mode.get() == Mode::Reader {
+            // A reader holds no probe connection and measures only its own round trip.
+            client = None;
+            if last_rtt.is_none_or(|t| t.elapsed() >= config.rtt_interval) {
+                last_rtt = Some(Instant::now());
+                let sample = tokio::time::timeout(config.timeout, rtt_once(&info, &topology.tls));
+                if let Ok(Ok(rtt)) = sample.await {
+                    topology.update(info.index, |s| s.rtt = Some(smooth_rtt(s.rtt, rtt)));
+                }
+            }
+            export(&topology, &info, started);
+            continue;
+        }
         let outcome = tokio::time::timeout(
             config.timeout,
             probe_once(&info, &topology.tls, &mut client),
@@ -76,6 +121,18 @@ async fn run(topology: Arc<Topology>, info: Arc<EndpointInfo>, config: ProbeConf
     }
 }
 
+/// A reader's round-trip sample: one trivial query on a connection closed right after, so the
+/// readers of a fleet hold no connections between samples.
+async fn rtt_once(info: &EndpointInfo, tls: &ServerTls) -> Result<Duration, String> {
+    let client = connect(&info.probe_pg, tls).await?;
+    let started = Instant::now();
+    client
+        .simple_query(RTT_SQL)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(started.elapsed())
+}
+
 /// Runs the probe query once, connecting first if needed.
 pub async fn probe_once(
     info: &EndpointInfo,
@@ -83,7 +140,7 @@ pub async fn probe_once(
     client: &mut Option<Client>,
 ) -> Result<ProbeResult, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(connect(&info.pg, tls).await?);
+        *client = Some(connect(&info.probe_pg, tls).await?);
     }
     let c = client.as_ref().expect("connected above");
     let started = Instant::now();
@@ -176,6 +233,14 @@ fn publish(
             Err(e) => s.last_error = Some(e.clone()),
         }
     });
+    export(topology, info, started);
+    if let Err(e) = &outcome {
+        tracing::debug!(endpoint = %info.name, error = %e, "probe failed");
+    }
+}
+
+/// Exports an endpoint's status as metrics, whoever probed it.
+fn export(topology: &Topology, info: &EndpointInfo, started: Instant) {
     let snapshot = topology.snapshot();
     let view = snapshot.get(info.index);
     // The configured role, not the probed one: a label that changed on failover would leave a
@@ -212,8 +277,5 @@ fn publish(
             info.region.as_str(),
             bytes,
         );
-    }
-    if let Err(e) = &outcome {
-        tracing::debug!(endpoint = %info.name, error = %e, "probe failed");
     }
 }

@@ -111,6 +111,7 @@ mod tests {
                             Configured::Replica
                         },
                         pg: tokio_postgres::Config::new(),
+                        probe_pg: tokio_postgres::Config::new(),
                     }),
                     status: EndpointStatus {
                         health,
