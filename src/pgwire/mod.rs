@@ -5,8 +5,9 @@
 //! `server_settings` (a client's session settings, replayed on whichever server it runs on),
 //! `session` (client state machine, routing per transaction), `attached` (the server a session
 //! holds, its transaction status and pin) and `relay` (moving messages between client and
-//! server); `scram` (SCRAM-SHA-256, pure) and `sasl` (its exchange over the wire) authenticate
-//! clients.
+//! server); `reroute` (reads a replica refused, run again on a primary); `startup` (which roles
+//! and databases a client may name, what it is told at startup); `scram` (SCRAM-SHA-256, pure)
+//! and `sasl` (its exchange over the wire) authenticate clients.
 
 mod attached;
 mod backend;
@@ -18,11 +19,13 @@ mod idempotency;
 mod pool;
 mod prepared;
 mod relay;
+mod reroute;
 mod sasl;
 pub mod scram;
 mod server_settings;
 mod session;
 pub mod settings;
+mod startup;
 pub mod tls;
 
 use std::sync::Arc;
@@ -291,6 +294,17 @@ async fn login(
             return Ok(None);
         }
     }
+    if let Some(pg) = app.config.pg.as_ref() {
+        let trust = matches!(auth, ClientAuth::Trust);
+        let checked = startup::check_role(&params, &pg.roles, trust)
+            .and_then(|()| startup::check_database(&params, &pg.databases));
+        if let Err(refusal) = checked {
+            let mut buf = bytes::BytesMut::new();
+            codec::error_response("FATAL", refusal.code, &refusal.message).write_to(&mut buf);
+            let _ = w.write_all(&buf).await;
+            return Ok(None);
+        }
+    }
     let mut buf = bytes::BytesMut::new();
     codec::auth_ok().write_to(&mut buf);
     let endpoint = startup_endpoint(app);
@@ -301,7 +315,7 @@ async fn login(
             let settings = server_settings::from_startup(&params, identity, &server_params);
             for (k, v) in &server_params {
                 let v = settings.get(&k.to_ascii_lowercase()).unwrap_or(v);
-                codec::parameter_status(k, v).write_to(&mut buf);
+                codec::parameter_status(k, startup::reported(k, v)).write_to(&mut buf);
             }
             settings
         }
