@@ -22,6 +22,7 @@ pub const IDEMPOTENCY_TOTAL: &str = "homeport_idempotency_total";
 pub const IDEMPOTENCY_CACHE_TOTAL: &str = "homeport_idempotency_cache_lookups_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "homeport_config_reloads_total";
 pub const WIRE_PINS_TOTAL: &str = "homeport_wire_pins_total";
+pub const WIRE_REROUTED_TOTAL: &str = "homeport_wire_rerouted_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -40,6 +41,7 @@ pub const ALL: &[&str] = &[
     IDEMPOTENCY_CACHE_TOTAL,
     CONFIG_RELOADS_TOTAL,
     WIRE_PINS_TOTAL,
+    WIRE_REROUTED_TOTAL,
 ];
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
@@ -78,6 +80,11 @@ pub fn config_reload(result: &'static str) {
 /// over the wire sessions it opened.
 pub fn wire_pin(reason: &'static str) {
     counter!(WIRE_PINS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A read a replica refused (an unlogged or temporary table) ran again on a primary.
+pub fn wire_rerouted() {
+    counter!(WIRE_REROUTED_TOTAL).increment(1);
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
