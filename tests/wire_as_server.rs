@@ -51,6 +51,34 @@ async fn unknown_roles_and_databases_are_refused_and_configured_names_map() {
         "28000 role \"no_such_role\" does not exist"
     );
 
+    // A session that names no application_name or statement_timeout sees the server's
+    // defaults, not those of homeport's own connections.
+    let (c, conn) = tokio_postgres::connect(&url(port, "app", "app", "ria"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (name, server_default) in [("application_name", ""), ("statement_timeout", "0")] {
+        let row = c.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), server_default, "{name}");
+    }
+    // A client that gives up before starting sends Terminate where its startup packet belongs:
+    // the connection is closed without an error, as PostgreSQL closes it.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+        // Closed with the Terminate's last byte unread, so the kernel may answer with a reset:
+        // either way, no byte of an answer.
+        let mut answer = Vec::new();
+        let read = s.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "{answer:?}");
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+    }
+
     // A sidecar whose [pg] also serves the server database as "shop" (PgBouncer's [databases]).
     let (config, http_port, pg_port) = common::region_config_on_new_ports(&env, "eu");
     let mapped = config.replace(

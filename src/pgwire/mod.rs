@@ -350,6 +350,9 @@ async fn login(
     }))
 }
 
+/// The first four bytes of a Terminate message ('X', 0, 0, 0) read as a startup packet length.
+const TERMINATE_AS_LENGTH: i64 = 0x5800_0000;
+
 /// A startup packet that could not be read: the client is told why (a protocol violation gets
 /// FATAL 08P01, as PostgreSQL answers an invalid startup packet length) and the connection ends.
 async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
@@ -357,6 +360,10 @@ async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
     e: ProtocolError,
 ) -> session::SessionError {
     let m = match &e {
+        // A client that gives up before it started sends Terminate ('X', length 4) where the
+        // startup packet belongs (node-postgres's connect() then end()); PostgreSQL closes
+        // without a word, and so does homeport.
+        ProtocolError::BadLength { len, .. } if *len == TERMINATE_AS_LENGTH => None,
         ProtocolError::BadLength { len, .. } => Some(format!(
             "invalid length of startup packet: {len} bytes (at most {})",
             codec::MAX_STARTUP
