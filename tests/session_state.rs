@@ -168,7 +168,7 @@ async fn session_state_never_crosses_clients() {
     // session from connection to connection).
     let metrics = env
         .http
-        .get(env.url("us", "/metrics"))
+        .get(env.ops_url("us", "/metrics"))
         .send()
         .await
         .unwrap()
