@@ -25,6 +25,7 @@ pub const WIRE_PINS_TOTAL: &str = "homeport_wire_pins_total";
 pub const OPTIMISTIC_TRANSACTIONS_TOTAL: &str = "homeport_optimistic_transactions_total";
 pub const OPTIMISTIC_REPLAY_SECONDS: &str = "homeport_optimistic_replay_seconds";
 pub const PROBE_MODE: &str = "homeport_probe_mode";
+pub const WIRE_REROUTED_TOTAL: &str = "homeport_wire_rerouted_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -46,6 +47,7 @@ pub const ALL: &[&str] = &[
     OPTIMISTIC_TRANSACTIONS_TOTAL,
     OPTIMISTIC_REPLAY_SECONDS,
     PROBE_MODE,
+    WIRE_REROUTED_TOTAL,
 ];
 
 /// How this sidecar learns the topology (`topology::share`): 1 for the current mode (`own`:
@@ -105,6 +107,11 @@ pub fn optimistic_transaction(result: &'static str) {
 /// Time an optimistic transaction spent on a read copy before its promotion, including the replay.
 pub fn optimistic_replay(took: Duration) {
     histogram!(OPTIMISTIC_REPLAY_SECONDS).record(took.as_secs_f64());
+}
+
+/// A read a replica refused (an unlogged or temporary table) ran again on a primary.
+pub fn wire_rerouted() {
+    counter!(WIRE_REROUTED_TOTAL).increment(1);
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -6,7 +6,7 @@ mod raw;
 mod secrets;
 pub mod units;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -134,6 +134,12 @@ pub struct PgConfig {
     pub optimistic_replay_bytes: usize,
     pub auth: PgAuth,
     pub tls: Option<PgTlsConfig>,
+    /// Database names a client may give at startup -> the server database (all shards use it);
+    /// any other name gets `3D000`, as from PostgreSQL.
+    pub databases: BTreeMap<String, String>,
+    /// Role names a client may log in as: the users homeport logs in to the servers as (trust),
+    /// or `pg.users` (SCRAM); any other gets `28000`.
+    pub roles: BTreeSet<String>,
 }
 
 /// TLS towards wire clients.
@@ -630,6 +636,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 optimistic_replay_bytes: p
                     .optimistic_replay_bytes
                     .map_or(DEFAULT_OPTIMISTIC_REPLAY_BYTES, |b| b.0 as usize),
+                databases: client_databases(p.databases, &shards)?,
+                roles: login_roles(&auth, &shards),
                 auth,
                 tls,
             })
@@ -854,6 +862,49 @@ fn endpoints(
             })
         })
         .collect()
+}
+
+/// `pg.databases`, checked against the database the shards' servers serve; by default that
+/// database under its own name.
+fn client_databases(
+    raw: BTreeMap<String, String>,
+    shards: &[ShardConfig],
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let served: BTreeSet<String> = shard_endpoints(shards)
+        .map(|e| e.pg.get_dbname().unwrap_or("postgres").to_string())
+        .collect();
+    if raw.is_empty() {
+        return Ok(served.into_iter().map(|d| (d.clone(), d)).collect());
+    }
+    for (name, server) in &raw {
+        if !served.contains(server) {
+            let list: Vec<&str> = served.iter().map(String::as_str).collect();
+            return Err(ConfigError::new(
+                format!("pg.databases.{name}"),
+                format!(
+                    "{server:?} is not a database homeport's servers are configured with ({})",
+                    list.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(raw)
+}
+
+/// The role names a wire client may log in as (see [`PgConfig::roles`]).
+fn login_roles(auth: &PgAuth, shards: &[ShardConfig]) -> BTreeSet<String> {
+    match auth {
+        PgAuth::ScramSha256(users) => users.iter().map(|(u, _)| u.clone()).collect(),
+        PgAuth::Trust => shard_endpoints(shards)
+            .map(|e| e.pg.get_user().unwrap_or("postgres").to_string())
+            .collect(),
+    }
+}
+
+fn shard_endpoints(shards: &[ShardConfig]) -> impl Iterator<Item = &EndpointConfig> {
+    shards
+        .iter()
+        .flat_map(|s| s.primaries.iter().chain(s.replicas.iter()))
 }
 
 /// `host:port/dbname` of a connection config, for labels and messages.

@@ -80,6 +80,10 @@ pub struct RawPg {
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
     pub tls_required: Option<bool>,
+    /// Database names clients may connect to -> the server database they mean (PgBouncer's
+    /// `[databases]`); default: the servers' own database name.
+    #[serde(default)]
+    pub databases: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

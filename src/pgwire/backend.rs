@@ -106,10 +106,14 @@ impl ServerConn {
         if let Some(db) = pg.get_dbname() {
             params.push(("database", db));
         }
-        if let Some(app) = pg.get_application_name() {
-            params.push(("application_name", app));
-        }
-        if let Some(o) = pg.get_options().filter(|o| !o.is_empty()) {
+        // A wire session sees the server's defaults plus its own settings (which follow it
+        // from connection to connection), as it would connected to PostgreSQL itself: homeport's
+        // own application_name and statement_timeout (for its HTTP and probe connections) are
+        // not sent; other options from the endpoint's URL are.
+        if let Some(o) = pg
+            .get_options()
+            .filter(|o| !o.is_empty() && !o.starts_with("-c statement_timeout="))
+        {
             params.push(("options", o));
         }
         let mut buf = BytesMut::new();

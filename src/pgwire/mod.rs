@@ -5,8 +5,9 @@
 //! `server_settings` (a client's session settings, replayed on whichever server it runs on),
 //! `session` (client state machine, routing per transaction), `attached` (the server a session
 //! holds, its transaction status and pin) and `relay` (moving messages between client and
-//! server); `scram` (SCRAM-SHA-256, pure) and `sasl` (its exchange over the wire) authenticate
-//! clients.
+//! server); `reroute` (reads a replica refused, run again on a primary); `startup` (which roles
+//! and databases a client may name, what it is told at startup); `scram` (SCRAM-SHA-256, pure)
+//! and `sasl` (its exchange over the wire) authenticate clients.
 
 mod attached;
 mod backend;
@@ -19,11 +20,13 @@ mod optimistic;
 mod pool;
 mod prepared;
 mod relay;
+mod reroute;
 mod sasl;
 pub mod scram;
 mod server_settings;
 mod session;
 pub mod settings;
+mod startup;
 pub mod tls;
 
 use std::sync::Arc;
@@ -294,6 +297,17 @@ async fn login(
             return Ok(None);
         }
     }
+    if let Some(pg) = app.config.pg.as_ref() {
+        let trust = matches!(auth, ClientAuth::Trust);
+        let checked = startup::check_role(&params, &pg.roles, trust)
+            .and_then(|()| startup::check_database(&params, &pg.databases));
+        if let Err(refusal) = checked {
+            let mut buf = bytes::BytesMut::new();
+            codec::error_response("FATAL", refusal.code, &refusal.message).write_to(&mut buf);
+            let _ = w.write_all(&buf).await;
+            return Ok(None);
+        }
+    }
     let mut buf = bytes::BytesMut::new();
     codec::auth_ok().write_to(&mut buf);
     let endpoint = startup_endpoint(app);
@@ -304,7 +318,7 @@ async fn login(
             let settings = server_settings::from_startup(&params, identity, &server_params);
             for (k, v) in &server_params {
                 let v = settings.get(&k.to_ascii_lowercase()).unwrap_or(v);
-                codec::parameter_status(k, v).write_to(&mut buf);
+                codec::parameter_status(k, startup::reported(k, v)).write_to(&mut buf);
             }
             settings
         }
@@ -340,6 +354,9 @@ async fn login(
     }))
 }
 
+/// The first four bytes of a Terminate message ('X', 0, 0, 0) read as a startup packet length.
+const TERMINATE_AS_LENGTH: i64 = 0x5800_0000;
+
 /// A startup packet that could not be read: the client is told why (a protocol violation gets
 /// FATAL 08P01, as PostgreSQL answers an invalid startup packet length) and the connection ends.
 async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
@@ -347,6 +364,10 @@ async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
     e: ProtocolError,
 ) -> session::SessionError {
     let m = match &e {
+        // A client that gives up before it started sends Terminate ('X', length 4) where the
+        // startup packet belongs (node-postgres's connect() then end()); PostgreSQL closes
+        // without a word, and so does homeport.
+        ProtocolError::BadLength { len, .. } if *len == TERMINATE_AS_LENGTH => None,
         ProtocolError::BadLength { len, .. } => Some(format!(
             "invalid length of startup packet: {len} bytes (at most {})",
             codec::MAX_STARTUP

@@ -37,6 +37,8 @@ impl Session {
         // The client's ReadyForQuery, held back while homeport's position query is answered.
         let mut held: Option<Message> = None;
         let mut position: Option<String> = None;
+        // Part of the answer went to the client already (a reroute could not take it back).
+        let mut flushed = false;
         loop {
             while let Some(&front) = queue.front() {
                 let synthesized = match front {
@@ -104,6 +106,7 @@ impl Session {
                     return Err(SessionError::ServerFatal(message));
                 }
                 b'E' => {
+                    self.note_server_error(&m, flushed);
                     self.send(m);
                     self.skipping = true;
                     self.txn_failed = true;
@@ -154,6 +157,7 @@ impl Session {
                 }
                 b'G' => {
                     self.send(m);
+                    flushed = true;
                     self.flush().await?;
                     self.copy_in().await?;
                 }
@@ -166,6 +170,7 @@ impl Session {
                 }
             }
             if self.out.len() >= super::session::FLUSH_AT {
+                flushed = true;
                 self.flush().await?;
             }
         }

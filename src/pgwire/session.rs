@@ -123,6 +123,9 @@ pub struct Session {
     pub(super) replaying: Option<sha2::Sha256>,
     /// `SET homeport.optimistic_transactions`: the session's choice over the config's.
     pub(super) optimistic_setting: Option<bool>,
+    /// A replica refused to read an unlogged or temporary table in the current unit: whether
+    /// the unit can still be run again on a primary (see `reroute`).
+    pub(super) refused_in_recovery: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +195,7 @@ impl Session {
             optimistic: None,
             replaying: None,
             optimistic_setting: None,
+            refused_in_recovery: None,
         }
     }
 
@@ -244,13 +248,13 @@ impl Session {
                 continue;
             }
             match msg.tag {
-                b'Q' => self.simple_query(msg).await?,
+                b'Q' => self.simple_query_or_reroute(msg).await?,
                 b'P' | b'B' | b'D' | b'E' | b'C' => self.hold(msg),
                 b'S' | b'H' => {
                     let sync = msg.tag == b'S';
                     self.batch.push(msg);
                     self.batch_bytes = 0;
-                    self.run_batch(sync).await?;
+                    self.run_batch_or_reroute(sync).await?;
                 }
                 b'X' => return Ok(()),
                 b'd' | b'c' | b'f' => {} // copy messages outside COPY are ignored, as PostgreSQL does
@@ -397,7 +401,7 @@ impl Session {
         self.send(codec::error_response("ERROR", e.code, &e.message));
     }
 
-    async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
+    pub(super) async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
         let sql = Reader::new(&msg.body, "query").text()?.into_owned();
         if let Some(setting) = settings::parse(&sql) {
             self.answer_setting(setting).await;

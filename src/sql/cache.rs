@@ -1,6 +1,10 @@
 //! A bounded cache of classifications by statement text, so the hot path does not re-lex a
 //! statement it has seen. Applications send a small set of distinct statements (parameters are
 //! bound, not inlined), so a plain map that is emptied when full is enough.
+//!
+//! It also remembers statements a replica refused although they only read (a read of an unlogged
+//! or temporary table: "cannot access temporary or unlogged relations during recovery"): those
+//! are classified with a primary route from then on, so they go straight to a primary.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,6 +20,8 @@ pub struct ClassifyCache {
     /// Functions the operator declared free of session state (`pg.stateless_functions`),
     /// lowercased, as `name` or `schema.name`.
     stateless: HashSet<String>,
+    /// Statement texts that must run on a primary although they read; bounded like `map`.
+    primary_only: Mutex<HashSet<Box<str>>>,
 }
 
 impl ClassifyCache {
@@ -28,11 +34,40 @@ impl ClassifyCache {
             capacity: capacity.max(1),
             map: Mutex::new(HashMap::new()),
             stateless,
+            primary_only: Mutex::new(HashSet::new()),
         }
     }
 
     fn classify_now(&self, sql: &str) -> Classification {
-        classify_with(sql, &|name| self.stateless.contains(name))
+        let mut c = classify_with(sql, &|name| self.stateless.contains(name));
+        if c.route.is_none()
+            && self
+                .primary_only
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(sql)
+        {
+            c.route = Some(super::RouteHint::Primary);
+        }
+        c
+    }
+
+    /// From now on `sql` is classified with a primary route: a replica cannot run it.
+    pub fn remember_primary_only(&self, sql: &str) {
+        if sql.len() > MAX_CACHED_SQL_LEN {
+            return;
+        }
+        {
+            let mut set = self.primary_only.lock().unwrap_or_else(|p| p.into_inner());
+            if set.len() >= self.capacity {
+                set.clear();
+            }
+            set.insert(sql.into());
+        }
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sql);
     }
 
     /// A cached answer if there is one, else a fresh classification that is not kept.
@@ -79,5 +114,18 @@ mod tests {
             assert_eq!(*cache.classify(sql), classify(sql));
         }
         assert!(cache.map.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn remembered_statements_route_to_a_primary() {
+        let cache = ClassifyCache::new(8);
+        let sql = "select value from accessed";
+        assert_eq!(cache.classify(sql).route, None);
+        cache.remember_primary_only(sql);
+        for c in [cache.classify(sql), cache.classify_uncached(sql)] {
+            assert_eq!(c.route, Some(super::super::RouteHint::Primary));
+            assert!(c.read_only);
+        }
+        assert_eq!(cache.classify("select 1").route, None);
     }
 }

@@ -93,7 +93,9 @@ pub fn classify_with(sql: &str, stateless: &dyn Fn(&str) -> bool) -> Classificat
         read_only,
         command,
         statements,
-        route,
+        // libpq's target_session_attrs checks ask whether the session can write: a homeport
+        // session can (its writes go to a primary), so the question goes to a primary too.
+        route: route.or(asks_server_role(&code).then_some(RouteHint::Primary)),
         user,
         effect: TxnEffect::of(&code),
         session: session_state(&code, stateless),
@@ -108,6 +110,24 @@ fn count_statements(code: &[&Token]) -> usize {
     code.split(|t| matches!(t, Token::Semicolon))
         .filter(|s| !s.is_empty())
         .count()
+}
+
+/// `SHOW transaction_read_only` and `SELECT pg_is_in_recovery()`: the statements libpq (before
+/// PostgreSQL 14's `in_hot_standby`) and other drivers send to learn whether a server takes writes.
+fn asks_server_role(code: &[&Token]) -> bool {
+    let shape: Vec<&Token> = code
+        .iter()
+        .filter(|t| !matches!(t, Token::Semicolon))
+        .take(5)
+        .copied()
+        .collect();
+    match shape.as_slice() {
+        [a, b] => word(a) == Some("show") && word(b) == Some("transaction_read_only"),
+        [a, b, Token::LParen, Token::RParen] => {
+            word(a) == Some("select") && word(b) == Some("pg_is_in_recovery")
+        }
+        _ => false,
+    }
 }
 
 fn word<'t>(t: &'t Token) -> Option<&'t str> {
@@ -469,6 +489,26 @@ fn hints(tokens: &[Token]) -> (Option<RouteHint>, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_role_checks_go_to_a_primary() {
+        for sql in [
+            "SHOW transaction_read_only",
+            "show transaction_read_only;",
+            "SELECT pg_is_in_recovery()",
+            "select pg_is_in_recovery ( ) ;",
+        ] {
+            assert_eq!(classify(sql).route, Some(RouteHint::Primary), "{sql}");
+        }
+        for sql in [
+            "SHOW default_transaction_read_only",
+            "SELECT pg_is_in_recovery(), 1",
+            "SELECT 1",
+            "SHOW transaction_read_only /*homeport_route='replica'*/",
+        ] {
+            assert_ne!(classify(sql).route, Some(RouteHint::Primary), "{sql}");
+        }
+    }
 
     #[test]
     fn safe_callables_are_sorted() {
