@@ -127,5 +127,12 @@ with psycopg.connect(url, options=f"-c homeport.user={user}", autocommit=True) a
 
     conn.execute("DROP TABLE py_items")
 
+# A client encoding other than UTF-8: the text reaches the server unchanged, the session goes on.
+with psycopg.connect(url, options=f"-c homeport.user={user}", autocommit=True) as conn:
+    conn.execute("SET client_encoding TO latin9")
+    check("latin9 text round-trips", conn.execute("SELECT %s::text", ("€uro",)).fetchone()[0] == "€uro")
+    check("latin9 literal round-trips", conn.execute("SELECT '€'").fetchone()[0] == "€")
+    check("latin9 session still usable", conn.execute("SELECT 1").fetchone()[0] == 1)
+
 print(f"psycopg: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

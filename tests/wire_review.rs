@@ -1,0 +1,189 @@
+//! Review findings on the wire front end, each reproduced with raw protocol messages or with a
+//! server process killed under a session: a Close then a Bind of the same statement in one batch,
+//! an extended-protocol batch that never ends, a server process terminated under a pinned
+//! session, and pooled server connections that died while idle.
+
+mod common;
+
+use bytes::{BufMut, BytesMut};
+use common::{options, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::NoTls;
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u8(tag);
+    b.put_i32(body.len() as i32 + 4);
+    b.put_slice(body);
+    b.to_vec()
+}
+
+fn cstrs(parts: &[&str]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for p in parts {
+        b.extend_from_slice(p.as_bytes());
+        b.push(0);
+    }
+    b
+}
+
+/// Logs in with the raw protocol and returns the stream at ReadyForQuery.
+async fn raw_login(port: u16, user: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let params = cstrs(&["user", "app", "database", "app", "homeport.user", user, ""]);
+    let mut startup = BytesMut::new();
+    startup.put_i32(params.len() as i32 + 8);
+    startup.put_i32(196_608);
+    startup.put_slice(&params);
+    s.write_all(&startup).await.unwrap();
+    read_until_ready(&mut s).await;
+    s
+}
+
+/// Reads messages up to a ReadyForQuery; returns their tags and the error codes seen.
+async fn read_until_ready(s: &mut TcpStream) -> (Vec<u8>, Vec<String>) {
+    let (mut tags, mut codes) = (Vec::new(), Vec::new());
+    loop {
+        let tag = s.read_u8().await.expect("the session is alive");
+        let len = s.read_i32().await.unwrap() as usize - 4;
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await.unwrap();
+        tags.push(tag);
+        if tag == b'E' {
+            let code = body
+                .split(|b| *b == 0)
+                .find(|f| f.first() == Some(&b'C'))
+                .map(|f| String::from_utf8_lossy(&f[1..]).to_string())
+                .unwrap_or_default();
+            codes.push(code);
+        }
+        if tag == b'Z' {
+            return (tags, codes);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_then_bind_in_one_batch_and_endless_batches_get_errors_not_crashes() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "raw", "us").await.status, 201);
+    let (config, http_port, pg_port) = common::region_config_on_new_ports(&env, "us");
+    let config = config.replace(
+        "max_client_conn = 1000",
+        "max_client_conn = 1000\nmax_batch_bytes = \"64KiB\"",
+    );
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("us-small-batches", &config, http_port)
+        .unwrap();
+    let mut s = raw_login(pg_port, "raw").await;
+
+    // Parse s1, Close s1, Bind s1, Execute, Sync: the Bind names a statement that is gone.
+    let mut batch = Vec::new();
+    batch.extend(msg(
+        b'P',
+        &cstrs(&["s1", "SELECT 1"])
+            .into_iter()
+            .chain([0, 0])
+            .collect::<Vec<_>>(),
+    ));
+    batch.extend(msg(b'C', &[b"S".as_slice(), &cstrs(&["s1"])].concat()));
+    batch.extend(msg(
+        b'B',
+        &[cstrs(&["", "s1"]), vec![0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    batch.extend(msg(b'E', &[cstrs(&[""]), vec![0, 0, 0, 0]].concat()));
+    batch.extend(msg(b'S', &[]));
+    s.write_all(&batch).await.unwrap();
+    let (_, codes) = read_until_ready(&mut s).await;
+    assert_eq!(
+        codes,
+        ["26000"],
+        "the Bind of a closed statement is refused"
+    );
+
+    // Messages past pg.max_batch_bytes before any Sync: 54000, the rest of the batch dropped.
+    let big = "x".repeat(20_000);
+    let sql = format!("SELECT '{big}'");
+    let mut endless = Vec::new();
+    for _ in 0..5 {
+        endless.extend(msg(
+            b'P',
+            &cstrs(&["", &sql])
+                .into_iter()
+                .chain([0, 0])
+                .collect::<Vec<_>>(),
+        ));
+    }
+    endless.extend(msg(b'S', &[]));
+    s.write_all(&endless).await.unwrap();
+    let (tags, codes) = read_until_ready(&mut s).await;
+    assert_eq!(codes, ["54000"], "{tags:?}");
+
+    // The session goes on.
+    s.write_all(&msg(b'Q', &cstrs(&["SELECT 1"])))
+        .await
+        .unwrap();
+    let (tags, codes) = read_until_ready(&mut s).await;
+    assert!(
+        codes.is_empty() && tags.contains(&b'D'),
+        "{tags:?} {codes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_lent() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", "term", "us").await.status, 201);
+    let url = format!(
+        "postgresql://app@127.0.0.1:{}/app?options=-c%20homeport.user%3Dterm",
+        env.sandbox.region("us").pg_port
+    );
+    let admin = env.direct(env.primary_port("us")).await;
+
+    // A pinned session whose server process is terminated sees the error, then a closed
+    // connection, as it would with PostgreSQL.
+    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let pid: i32 = c
+        .query_one("SELECT pg_advisory_lock(1), pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(1);
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the client's connection must end");
+    assert!(c.is_closed());
+
+    // Pooled connections that die while idle (every homeport backend terminated) are passed
+    // over: the next clients' statements all succeed.
+    for _ in 0..3 {
+        let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        for _ in 0..4 {
+            c.query_one("SELECT count(*) FROM notes", &[])
+                .await
+                .unwrap();
+        }
+    }
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'app' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..10 {
+        c.query_one("SELECT count(*) FROM notes", &[])
+            .await
+            .unwrap_or_else(|e| panic!("statement {i} after the backends died: {e}"));
+    }
+}
