@@ -22,6 +22,7 @@ pub const IDEMPOTENCY_TOTAL: &str = "homeport_idempotency_total";
 pub const IDEMPOTENCY_CACHE_TOTAL: &str = "homeport_idempotency_cache_lookups_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "homeport_config_reloads_total";
 pub const WIRE_PINS_TOTAL: &str = "homeport_wire_pins_total";
+pub const RESIDENCY_REQUESTS_TOTAL: &str = "homeport_residency_requests_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -40,6 +41,7 @@ pub const ALL: &[&str] = &[
     IDEMPOTENCY_CACHE_TOTAL,
     CONFIG_RELOADS_TOTAL,
     WIRE_PINS_TOTAL,
+    RESIDENCY_REQUESTS_TOTAL,
 ];
 
 /// Time a read carrying a consistency token spent before a copy could serve it.
@@ -78,6 +80,21 @@ pub fn config_reload(result: &'static str) {
 /// over the wire sessions it opened.
 pub fn wire_pin(reason: &'static str) {
     counter!(WIRE_PINS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A request for a user of a resident shard, by the shard's policy and what this sidecar did:
+/// `local` (inside the residency), `forwarded`, `redirected` or `denied`.
+pub fn residency_request(shard: &str, policy: &'static str, outcome: &'static str) {
+    counter!(RESIDENCY_REQUESTS_TOTAL, "shard" => shard.to_string(), "policy" => policy, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Registers a resident shard's residency counters at zero, so rates exist before traffic.
+pub fn residency_register(shard: &str, policy: &'static str) {
+    for outcome in ["local", "forwarded", "redirected", "denied"] {
+        counter!(RESIDENCY_REQUESTS_TOTAL, "shard" => shard.to_string(), "policy" => policy, "outcome" => outcome)
+            .increment(0);
+    }
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
