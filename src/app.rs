@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::{DbError, Pools};
 use crate::directory::Directory;
 use crate::metrics::{self, CrossRegionMetrics, RequestMetrics};
+use crate::residency::Decision;
 use crate::routing::{self, Candidate, RouteError, Target};
 use crate::sql::ClassifyCache;
 use crate::topology::Topology;
@@ -85,6 +86,9 @@ impl App {
         let classifier =
             ClassifyCache::with_stateless(10_000, config.postgres.stateless_functions.clone());
         let http_budget = crate::http::Budget::new(config.http.result_budget);
+        for (shard, r) in &config.residency.shards {
+            metrics::residency_register(shard.as_str(), r.policy.as_str());
+        }
         App {
             config,
             topology,
@@ -149,6 +153,31 @@ impl App {
                     routing.max_lag,
                 ))
             }
+        }
+    }
+
+    /// What this sidecar does with a request for a user of `shard` under the shard's residency,
+    /// counted in `homeport_residency_requests_total` when the shard is resident.
+    pub fn residency(&self, shard: &RegionName) -> Decision {
+        let residency = &self.config.residency;
+        let decision = residency.decide(shard, &self.config.region);
+        if let (Some(outcome), Some(policy)) = (decision.outcome(), residency.policy_of(shard)) {
+            metrics::residency_request(shard.as_str(), policy.as_str(), outcome);
+        }
+        decision
+    }
+
+    /// The regional Redis for data of `shard`: none when this region is outside the shard's
+    /// residency, so no response of a resident user is ever cached here.
+    pub fn kv_for(&self, shard: &RegionName) -> Option<&crate::kv::Kv> {
+        if self
+            .config
+            .residency
+            .stores_here(shard, &self.config.region)
+        {
+            self.kv.as_deref()
+        } else {
+            None
         }
     }
 

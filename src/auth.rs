@@ -17,6 +17,8 @@ pub struct Identity {
     pub user: UserId,
     /// The home region claimed by a verified token, if the token carries one.
     pub region_claim: Option<String>,
+    /// The user's country from a verified token (`jwt.country_claim`), for placement by country.
+    pub country_claim: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,6 +44,7 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Result<Identity, Auth
             Ok(Identity {
                 user,
                 region_claim: None,
+                country_claim: None,
             })
         }
         AuthConfig::Jwt(jwt) => {
@@ -136,17 +139,27 @@ fn identity_from_claims(
             )));
         }
     };
-    let region_claim = match claims.get(&jwt.region_claim) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(AuthError::InvalidToken(format!(
-                "claim {} is not a string",
-                jwt.region_claim
-            )));
-        }
+    let region_claim = string_claim(claims, &jwt.region_claim)?;
+    let country_claim = match &jwt.country_claim {
+        Some(name) => string_claim(claims, name)?,
         None => None,
     };
-    Ok(Identity { user, region_claim })
+    Ok(Identity {
+        user,
+        region_claim,
+        country_claim,
+    })
+}
+
+/// An optional claim that must be a string when present.
+fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, AuthError> {
+    match claims.get(name) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(AuthError::InvalidToken(format!(
+            "claim {name} is not a string"
+        ))),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +179,7 @@ mod tests {
             keys: vec![(None, DecodingKey::from_secret(SECRET))],
             user_claim: "sub".into(),
             region_claim: "region".into(),
+            country_claim: Some("country".into()),
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
@@ -204,7 +218,7 @@ mod tests {
     #[test]
     fn valid_token_names_user_and_region() {
         let t = token(
-            json!({"sub": "u1", "region": "eu", "exp": now() + 60}),
+            json!({"sub": "u1", "region": "eu", "country": "DE", "exp": now() + 60}),
             Algorithm::HS256,
             SECRET,
         );
@@ -212,7 +226,8 @@ mod tests {
             verify(&config(), &t).unwrap(),
             Identity {
                 user: UserId::parse("u1").unwrap(),
-                region_claim: Some("eu".into())
+                region_claim: Some("eu".into()),
+                country_claim: Some("DE".into()),
             }
         );
     }

@@ -15,6 +15,7 @@
 //! - [`app`]: shared sidecar state and the try-candidates-in-order data path.
 //! - [`http`]: the HTTP/JSON front end.
 //! - [`pgwire`]: the PostgreSQL wire-protocol front end.
+//! - [`residency`]: data residency: what a sidecar outside a shard's regions does (pure).
 //! - [`random`]: random bytes from the OS, failing closed.
 //! - [`reload`]: config generations, SIGHUP and file-change reload.
 //! - [`net`]: listener plumbing shared by the front ends.
@@ -37,6 +38,7 @@ pub mod net;
 pub mod pgwire;
 pub mod random;
 pub mod reload;
+pub mod residency;
 pub mod routing;
 pub mod serve;
 pub mod sql;

@@ -26,6 +26,7 @@ pub const OPTIMISTIC_TRANSACTIONS_TOTAL: &str = "homeport_optimistic_transaction
 pub const OPTIMISTIC_REPLAY_SECONDS: &str = "homeport_optimistic_replay_seconds";
 pub const PROBE_MODE: &str = "homeport_probe_mode";
 pub const WIRE_REROUTED_TOTAL: &str = "homeport_wire_rerouted_total";
+pub const RESIDENCY_REQUESTS_TOTAL: &str = "homeport_residency_requests_total";
 
 /// Every metric name above, for tests that check dashboards and alert rules only use real names.
 pub const ALL: &[&str] = &[
@@ -48,6 +49,7 @@ pub const ALL: &[&str] = &[
     OPTIMISTIC_REPLAY_SECONDS,
     PROBE_MODE,
     WIRE_REROUTED_TOTAL,
+    RESIDENCY_REQUESTS_TOTAL,
 ];
 
 /// How this sidecar learns the topology (`topology::share`): 1 for the current mode (`own`:
@@ -112,6 +114,21 @@ pub fn optimistic_replay(took: Duration) {
 /// A read a replica refused (an unlogged or temporary table) ran again on a primary.
 pub fn wire_rerouted() {
     counter!(WIRE_REROUTED_TOTAL).increment(1);
+}
+
+/// A request for a user of a resident shard, by the shard's policy and what this sidecar did:
+/// `local` (inside the residency), `forwarded`, `redirected` or `denied`.
+pub fn residency_request(shard: &str, policy: &'static str, outcome: &'static str) {
+    counter!(RESIDENCY_REQUESTS_TOTAL, "shard" => shard.to_string(), "policy" => policy, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Registers a resident shard's residency counters at zero, so rates exist before traffic.
+pub fn residency_register(shard: &str, policy: &'static str) {
+    for outcome in ["local", "forwarded", "redirected", "denied"] {
+        counter!(RESIDENCY_REQUESTS_TOTAL, "shard" => shard.to_string(), "policy" => policy, "outcome" => outcome)
+            .increment(0);
+    }
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -441,13 +441,14 @@ CHART_SWITCHES = {"pg.enabled"}
 
 
 def toml_paths(table, prefix=""):
-    """Key paths of a TOML document; shard names and directory endpoints collapse to their
-    table (their own schema describes them), arrays of tables to their item keys."""
+    """Key paths of a TOML document; shard names, directory endpoints, regions and countries
+    collapse to their table (their own schema describes them), arrays of tables to their item
+    keys."""
     paths = set()
     for key, value in table.items():
         path = prefix + key
         paths.add(path)
-        if path in ("shards", "directory.primary", "directory.replicas"):
+        if path in ("shards", "directory.primary", "directory.replicas", "regions", "placement.countries"):
             continue
         if isinstance(value, dict):
             paths |= toml_paths(value, path + ".")
@@ -462,7 +463,7 @@ def schema_paths(node, prefix=""):
     for key, sub in node.get("properties", {}).items():
         path = prefix + key
         paths.add(path)
-        if path not in ("shards", "directory.primary", "directory.replicas"):
+        if path not in ("shards", "directory.primary", "directory.replicas", "regions", "placement.countries"):
             paths |= schema_paths(sub, path + ".")
     return paths
 

@@ -3,6 +3,7 @@
 //! `homeport serve` can exit with one clear line on a bad file.
 
 mod raw;
+mod residency;
 mod secrets;
 pub mod units;
 
@@ -63,6 +64,8 @@ pub struct Config {
     pub consistency: Option<ConsistencyConfig>,
     pub idempotency: IdempotencyConfig,
     pub shutdown_grace: Duration,
+    /// Resident shards, their policies, and every region's public URL.
+    pub residency: crate::residency::Residency,
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +274,9 @@ pub struct DirectoryConfig {
     pub cache_ttl: Duration,
     pub cache_capacity: usize,
     pub placement: Placement,
+    /// `[placement.countries]`: the home regions a country allows; an unlisted country allows
+    /// every region.
+    pub countries: std::collections::BTreeMap<String, Vec<RegionName>>,
 }
 
 #[derive(Clone)]
@@ -347,9 +353,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let pg_defaults = secrets::pg_defaults(&raw.postgres)?;
 
     let mut shards = Vec::new();
+    let mut shard_residency = Vec::new();
     for (name, shard) in raw.shards {
         let path = format!("shards.{name}");
         let shard_name = RegionName::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
+        shard_residency.push(residency::ShardSettings {
+            name: shard_name.clone(),
+            residency: shard.residency,
+            policy: shard.residency_policy,
+        });
         let primaries = endpoints(
             &path,
             "primary",
@@ -397,6 +409,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     };
+    let shard_names: Vec<RegionName> = shards.iter().map(|s| s.name.clone()).collect();
+    let countries = residency::countries(raw.placement, &shard_names)?;
+    let residency = residency::build(
+        raw.residency,
+        shard_residency,
+        raw.regions,
+        &region,
+        raw.http.public_url.as_deref(),
+    )?;
     let directory = DirectoryConfig {
         shard: ShardConfig {
             name: RegionName::parse("directory").expect("valid name"),
@@ -410,6 +431,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(300)),
         cache_capacity: dir.cache_capacity.unwrap_or(100_000),
         placement,
+        countries,
     };
 
     let http = raw.http;
@@ -734,8 +756,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .shutdown_grace
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(20)),
+        residency,
     };
     check_regions(&config)?;
+    residency::check(&config)?;
     check_listeners(&config)?;
     Ok(config)
 }

@@ -31,6 +31,33 @@ pub struct RawConfig {
     #[serde(default)]
     pub idempotency: RawIdempotency,
     pub shutdown_grace: Option<Dur>,
+    /// `[residency] policy`: what a sidecar outside a resident shard's regions does.
+    pub residency: Option<RawResidency>,
+    /// `[regions.<name>]`: facts about every region, such as its public URL.
+    #[serde(default)]
+    pub regions: BTreeMap<String, RawRegion>,
+    /// `[placement.countries]`: the home regions each country allows.
+    #[serde(default)]
+    pub placement: RawPlacement,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResidency {
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegion {
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlacement {
+    #[serde(default)]
+    pub countries: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +131,8 @@ pub struct RawJwt {
     pub jwks_file: Option<String>,
     pub user_claim: Option<String>,
     pub region_claim: Option<String>,
+    /// A claim holding the user's country (ISO 3166-1 alpha-2), for placement by country.
+    pub country_claim: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway: Option<Dur>,
@@ -177,6 +206,10 @@ pub struct RawShard {
     pub primary: OneOrMany,
     #[serde(default)]
     pub replicas: Vec<RawEndpoint>,
+    /// The regions where this shard's data may be stored (default: every region).
+    pub residency: Option<Vec<String>>,
+    /// Overrides `[residency] policy` for this shard.
+    pub residency_policy: Option<String>,
 }
 
 /// A list is tried first: serde would also read `["url1", "url2"]` as one endpoint table

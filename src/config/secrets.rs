@@ -251,6 +251,8 @@ pub struct JwtConfig {
     pub keys: Vec<(Option<String>, DecodingKey)>,
     pub user_claim: String,
     pub region_claim: String,
+    /// The claim carrying the user's country, when placement by country reads it from tokens.
+    pub country_claim: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway: Duration,
@@ -307,6 +309,7 @@ pub fn jwt_config(raw: &RawJwt) -> Result<JwtConfig, ConfigError> {
         keys,
         user_claim: raw.user_claim.clone().unwrap_or_else(|| "sub".into()),
         region_claim: raw.region_claim.clone().unwrap_or_else(|| "region".into()),
+        country_claim: raw.country_claim.clone(),
         issuer: raw.issuer.clone(),
         audience: raw.audience.clone(),
         leeway: raw.leeway.map(|d| d.0).unwrap_or(Duration::from_secs(30)),

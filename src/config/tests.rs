@@ -298,3 +298,90 @@ fn result_limits_have_defaults_and_refuse_zero() {
         assert_eq!(err(&example().replace(from, to)).path, path);
     }
 }
+
+/// The example config with shard eu resident in eu, and `extra` appended to `[shards.eu]`.
+fn resident_eu(extra: &str) -> String {
+    example().replace(
+        "  { url = \"postgresql://pg-eu-replica.us.internal:5432\", region = \"us\" },\n]\n",
+        &format!("]\nresidency = [\"eu\"]\n{extra}"),
+    )
+}
+
+#[test]
+fn resident_shard_with_copies_inside_is_accepted() {
+    let c = Config::parse(&resident_eu("residency_policy = \"redirect\"\n")).unwrap();
+    let eu = RegionName::parse("eu").unwrap();
+    let r = &c.residency.shards[&eu];
+    assert_eq!(r.regions, vec![eu.clone()]);
+    assert_eq!(r.policy, crate::residency::Policy::Redirect);
+    assert_eq!(
+        c.residency.public_url(&eu),
+        Some("https://eu.api.example.com")
+    );
+    // The default policy is forward; shards without residency are not listed.
+    let c = Config::parse(&resident_eu("")).unwrap();
+    assert_eq!(
+        c.residency.shards[&eu].policy,
+        crate::residency::Policy::Forward
+    );
+    assert_eq!(c.residency.shards.len(), 1);
+}
+
+#[test]
+fn replica_of_a_resident_shard_outside_its_residency_names_the_key() {
+    let text = example().replace(
+        "  { url = \"postgresql://pg-eu-replica.us.internal:5432\", region = \"us\" },\n]\n",
+        "  { url = \"postgresql://pg-eu-replica.us.internal:5432\", region = \"us\" },\n]\nresidency = [\"eu\"]\n",
+    );
+    let e = err(&text);
+    assert_eq!(e.path, "shards.eu.replicas[1].region");
+    assert!(e.message.contains("outside the residency"), "{e}");
+}
+
+#[test]
+fn residency_mistakes_name_their_keys() {
+    let e = err(&resident_eu("residency_policy = \"bounce\"\n"));
+    assert_eq!(e.path, "shards.eu.residency_policy");
+    let e = err(&resident_eu("").replace("residency = [\"eu\"]", "residency = [\"us\"]"));
+    assert_eq!(e.path, "shards.eu.residency");
+    let e = err(&resident_eu("").replace("residency = [\"eu\"]", "residency = [\"eu\", \"mars\"]"));
+    assert_eq!(e.path, "shards.eu.residency[1]");
+    let e = err(&resident_eu("").replace("policy = \"forward\"", "policy = \"maybe\""));
+    assert_eq!(e.path, "residency.policy");
+    let e = err(&(example() + "\n[regions.mars]\npublic_url = \"https://mars.example\"\n"));
+    assert_eq!(e.path, "regions.mars");
+    let e = err(&example().replace(
+        "public_url = \"https://us.api.example.com\"",
+        "public_url = \"ftp://us.example\"",
+    ));
+    assert_eq!(e.path, "regions.us.public_url");
+    let e = err(&example().replace(
+        "[regions.eu]\npublic_url = \"https://eu.api.example.com\"",
+        "[regions.eu]\npublic_url = \"https://other.example\"",
+    ));
+    assert_eq!(e.path, "regions.eu.public_url");
+}
+
+#[test]
+fn directory_in_a_resident_shards_cluster_is_refused() {
+    let text = resident_eu("").replace(
+        "postgresql://pg-dir-primary.eu.internal:5432/homeport_directory",
+        "postgresql://pg-eu-primary.eu.internal:5432/homeport_directory",
+    );
+    let e = err(&text);
+    assert_eq!(e.path, "directory.primary[0]");
+    assert!(e.message.contains("own cluster"), "{e}");
+}
+
+#[test]
+fn placement_countries_are_checked() {
+    let ok = example() + "\n[placement.countries]\nDE = [\"eu\"]\nUS = [\"us\", \"eu\"]\n";
+    let c = Config::parse(&ok).unwrap();
+    assert_eq!(c.directory.countries["US"].len(), 2);
+    let e = err(&(example() + "\n[placement.countries]\nde = [\"eu\"]\n"));
+    assert_eq!(e.path, "placement.countries.de");
+    let e = err(&(example() + "\n[placement.countries]\nDE = [\"eu\", \"mars\"]\n"));
+    assert_eq!(e.path, "placement.countries.DE[1]");
+    let e = err(&(example() + "\n[placement.countries]\nDE = []\n"));
+    assert_eq!(e.path, "placement.countries.DE");
+}

@@ -2,13 +2,15 @@
 //! primary (its shard), a streaming replica of every other region's primary, Redis when
 //! installed, and a real `homeport serve` sidecar with a generated config. The first region's
 //! cluster also holds the directory database, so its replicas carry the directory to every
-//! region. Tests use the same [`Sandbox`] through the library.
+//! region. With `--resident eu` the eu shard has no replica outside eu and the directory gets a
+//! cluster of its own (see [`directory`]). Tests use the same [`Sandbox`] through the library.
 //!
 //! With a link delay, each sidecar reaches the servers of other regions through a [`link::Link`]
 //! that adds that delay each way and can be cut, like a cross-region network.
 //!
 //! Everything listens on 127.0.0.1. Dropping the sandbox stops every process it started.
 
+mod directory;
 pub mod link;
 mod pooler;
 pub mod ports;
@@ -21,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::residency::Policy;
 use crate::types::RegionName;
 pub use ports::pick_ports;
+pub use directory::DirectoryInfo;
 pub use postgres::{PgTools, is_root};
 pub use sidecar::Managed;
 use sidecar::SidecarPlan;
@@ -60,6 +64,13 @@ pub struct DevArgs {
     /// through it, their probes to the server itself (`probe_url`). See docs/fleet.md.
     #[arg(long)]
     pub upstream_pooler: bool,
+    /// Shards resident in their own region (repeatable or comma separated): no replica of them
+    /// elsewhere, and the directory in a cluster of its own.
+    #[arg(long, value_delimiter = ',')]
+    pub resident: Vec<String>,
+    /// What sidecars outside a resident shard's region do with its users' requests.
+    #[arg(long, value_parser = ["forward", "redirect", "deny"])]
+    pub residency_policy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +91,10 @@ pub struct SandboxOptions {
     pub remove_dir: bool,
     /// A PgBouncer in front of every server (`homeport dev --upstream-pooler`).
     pub upstream_pooler: bool,
+    /// Shards resident in their own region.
+    pub resident: Vec<RegionName>,
+    /// `[residency] policy` of the sidecars (`None`: homeport's default, forward).
+    pub residency_policy: Option<Policy>,
 }
 
 impl SandboxOptions {
@@ -101,6 +116,8 @@ impl SandboxOptions {
             redis: true,
             remove_dir: true,
             upstream_pooler: false,
+            resident: Vec::new(),
+            residency_policy: None,
         }
     }
 }
@@ -135,6 +152,8 @@ impl RegionInfo {
 pub struct Sandbox {
     pub dir: PathBuf,
     pub regions: Vec<RegionInfo>,
+    /// The directory's servers (a cluster of its own when a shard is resident).
+    pub directory: Option<DirectoryInfo>,
     pg: PgTools,
     /// Data directories, replicas before primaries so shutdown is orderly.
     servers: Vec<PathBuf>,
@@ -174,6 +193,16 @@ impl Sandbox {
         if unique.len() != options.regions.len() {
             return Err(DevError::Argument("region names must be unique".into()));
         }
+        if let Some(r) = options.resident.iter().find(|r| !unique.contains(r)) {
+            return Err(DevError::Argument(format!(
+                "--resident {r}: not one of the regions ({})",
+                unique
+                    .iter()
+                    .map(RegionName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let pg = PgTools::find()?;
         let dir = options.dir.clone();
         refuse_if_in_use(&dir)?;
@@ -200,6 +229,7 @@ impl Sandbox {
         let mut sandbox = Sandbox {
             dir: dir.clone(),
             regions: Vec::new(),
+            directory: None,
             pg,
             servers: Vec::new(),
             sidecars: Vec::new(),
@@ -225,6 +255,9 @@ impl Sandbox {
         let primary_ports: Vec<u16> = ports[..regions.len()].to_vec();
         let first = regions[0].clone();
         let schema = self.options.schema.clone();
+        // A resident shard's cluster must not carry the directory to other regions.
+        let own_directory = !self.options.resident.is_empty();
+        let directory_ports = pick_ports(regions.len())?;
 
         // Primaries, in parallel: initdb, configure, start, roles, databases, schema.
         let results: Vec<Result<(), DevError>> = std::thread::scope(|s| {
@@ -233,7 +266,7 @@ impl Sandbox {
                 .zip(&primary_ports)
                 .map(|(region, &port)| {
                     let (pg, pg_dir, schema) = (&pg, &pg_dir, &schema);
-                    let with_directory = *region == first;
+                    let with_directory = *region == first && !own_directory;
                     s.spawn(move || {
                         setup_primary(pg, pg_dir, region, port, with_directory, schema.as_deref())
                     })
@@ -251,25 +284,57 @@ impl Sandbox {
             self.servers.push(pg_dir.join(format!("{region}-primary")));
         }
         results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        if own_directory {
+            self.servers.push(pg_dir.join("directory-primary"));
+            directory::setup_cluster(&pg, &pg_dir, directory_ports[0])?;
+        }
 
-        // Replicas: one of every shard in every other region.
+        // Replicas: one of every shard in every other region, except of resident shards; and of
+        // the directory's own cluster, when it has one.
         let mut replica_jobs = Vec::new();
         let mut next_port = regions.len();
         for (si, shard) in regions.iter().enumerate() {
+            if self.options.resident.contains(shard) {
+                continue;
+            }
             for located in regions.iter().filter(|r| *r != shard) {
                 replica_jobs.push((si, shard.clone(), located.clone(), ports[next_port]));
                 next_port += 1;
             }
         }
+        let directory_jobs: Vec<(RegionName, u16)> = if own_directory {
+            regions
+                .iter()
+                .filter(|r| **r != first)
+                .cloned()
+                .zip(directory_ports[1..].iter().copied())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dir_shard = directory::shard_name();
+        let all_jobs: Vec<(RegionName, RegionName, u16, u16)> = replica_jobs
+            .iter()
+            .map(|(si, shard, located, port)| {
+                (shard.clone(), located.clone(), primary_ports[*si], *port)
+            })
+            .chain(directory_jobs.iter().map(|(located, port)| {
+                (
+                    dir_shard.clone(),
+                    located.clone(),
+                    directory_ports[0],
+                    *port,
+                )
+            }))
+            .collect();
         let delay = self.options.replica_delay;
         let results: Vec<Result<(), DevError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = replica_jobs
+            let handles: Vec<_> = all_jobs
                 .iter()
-                .map(|(si, shard, located, port)| {
+                .map(|(shard, located, primary_port, port)| {
                     let (pg, pg_dir) = (&pg, &pg_dir);
-                    let primary_port = primary_ports[*si];
                     s.spawn(move || {
-                        setup_replica(pg, pg_dir, shard, located, primary_port, *port, delay)
+                        setup_replica(pg, pg_dir, shard, located, *primary_port, *port, delay)
                     })
                 })
                 .collect();
@@ -281,11 +346,30 @@ impl Sandbox {
                 })
                 .collect()
         });
-        for (_, shard, located, _) in &replica_jobs {
+        for (shard, located, _, _) in &all_jobs {
             self.servers
                 .insert(0, pg_dir.join(format!("{shard}-replica-{located}")));
         }
         results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        self.directory = Some(if own_directory {
+            DirectoryInfo {
+                region: first.clone(),
+                primary_port: directory_ports[0],
+                replica_ports: directory_jobs.into_iter().collect(),
+                own_cluster: true,
+            }
+        } else {
+            DirectoryInfo {
+                region: first.clone(),
+                primary_port: primary_ports[0],
+                replica_ports: replica_jobs
+                    .iter()
+                    .filter(|(si, ..)| *si == 0)
+                    .map(|(_, _, located, port)| (located.clone(), *port))
+                    .collect(),
+                own_cluster: false,
+            }
+        });
 
         let sidecar_ports = match self.options.base_port {
             Some(base) => (0..regions.len())
@@ -342,7 +426,7 @@ impl Sandbox {
 
     fn plan(&self, k: usize) -> SidecarPlan<'_> {
         let region = &self.regions[k];
-        let first = &self.regions[0];
+        let directory = self.directory();
         // The port a sidecar of `region` uses for a server: through a link when there is one.
         let direct = |port: u16| {
             self.link_to(region.name.as_str(), port)
@@ -377,13 +461,25 @@ impl Sandbox {
                 })
                 .collect(),
             directory_primary: (
-                first.name.to_string(),
-                pg_url(via(first.primary_port), DIRECTORY_DB),
+                directory.region.to_string(),
+                pg_url(via(directory.primary_port), DIRECTORY_DB),
             ),
-            directory_replicas: first
+            directory_replicas: directory
                 .replica_ports
                 .iter()
                 .map(|(loc, port)| (loc.to_string(), pg_url(via(*port), DIRECTORY_DB)))
+                .collect(),
+            resident: self
+                .options
+                .resident
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+            residency_policy: self.options.residency_policy.map(Policy::as_str),
+            public_urls: self
+                .regions
+                .iter()
+                .map(|r| (r.name.to_string(), r.http_url()))
                 .collect(),
             redis: region.redis_port,
             consistency_key: self.dir.join("consistency.key"),
@@ -414,6 +510,7 @@ impl Sandbox {
                         .map(|(loc, port)| (loc.clone(), *port)),
                 )
             })
+            .chain(self.directory_servers())
             .collect();
         for from in self.regions.iter().map(|r| r.name.clone()) {
             for (located, port) in servers.iter().filter(|(loc, _)| *loc != from) {
@@ -425,6 +522,25 @@ impl Sandbox {
         }
         self.link_runtime = Some(links);
         Ok(())
+    }
+
+    /// The directory's servers once the databases run.
+    pub fn directory(&self) -> &DirectoryInfo {
+        self.directory
+            .as_ref()
+            .expect("the directory is set up before anything uses it")
+    }
+
+    /// The directory's own cluster's servers as (located in, port); none when it lives in a
+    /// shard's cluster (those servers are the shard's).
+    fn directory_servers(&self) -> impl Iterator<Item = (RegionName, u16)> + '_ {
+        self.directory
+            .iter()
+            .filter(|d| d.own_cluster)
+            .flat_map(|d| {
+                std::iter::once((d.region.clone(), d.primary_port))
+                    .chain(d.replica_ports.iter().map(|(l, p)| (l.clone(), *p)))
+            })
     }
 
     /// The link a sidecar of `from` uses to reach the server on `port`, if it goes through one.
@@ -444,7 +560,9 @@ impl Sandbox {
                     || r.replica_ports
                         .iter()
                         .any(|(loc, p)| loc.as_str() == region && *p == port)
-            })
+            }) || self
+                .directory_servers()
+                .any(|(loc, p)| loc.as_str() == region && p == port)
         };
         for (from, port, l) in &self.links {
             if from.as_str() == region || located_in(*port) {
@@ -700,13 +818,22 @@ impl Sandbox {
                 })
             })
             .collect();
-        let first = &self.regions[0];
+        let directory = self.directory();
+        let directory_replicas: serde_json::Map<String, serde_json::Value> = directory
+            .replica_ports
+            .iter()
+            .map(|(loc, port)| (loc.to_string(), pg_url(*port, DIRECTORY_DB).into()))
+            .collect();
         json!({
             "regions": regions,
             "directory": {
-                "primary": pg_url(first.primary_port, DIRECTORY_DB),
-                "region": first.name,
+                "primary": pg_url(directory.primary_port, DIRECTORY_DB),
+                "region": directory.region,
+                "replicas": directory_replicas,
+                "own_cluster": directory.own_cluster,
             },
+            "resident": self.options.resident,
+            "residency_policy": self.options.residency_policy.map(Policy::as_str),
             "superuser": "postgres",
         })
     }
@@ -785,8 +912,7 @@ fn setup_primary(
             "postgres",
             &[&format!("CREATE DATABASE {DIRECTORY_DB} OWNER app")],
         )?;
-        let ddl = crate::directory::table_ddl("homeport.directory");
-        pg.psql(port, DIRECTORY_DB, &[&format!("SET ROLE app; {ddl}")])?;
+        directory::create_table(pg, port)?;
     }
     Ok(())
 }
@@ -901,6 +1027,13 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
             schema.display()
         )));
     }
+    let resident = args
+        .resident
+        .iter()
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| RegionName::parse(r.trim()).map_err(DevError::Argument))
+        .collect::<Result<Vec<_>, _>>()?;
+    let residency_policy = args.residency_policy.as_deref().and_then(Policy::parse);
     let exe = std::env::current_exe()
         .map_err(|e| DevError::Setup(format!("cannot find the homeport binary: {e}")))?;
     let options = SandboxOptions {
@@ -916,6 +1049,8 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         redis: true,
         remove_dir: false,
         upstream_pooler: args.upstream_pooler,
+        resident,
+        residency_policy,
     };
     let started = Instant::now();
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))
@@ -947,6 +1082,17 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         for (loc, port) in &r.replica_ports {
             println!("  {:<8} replica in {loc}: {}", "", pg_url(*port, APP_DB));
         }
+        if sandbox.options.resident.contains(&r.name) {
+            println!("  {:<8} resident in {}: no replica elsewhere", "", r.name);
+        }
+    }
+    let d = sandbox.directory();
+    if d.own_cluster {
+        println!(
+            "  directory: its own cluster, primary {} in {}",
+            pg_url(d.primary_port, DIRECTORY_DB),
+            d.region
+        );
     }
     println!(
         "endpoints: {}",

@@ -121,6 +121,12 @@ pub struct SidecarPlan<'a> {
     pub directory_primary: (String, String),
     pub directory_replicas: Vec<(String, String)>,
     pub redis: Option<u16>,
+    /// Shards resident in their own region (`residency = ["<shard>"]`).
+    pub resident: Vec<String>,
+    /// `[residency] policy`, when not homeport's default.
+    pub residency_policy: Option<&'static str>,
+    /// Every region's public URL: in the sandbox, its sidecar's HTTP address.
+    pub public_urls: Vec<(String, String)>,
     /// The HMAC key file every sidecar of the sandbox shares for consistency tokens.
     pub consistency_key: std::path::PathBuf,
     /// Data URL -> the server's own URL, for endpoints behind a pooler (`probe_url`).
@@ -187,7 +193,23 @@ pub fn render_config(p: &SidecarPlan) -> String {
         for (region, url) in replicas {
             let _ = writeln!(s, "  {},", p.endpoint(url, region));
         }
-        let _ = writeln!(s, "]\n");
+        let _ = writeln!(s, "]");
+        if p.resident.contains(shard) {
+            let _ = writeln!(
+                s,
+                "residency = [\"{shard}\"]   # its data is stored in {shard} only"
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if let Some(policy) = p.residency_policy {
+        let _ = writeln!(
+            s,
+            "[residency]   # what sidecars outside a resident shard's regions do\npolicy = \"{policy}\"\n"
+        );
+    }
+    for (region, url) in &p.public_urls {
+        let _ = writeln!(s, "[regions.{region}]\npublic_url = \"{url}\"\n");
     }
     let (dir_region, dir_url) = &p.directory_primary;
     let _ = writeln!(

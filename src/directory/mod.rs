@@ -17,7 +17,7 @@ use crate::topology::Topology;
 use crate::types::{RegionName, UserId};
 
 pub use cache::TtlCache;
-pub use placement::rendezvous;
+pub use placement::{allowed_regions, country_code, rendezvous};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -31,6 +31,19 @@ pub enum DirectoryError {
         "user {user} already lives in {existing}; moving a user between regions is not supported"
     )]
     AlreadyPlaced { user: UserId, existing: RegionName },
+    #[error(
+        "country {country} does not allow home region {region}; allowed: {}",
+        allowed.iter().map(RegionName::as_str).collect::<Vec<_>>().join(", ")
+    )]
+    NotAllowed {
+        country: String,
+        region: RegionName,
+        allowed: Vec<RegionName>,
+    },
+    #[error("{0}")]
+    BadCountry(String),
+    #[error("give home_region, country, or both")]
+    NothingToPlaceBy,
     #[error("the directory is unreachable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -69,6 +82,7 @@ pub struct Directory {
     local: RegionName,
     shards: Vec<RegionName>,
     placement: Placement,
+    countries: std::collections::BTreeMap<String, Vec<RegionName>>,
     select_sql: String,
     insert_sql: String,
     cache: TtlCache,
@@ -91,6 +105,7 @@ impl Directory {
             local: config.region.clone(),
             shards: config.shards.iter().map(|s| s.name.clone()).collect(),
             placement: config.directory.placement,
+            countries: config.directory.countries.clone(),
             select_sql: format!("SELECT home_region FROM {table} WHERE user_id = $1"),
             insert_sql: format!(
                 "WITH ins AS (INSERT INTO {table} (user_id, home_region) VALUES ($1, $2) \
@@ -117,15 +132,69 @@ impl Directory {
         user: &UserId,
         claim: Option<&str>,
     ) -> Result<(RegionName, Source), DirectoryError> {
-        let (region, source) = self.lookup(user, claim).await?;
+        self.home_of_from(user, claim, None).await
+    }
+
+    /// [`Directory::home_of`] for a user whose country is known (a verified token's country
+    /// claim): placement of an unknown user then picks only among the country's regions.
+    pub async fn home_of_from(
+        &self,
+        user: &UserId,
+        claim: Option<&str>,
+        country: Option<&str>,
+    ) -> Result<(RegionName, Source), DirectoryError> {
+        let (region, source) = self.lookup(user, claim, country).await?;
         self.metrics.lookup(source.label());
         Ok((region, source))
+    }
+
+    /// The home region a placement request asks for: `region` if the country (when given)
+    /// allows it, else a region the country allows, picked by the placement policy (`hash`:
+    /// rendezvous over them; otherwise this region if allowed, else rendezvous).
+    pub fn choose_home(
+        &self,
+        user: &UserId,
+        region: Option<&str>,
+        country: Option<&str>,
+    ) -> Result<RegionName, DirectoryError> {
+        let country = country
+            .map(country_code)
+            .transpose()
+            .map_err(DirectoryError::BadCountry)?;
+        let allowed = allowed_regions(&self.countries, country.as_deref(), &self.shards);
+        match (region, country) {
+            (None, None) => Err(DirectoryError::NothingToPlaceBy),
+            (Some(r), country) => {
+                let region = self.known(r)?;
+                match country {
+                    Some(country) if !allowed.contains(&region) => {
+                        Err(DirectoryError::NotAllowed {
+                            country,
+                            region,
+                            allowed: allowed.to_vec(),
+                        })
+                    }
+                    _ => Ok(region),
+                }
+            }
+            (None, Some(_)) => {
+                let policy = match self.placement {
+                    Placement::Hash => Placement::Hash,
+                    _ => Placement::Local,
+                };
+                Ok(
+                    placement::choose(policy, user.as_str(), &self.local, allowed)
+                        .expect("hash and local always choose"),
+                )
+            }
+        }
     }
 
     async fn lookup(
         &self,
         user: &UserId,
         claim: Option<&str>,
+        country: Option<&str>,
     ) -> Result<(RegionName, Source), DirectoryError> {
         if let Some(claim) = claim {
             let region = self
@@ -151,16 +220,23 @@ impl Directory {
                 self.remember(user, &region).await;
                 Ok((region, Source::Table))
             }
-            None => self.place_unknown(user).map(|r| (r, Source::Placement)),
+            None => self
+                .place_unknown(user, country)
+                .map(|r| (r, Source::Placement)),
         }
     }
 
-    fn place_unknown(&self, user: &UserId) -> Result<RegionName, DirectoryError> {
-        match self.placement {
-            Placement::Reject => Err(DirectoryError::UnknownUser(user.clone())),
-            Placement::Local => Ok(self.local.clone()),
-            Placement::Hash => Ok(rendezvous(user.as_str(), &self.shards).clone()),
-        }
+    /// The placement policy for a user the directory does not know, among the regions the
+    /// user's country allows.
+    fn place_unknown(
+        &self,
+        user: &UserId,
+        country: Option<&str>,
+    ) -> Result<RegionName, DirectoryError> {
+        let country = country.and_then(|c| country_code(c).ok());
+        let allowed = allowed_regions(&self.countries, country.as_deref(), &self.shards);
+        placement::choose(self.placement, user.as_str(), &self.local, allowed)
+            .ok_or_else(|| DirectoryError::UnknownUser(user.clone()))
     }
 
     async fn remember(&self, user: &UserId, region: &RegionName) {
@@ -184,8 +260,11 @@ impl Directory {
         let mut last_error = None;
         for c in &candidates {
             match self
-                .pools
-                .query_opt_text(c.index, &self.select_sql, &[user.as_str()])
+                .while_up(
+                    c.index,
+                    self.pools
+                        .query_opt_text(c.index, &self.select_sql, &[user.as_str()]),
+                )
                 .await
             {
                 Ok(Some(region)) => return self.known(&region).map(Some),
@@ -196,8 +275,11 @@ impl Directory {
         }
         if let Ok(primary) = routing::write_candidate(&snapshot, &shard) {
             match self
-                .pools
-                .query_opt_text(primary.index, &self.select_sql, &[user.as_str()])
+                .while_up(
+                    primary.index,
+                    self.pools
+                        .query_opt_text(primary.index, &self.select_sql, &[user.as_str()]),
+                )
                 .await
             {
                 Ok(found) => return found.map(|r| self.known(&r)).transpose(),
@@ -207,6 +289,26 @@ impl Directory {
         match last_error {
             Some(e) => Err(DirectoryError::Db(e)),
             None => Ok(None),
+        }
+    }
+
+    /// Runs a directory read on endpoint `index` unless the probes declare it down first: a
+    /// read already waiting on a copy behind a cut link moves on to the next copy instead of
+    /// hanging until TCP gives up (the same rule as `App::while_up` for data requests).
+    async fn while_up<T>(
+        &self,
+        index: usize,
+        work: impl std::future::Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        tokio::select! {
+            biased;
+            r = work => r,
+            () = self.topology.down(index, std::time::Duration::from_millis(50)) => {
+                Err(DbError::Unavailable {
+                    endpoint: self.pools.endpoint_name(index).to_string(),
+                    reason: "the probes found the directory copy unreachable".into(),
+                })
+            }
         }
     }
 

@@ -62,16 +62,42 @@ pub struct TransactionBody {
     pub intent: IntentField,
 }
 
+/// `PUT /v1/users/{id}/home`: a home region, a country (ISO 3166-1 alpha-2), or both.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlaceBody {
-    home_region: String,
+    home_region: Option<String>,
+    country: Option<String>,
 }
 
-/// What a data request turned out to be, for metrics.
+/// What a request turned out to be, for metrics and the response headers every front-end
+/// outcome shares.
 pub struct Outcome {
     pub intent: Intent,
     pub served: Option<Served>,
+    /// The user's home region, once known (`Homeport-Home-Region` when it is not this region).
+    pub home: Option<crate::types::RegionName>,
+    /// The request ran outside its shard's residency under policy `forward`.
+    pub forwarded: bool,
+}
+
+/// Applies the home shard's residency: `Err` for redirect and deny, and notes a forward.
+fn residency_gate(
+    app: &App,
+    home: &crate::types::RegionName,
+    outcome: &mut Outcome,
+) -> Result<(), Problem> {
+    use crate::residency::Decision;
+    match app.residency(home) {
+        d @ (Decision::Redirect { .. } | Decision::Deny { .. }) => {
+            Err(super::problem::residency(&d, home))
+        }
+        Decision::Forward => {
+            outcome.forwarded = true;
+            Ok(())
+        }
+        Decision::Unrestricted | Decision::Inside => Ok(()),
+    }
 }
 
 /// The intent a request runs with: explicit intents win, `auto` is read only when every
@@ -107,6 +133,8 @@ pub async fn query(
     let on_primary = class.route == Some(RouteHint::Primary);
     outcome.intent = intent;
     let home = home_of(app, &identity).await?;
+    outcome.home = Some(home.clone());
+    residency_gate(app, &home, outcome)?;
     let candidates = candidates(app, &home, intent, on_primary)?;
     let candidates = match max_staleness(headers)? {
         Some(max) if intent == Intent::Read => crate::consistency::staleness::within(
@@ -228,6 +256,8 @@ pub async fn transaction(
     outcome.intent = intent;
     let on_primary = classes.iter().any(|c| c.route == Some(RouteHint::Primary));
     let home = home_of(app, &identity).await?;
+    outcome.home = Some(home.clone());
+    residency_gate(app, &home, outcome)?;
     let candidates = candidates(app, &home, intent, on_primary)?;
     let token_in = request_token(app, headers)?;
     let required = token_in.as_ref().and_then(|t| t.shards.get(&home)).copied();
@@ -638,13 +668,27 @@ impl From<StatementFailed> for DbError {
     }
 }
 
-pub async fn get_home(app: &App, headers: &HeaderMap, raw_id: &str) -> Result<Reply, Problem> {
+pub async fn get_home(
+    app: &App,
+    headers: &HeaderMap,
+    raw_id: &str,
+    outcome: &mut Outcome,
+) -> Result<Reply, Problem> {
     let user = path_user(raw_id)?;
-    let claim = check_self(app, headers, &user)?;
-    let (region, source) = app.directory.home_of(&user, claim.as_deref()).await?;
+    let claims = check_self(app, headers, &user)?;
+    let (region, source) = app
+        .directory
+        .home_of_from(&user, claims.region.as_deref(), claims.country.as_deref())
+        .await?;
+    outcome.home = Some(region.clone());
     Ok(Reply::json(
         StatusCode::OK,
-        json!({ "user": user.as_str(), "home_region": region.as_str(), "source": format!("{source:?}").to_lowercase() }),
+        json!({
+            "user": user.as_str(),
+            "home_region": region.as_str(),
+            "home_url": app.config.residency.public_url(&region),
+            "source": format!("{source:?}").to_lowercase(),
+        }),
     ))
 }
 
@@ -653,29 +697,41 @@ pub async fn put_home(
     headers: &HeaderMap,
     raw_id: &str,
     body: &[u8],
+    outcome: &mut Outcome,
 ) -> Result<Reply, Problem> {
     let user = path_user(raw_id)?;
     let p: PlaceBody = parse_json(body)?;
-    check_self(app, headers, &user)?;
+    let claims = check_self(app, headers, &user)?;
+    // A verified token's country is the user's country; a body naming another one is refused.
+    let country = match (claims.country, p.country) {
+        (Some(claimed), Some(asked))
+            if crate::directory::country_code(&asked).ok().as_ref() != Some(&claimed) =>
+        {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "country-mismatch",
+                "Country differs from the token's",
+                format!("the body names country {asked:?}, the token {claimed:?}"),
+            ));
+        }
+        (claimed, asked) => claimed.or(asked),
+    };
     let region = app
         .directory
-        .is_known_region(&p.home_region)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown-region",
-                "Unknown region",
-                format!("{:?} is not a region of this deployment", p.home_region),
-            )
-        })?;
-    let outcome = app.directory.place(&user, &region).await?;
-    let status = match outcome {
+        .choose_home(&user, p.home_region.as_deref(), country.as_deref())?;
+    let placed = app.directory.place(&user, &region).await?;
+    outcome.home = Some(region.clone());
+    let status = match placed {
         PlaceOutcome::Created => StatusCode::CREATED,
         PlaceOutcome::Unchanged => StatusCode::OK,
     };
     Ok(Reply::json(
         status,
-        json!({ "user": user.as_str(), "home_region": region.as_str() }),
+        json!({
+            "user": user.as_str(),
+            "home_region": region.as_str(),
+            "home_url": app.config.residency.public_url(&region),
+        }),
     ))
 }
 
@@ -686,12 +742,19 @@ fn path_user(raw: &str) -> Result<UserId, Problem> {
     UserId::parse(&decoded).map_err(Problem::bad_request)
 }
 
+/// The claims of a verified token that the directory handlers use.
+#[derive(Default)]
+struct Claims {
+    region: Option<String>,
+    country: Option<String>,
+}
+
 /// The path names the user. Trusted-header mode trusts the pod (a signup flow places users
 /// before they have any identity); with JWT auth a caller may only read or place itself.
-/// Returns the token's region claim, if any.
-fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Option<String>, Problem> {
+/// Returns the token's region and country claims, if any.
+fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Claims, Problem> {
     match app.config.http.auth {
-        crate::config::AuthConfig::TrustedHeader => Ok(None),
+        crate::config::AuthConfig::TrustedHeader => Ok(Claims::default()),
         ref auth @ crate::config::AuthConfig::Jwt(_) => {
             let identity = auth::identify(auth, headers)?;
             if &identity.user != user {
@@ -702,7 +765,12 @@ fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Option<St
                     "a token may only read or place its own user",
                 ));
             }
-            Ok(identity.region_claim)
+            Ok(Claims {
+                region: identity.region_claim,
+                country: identity
+                    .country_claim
+                    .and_then(|c| crate::directory::country_code(&c).ok()),
+            })
         }
     }
 }
@@ -710,7 +778,11 @@ fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Option<St
 async fn home_of(app: &App, identity: &Identity) -> Result<crate::types::RegionName, Problem> {
     Ok(app
         .directory
-        .home_of(&identity.user, identity.region_claim.as_deref())
+        .home_of_from(
+            &identity.user,
+            identity.region_claim.as_deref(),
+            identity.country_claim.as_deref(),
+        )
         .await?
         .0)
 }

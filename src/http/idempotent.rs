@@ -91,7 +91,9 @@ pub async fn write(
     candidates: Vec<Candidate>,
     outcome: &mut Outcome,
 ) -> Result<Reply, Problem> {
-    let kv = app.kv.as_deref();
+    // Outside a resident shard's regions nothing of its responses may be stored, not even in
+    // this region's Redis: the home primary's record alone decides (one more round trip).
+    let kv = app.kv_for(req.home);
     let fingerprint_hex = crate::idempotency::hex(&req.fingerprint);
     let holder = crate::idempotency::hex(
         &crate::random::bytes::<12>().map_err(|e| Problem::unavailable(e.to_string()))?,

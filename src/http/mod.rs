@@ -199,6 +199,8 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let mut outcome = Outcome {
         intent: Intent::Write,
         served: None,
+        home: None,
+        forwarded: false,
     };
     let is_data = matches!(path.as_str(), "/v1/query" | "/v1/transaction");
     let reply = match route(
@@ -214,6 +216,7 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(r) => r,
         Err(p) => Reply::problem(&p),
     };
+    let reply = home_headers(app, reply, &outcome);
     if is_data {
         let target = outcome
             .served
@@ -231,6 +234,26 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
             .record(outcome.intent.as_str(), target, result, started.elapsed());
     }
     into_response(reply, app)
+}
+
+pub const HOME_REGION: &str = "homeport-home-region";
+pub const HOME_URL: &str = "homeport-home-url";
+pub const RESIDENCY: &str = "homeport-residency";
+
+/// Every response for a user homed in another region names that region and, when known, its
+/// public URL, so an app can send the user home (also on errors, including a 421). A request
+/// that ran outside its shard's residency under `forward` says so.
+fn home_headers(app: &App, mut reply: Reply, outcome: &Outcome) -> Reply {
+    if let Some(home) = outcome.home.as_ref().filter(|h| **h != app.config.region) {
+        reply.headers.push((HOME_REGION, home.to_string()));
+        if let Some(url) = app.config.residency.public_url(home) {
+            reply.headers.push((HOME_URL, url.to_string()));
+        }
+    }
+    if outcome.forwarded {
+        reply.headers.push((RESIDENCY, "forwarded".into()));
+    }
+    reply
 }
 
 pub(crate) fn into_response(reply: Reply, app: &App) -> Response<Body> {
@@ -291,10 +314,12 @@ async fn route(
             let (body, _held) = read_body(app, headers, body).await?;
             handlers::transaction(app, headers, &body, outcome).await
         }
-        (&Method::GET, ["v1", "users", id, "home"]) => handlers::get_home(app, headers, id).await,
+        (&Method::GET, ["v1", "users", id, "home"]) => {
+            handlers::get_home(app, headers, id, outcome).await
+        }
         (&Method::PUT, ["v1", "users", id, "home"]) => {
             let (body, _held) = read_body(app, headers, body).await?;
-            handlers::put_home(app, headers, id, &body).await
+            handlers::put_home(app, headers, id, &body, outcome).await
         }
         (_, ["healthz" | "readyz"])
         | (_, ["v1", "topology" | "query" | "transaction"])

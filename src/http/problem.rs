@@ -21,6 +21,9 @@ pub struct Problem {
     pub detail: String,
     pub sqlstate: Option<String>,
     pub retry_after: Option<u64>,
+    /// Extension members of the problem object (RFC 9457 section 3.2), e.g. `allowed_regions`:
+    /// a JSON object, boxed so the common problem stays small.
+    pub extensions: Option<Box<Value>>,
 }
 
 impl Problem {
@@ -37,6 +40,7 @@ impl Problem {
             detail: detail.into(),
             sqlstate: None,
             retry_after: None,
+            extensions: None,
         }
     }
 
@@ -70,6 +74,11 @@ impl Problem {
         });
         if let Some(s) = &self.sqlstate {
             v["sqlstate"] = Value::String(s.clone());
+        }
+        if let Some(Value::Object(members)) = self.extensions.as_deref() {
+            for (name, value) in members {
+                v[name.as_str()] = value.clone();
+            }
         }
         v
     }
@@ -198,9 +207,53 @@ impl From<DirectoryError> for Problem {
                 "User already placed",
                 e.to_string(),
             ),
+            DirectoryError::NotAllowed { ref allowed, .. } => Problem {
+                extensions: Some(Box::new(json!({
+                    "allowed_regions": allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                }))),
+                ..Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "region-not-allowed",
+                    "Home region not allowed for the user's country",
+                    e.to_string(),
+                )
+            },
+            DirectoryError::BadCountry(_) | DirectoryError::NothingToPlaceBy => {
+                Problem::bad_request(e.to_string())
+            }
             DirectoryError::Unavailable(_) => Problem::unavailable(e.to_string()),
             DirectoryError::Db(db) => db.into(),
         }
+    }
+}
+
+/// A request a sidecar outside a shard's residency does not serve: 421 for `redirect` (the
+/// `Homeport-Home-*` headers say where to go), 403 / `42501` for `deny`.
+pub fn residency(decision: &crate::residency::Decision, shard: &crate::types::ShardId) -> Problem {
+    use crate::residency::Decision;
+    let detail = decision.detail(shard).unwrap_or_default();
+    match decision {
+        Decision::Redirect { home, url } => Problem {
+            extensions: Some(Box::new(json!({
+                "home_region": home.as_str(),
+                "home_url": url,
+            }))),
+            ..Problem::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "residency-redirect",
+                "Served in the user's home region only",
+                detail,
+            )
+        },
+        _ => Problem {
+            sqlstate: Some("42501".into()),
+            ..Problem::new(
+                StatusCode::FORBIDDEN,
+                "residency-denied",
+                "Not served outside the data's residency",
+                detail,
+            )
+        },
     }
 }
 

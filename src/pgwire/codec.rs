@@ -278,6 +278,16 @@ fn put_cstr(out: &mut BytesMut, s: &str) {
 
 /// ErrorResponse with severity, SQLSTATE and message (`severity` is ERROR or FATAL).
 pub fn error_response(severity: &str, code: &str, message: &str) -> Message {
+    error_response_with_detail(severity, code, message, None)
+}
+
+/// ErrorResponse with an optional DETAIL field (`D`), which psql and drivers show apart.
+pub fn error_response_with_detail(
+    severity: &str,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+) -> Message {
     let mut b = BytesMut::new();
     for (field, value) in [
         (b'S', severity),
@@ -287,6 +297,10 @@ pub fn error_response(severity: &str, code: &str, message: &str) -> Message {
     ] {
         b.put_u8(field);
         put_cstr(&mut b, value);
+    }
+    if let Some(detail) = detail {
+        b.put_u8(b'D');
+        put_cstr(&mut b, detail);
     }
     b.put_u8(0);
     Message::new(b'E', b.freeze())

@@ -146,7 +146,26 @@ pub(super) struct SettingOutput {
 /// A failure answered to the client with an ErrorResponse (the session goes on).
 pub(super) struct ClientError {
     pub(super) code: &'static str,
+    /// The message, optionally followed by a NUL and a DETAIL (see [`ClientError::with_detail`]).
     pub(super) message: String,
+}
+
+impl ClientError {
+    /// An error with a DETAIL field. A wire C string cannot hold a NUL, so the message and the
+    /// detail travel in one field separated by one, which keeps every other construction as is.
+    pub(super) fn with_detail(code: &'static str, message: &str, detail: &str) -> Self {
+        ClientError {
+            code,
+            message: format!("{message}\0{detail}"),
+        }
+    }
+
+    fn parts(&self) -> (&str, Option<&str>) {
+        match self.message.split_once('\0') {
+            Some((m, d)) => (m, Some(d)),
+            None => (&self.message, None),
+        }
+    }
 }
 
 impl Session {
@@ -398,7 +417,10 @@ impl Session {
     }
 
     pub(super) fn fail(&mut self, e: ClientError) {
-        self.send(codec::error_response("ERROR", e.code, &e.message));
+        let (message, detail) = e.parts();
+        self.send(codec::error_response_with_detail(
+            "ERROR", e.code, message, detail,
+        ));
     }
 
     pub(super) async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
@@ -800,6 +822,10 @@ impl Session {
                 })?,
         };
         self.home_cache = Some((user.clone(), home.clone()));
+        // Residency: a user of a shard resident elsewhere may be refused here (HP421 / 42501).
+        if let Some(r) = crate::residency::wire_refusal(&self.app.residency(&home), &home) {
+            return Err(ClientError::with_detail(r.code, &r.message, &r.detail));
+        }
         let intent = if read_only && hint != Some(RouteHint::Primary) {
             Intent::Read
         } else {
