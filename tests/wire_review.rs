@@ -121,6 +121,42 @@ async fn close_then_bind_in_one_batch_and_endless_batches_get_errors_not_crashes
     let (tags, codes) = read_until_ready(&mut s).await;
     assert_eq!(codes, ["54000"], "{tags:?}");
 
+    // A named statement whose first Bind fails (a malformed binary parameter) is still usable:
+    // its Parse went through, so homeport must not prepare it a second time (42P05).
+    let parse = msg(
+        b'P',
+        &[
+            cstrs(&["s2", "SELECT $1::int4 + 1"]),
+            vec![0, 1, 0, 0, 0, 23],
+        ]
+        .concat(),
+    );
+    let bind = |value: &[u8]| {
+        let mut b = cstrs(&["", "s2"]);
+        b.extend([0, 1, 0, 1]); // one parameter format: binary
+        b.extend([0, 1]); // one parameter
+        b.extend((value.len() as i32).to_be_bytes());
+        b.extend(value);
+        b.extend([0, 0]); // result formats: the default
+        msg(b'B', &b)
+    };
+    let execute = msg(b'E', &[cstrs(&[""]), vec![0, 0, 0, 0]].concat());
+    let sync = msg(b'S', &[]);
+    s.write_all(&[parse, bind(&[0, 1]), execute.clone(), sync.clone()].concat())
+        .await
+        .unwrap();
+    let (_, codes) = read_until_ready(&mut s).await;
+    // The server refuses a two-byte int4 (08P01 "insufficient data left in message").
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    s.write_all(&[bind(&41i32.to_be_bytes()), execute, sync].concat())
+        .await
+        .unwrap();
+    let (tags, codes) = read_until_ready(&mut s).await;
+    assert!(
+        codes.is_empty() && tags.contains(&b'D'),
+        "{tags:?} {codes:?}"
+    );
+
     // The session goes on.
     s.write_all(&msg(b'Q', &cstrs(&["SELECT 1"])))
         .await

@@ -32,7 +32,10 @@ pub fn shard_name() -> RegionName {
 pub fn setup_cluster(pg: &PgTools, pg_dir: &Path, port: u16) -> Result<(), DevError> {
     let data = pg_dir.join("directory-primary");
     pg.initdb(&data)?;
-    append(&data.join("postgresql.conf"), &postgres::server_conf(port, pg))?;
+    append(
+        &data.join("postgresql.conf"),
+        &postgres::server_conf(port, pg),
+    )?;
     pg.start(&data, &pg_dir.join("directory-primary.log"))?;
     pg.psql(
         port,

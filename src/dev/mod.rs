@@ -25,8 +25,8 @@ use serde_json::json;
 
 use crate::residency::Policy;
 use crate::types::RegionName;
-pub use ports::pick_ports;
 pub use directory::DirectoryInfo;
+pub use ports::pick_ports;
 pub use postgres::{PgTools, is_root};
 pub use sidecar::Managed;
 use sidecar::SidecarPlan;
