@@ -38,15 +38,7 @@ async fn route(c: &Client) -> String {
 }
 
 async fn metric(env: &Env, result: &str) -> u64 {
-    let text = env
-        .http
-        .get(env.ops_url("us", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics("us").await;
     let line = format!("homeport_optimistic_transactions_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&line))

@@ -161,15 +161,7 @@ async fn forward_serves_an_eu_user_through_us_from_eu_and_us_stores_nothing_of_i
     assert_eq!(w.header("homeport-residency"), None);
     assert_eq!(w.header("homeport-home-region"), None);
 
-    let metrics = env
-        .http
-        .get(env.ops_url("us", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics("us").await;
     let forwarded = metrics
         .lines()
         .find(|l| {

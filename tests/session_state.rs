@@ -166,15 +166,7 @@ async fn session_state_never_crosses_clients() {
 
     // One session pinned, counted by its first reason; settings pin nobody (they follow the
     // session from connection to connection).
-    let metrics = env
-        .http
-        .get(env.ops_url("us", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics("us").await;
     let pins: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("homeport_wire_pins_total{"))

@@ -242,15 +242,7 @@ async fn a_read_of_an_unlogged_table_refused_by_a_replica_runs_on_the_primary() 
     }
     // Only the first read was refused and run again: the statement was remembered, and went
     // straight to the primary the three other times.
-    let metrics = env
-        .http
-        .get(env.ops_url("us", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics("us").await;
     let rerouted = metrics
         .lines()
         .find(|l| l.starts_with("homeport_wire_rerouted_total"))

@@ -55,6 +55,18 @@ impl Env {
         format!("{}{path}", self.sandbox.region(region).http_url())
     }
 
+    /// `region`'s sidecar's metrics, in the Prometheus text format.
+    pub async fn metrics(&self, region: &str) -> String {
+        self.http
+            .get(self.ops_url(region, "/metrics"))
+            .send()
+            .await
+            .expect("metrics reachable")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// A URL on `region`'s ops listener (`/healthz`, `/readyz`, `/metrics`).
     pub fn ops_url(&self, region: &str, path: &str) -> String {
         format!("{}{path}", self.sandbox.region(region).ops_url())
