@@ -33,6 +33,19 @@ impl Session {
             code: "22023",
             message: format!("invalid homeport.idempotency_key: {m}"),
         })?;
+        // Claiming a key announces a write: an optimistic transaction moves to the primary now.
+        if self.optimistic.is_some() {
+            match self.promote_now().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(refuse(
+                        "08006",
+                        "homeport lost the server while moving this transaction to the primary",
+                    ));
+                }
+            }
+        }
         let status = self.server.as_ref().and_then(|a| a.ready);
         match status {
             Some(TxnStatus::InBlock) => {}

@@ -307,8 +307,32 @@ mod drive {
         /// answered (40001 on a changed read, 08006 if the primary cannot be had), and the
         /// client's unit must not run (`sync`: it ends in Sync, else its rest is dropped).
         pub(in super::super) async fn promote(&mut self, sync: bool) -> Result<bool, SessionError> {
+            match self.promote_now().await? {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    // The error is the transaction's: 40001 on a failed primary transaction (its
+                    // ROLLBACK goes there), or 08006 with no server left.
+                    self.fail(e);
+                    self.txn_failed = true;
+                    if sync {
+                        let status = self.txn_status();
+                        self.send(codec::ready_for_query(status));
+                    } else {
+                        self.discarding = true;
+                    }
+                    Ok(false)
+                }
+            }
+        }
+
+        /// [`Self::promote`] without answering the client: the error to answer with, if any.
+        /// Callers that are about to write without a unit of their own (claiming an idempotency
+        /// key) use it directly.
+        pub(in super::super) async fn promote_now(
+            &mut self,
+        ) -> Result<Result<(), ClientError>, SessionError> {
             let Some(o) = self.optimistic.take() else {
-                return Ok(true);
+                return Ok(Ok(()));
             };
             let user = self.server.as_ref().map(|a| a.user.to_string());
             if let Some(mut a) = self.detach() {
@@ -318,27 +342,26 @@ mod drive {
                 }
             }
             if let Err(e) = self.attach(false, None, user.as_deref()).await {
-                return self.promotion_failed(e, sync).await;
+                self.detach();
+                return Ok(Err(e));
             }
             let changed = self.replay(&o).await?;
             metrics::optimistic_replay(o.started.elapsed());
             if self.server.is_none() {
-                let e = ClientError {
+                return Ok(Err(ClientError {
                     code: "08006",
                     message: "homeport lost the home primary while moving this transaction there"
                         .into(),
-                };
-                return self.promotion_failed(e, sync).await;
+                }));
             }
             match changed {
                 None => {
                     metrics::optimistic_transaction("promoted");
-                    Ok(true)
+                    Ok(Ok(()))
                 }
                 Some(unit) => {
                     metrics::optimistic_transaction("conflict");
-                    self.conflict(unit, sync).await?;
-                    Ok(false)
+                    Ok(Err(self.conflict(unit).await))
                 }
             }
         }
@@ -388,7 +411,7 @@ mod drive {
 
         /// A replayed read answered differently on the primary: the primary's transaction is
         /// made to fail with 40001, so the client's ROLLBACK (or COMMIT) ends it there.
-        async fn conflict(&mut self, unit: usize, sync: bool) -> Result<(), SessionError> {
+        async fn conflict(&mut self, unit: usize) -> ClientError {
             let message = format!(
                 "homeport: this transaction read rows on a replica that have changed on the primary since (statement group {} of the transaction), so it cannot go on there; retry the transaction",
                 unit + 1
@@ -397,43 +420,25 @@ mod drive {
             let sql = format!(
                 "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = '{quoted}'; END$homeport$"
             );
-            let Some(a) = self.server.as_mut() else {
-                return Ok(());
+            let failed = match self.server.as_mut() {
+                Some(a) => match a.lease.conn.run_own(&sql).await {
+                    Ok((Err(_), status)) => {
+                        a.ready = TxnStatus::from_byte(status);
+                        true
+                    }
+                    _ => false,
+                },
+                None => false,
             };
-            match a.lease.conn.run_own(&sql).await {
-                Ok((Err(error), status)) => {
-                    a.ready = TxnStatus::from_byte(status);
-                    self.send(error);
-                }
-                _ => {
-                    self.server_lost(super::super::codec::ProtocolError::Closed);
-                    return Ok(());
-                }
+            if !failed {
+                // The primary's transaction could not be made to fail: it is closed instead.
+                self.detach();
             }
-            self.txn_failed = true;
-            if sync {
-                let status = self.txn_status();
-                self.send(codec::ready_for_query(status));
-            } else {
-                self.discarding = true;
+            ClientError {
+                code: "40001",
+                message,
             }
-            Ok(())
         }
 
-        async fn promotion_failed(
-            &mut self,
-            e: ClientError,
-            sync: bool,
-        ) -> Result<bool, SessionError> {
-            // Whatever is attached is in an unknown state for this client: it is closed.
-            self.detach();
-            self.fail(e);
-            if sync {
-                self.send(codec::ready_for_query(b'I'));
-            } else {
-                self.discarding = true;
-            }
-            Ok(false)
-        }
     }
 }
