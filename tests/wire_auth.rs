@@ -27,8 +27,8 @@ impl Drop for Sidecar {
 
 /// Starts a sidecar whose only wire user is `app`; its databases are closed ports.
 async fn sidecar(name: &str) -> Sidecar {
-    let ports = homeport::dev::pick_ports(3).unwrap();
-    let (http_port, pg_port, dead_port) = (ports[0], ports[1], ports[2]);
+    let ports = homeport::dev::pick_ports(4).unwrap();
+    let (http_port, pg_port, dead_port, ops_port) = (ports[0], ports[1], ports[2], ports[3]);
     let dir = std::env::temp_dir().join(format!("homeport-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let password = dir.join("password");
@@ -39,6 +39,8 @@ async fn sidecar(name: &str) -> Sidecar {
 [http]
 listen = "127.0.0.1:{http_port}"
 auth = "trusted-header"
+[ops]
+listen = "127.0.0.1:{ops_port}"
 [pg]
 listen = "127.0.0.1:{pg_port}"
 auth = "scram-sha-256"
