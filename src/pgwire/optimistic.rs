@@ -439,6 +439,5 @@ mod drive {
                 message,
             }
         }
-
     }
 }
