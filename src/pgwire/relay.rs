@@ -424,6 +424,7 @@ impl Session {
             if plan.user.is_none() {
                 plan.user = class.user.clone();
             }
+            class
         };
         for m in batch {
             match m.tag {
@@ -475,9 +476,9 @@ impl Session {
                     };
                     match sql {
                         Some(sql) => {
-                            note(&mut plan, &sql, &self.app);
+                            let class = note(&mut plan, &sql, &self.app);
                             if m.tag == b'B' {
-                                plan.executed.push(self.app.classifier.classify(&sql));
+                                plan.executed.push(class);
                             }
                         }
                         None if name.is_empty() => {}
