@@ -783,6 +783,12 @@ const WRITE_WORDS: &[&str] = &[
     "truncate", "nextval", "setval", "refresh", "notify", "listen",
 ];
 
+/// Statements EXPLAIN can explain: the first of these words ends its options.
+const EXPLAINABLE: &[&str] = &[
+    "select", "with", "values", "table", "insert", "update", "delete", "merge", "create",
+    "declare", "execute",
+];
+
 fn word<'t>(t: &'t SqlToken) -> Option<&'t str> {
     match t {
         SqlToken::Word(w) => Some(w),
@@ -846,8 +852,12 @@ pub fn check_sql_str(sql: &str) {
             ),
             "read-only starting with {first:?}: {sql:?}"
         );
+        // ANALYZE is an EXPLAIN option only before the explained statement; after it, the word is
+        // a name (`EXPLAIN SELECT 1 AS analyze`) or a syntax error that runs nothing.
         let analyze = code
             .iter()
+            .skip(1)
+            .take_while(|t| !matches!(word(t), Some(w) if EXPLAINABLE.contains(&w)))
             .any(|t| matches!(word(t), Some("analyze" | "analyse")));
         // EXPLAIN without ANALYZE only plans and SHOW only reads a setting: anything may follow.
         // EXPLAIN ANALYZE runs its statement. Was a bug, fixed: the classifier skips everything up to the

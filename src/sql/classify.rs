@@ -236,13 +236,15 @@ fn is_read_only(code: &[&Token]) -> bool {
                 _ => break,
             }
         }
+        // What follows the options must be the explained statement; anything else is a syntax
+        // error the primary may as well report.
+        if !code.get(i).is_some_and(|t| word(t).is_some()) {
+            return false;
+        }
         if !analyze {
             return true;
         }
         start = i;
-        if start >= code.len() {
-            return false;
-        }
     }
     let code = &code[start..];
     match code.first().and_then(|t| word(t)) {
@@ -607,6 +609,7 @@ mod tests {
     fn explain_analyze_is_as_read_only_as_what_it_runs() {
         for sql in [
             "EXPLAIN ANALYZE INSERT INTO t SELECT 1",
+            "explain '' analyze insert into t values (1)",
             "explain (analyze, buffers) delete from t",
             "EXPLAIN ANALYZE VERBOSE UPDATE t SET a = (SELECT 1)",
         ] {
