@@ -3,9 +3,9 @@
 //! identity; server connections change hands between users without one user's identity reaching
 //! another's statements; and no client can set it.
 
-mod common;
+use crate::common;
 
-use common::Env;
+use crate::common::Env;
 use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 
