@@ -272,9 +272,15 @@ fn calls_state(s: &[&Token], stateless: &dyn Fn(&str) -> bool) -> Option<Session
 /// alias's column list, a type modifier or a keyword construct.
 fn is_call(s: &[&Token], i: usize, prev: Option<&Token>) -> bool {
     match prev {
-        // `x::varchar(10)`, `f(x) AS t(a, b)`, `INSERT INTO t (a)`, `FROM f(x) g(a)`.
+        // `x::varchar(10)`, `f(x) AS t(a, b)`, `INSERT INTO t (a)`, `FROM f(x) g(a)`,
+        // `COPY t (a) FROM STDIN`.
         Some(Token::Punct(':')) | Some(Token::RParen) => return false,
-        Some(t) if matches!(word(t), Some("into" | "as" | "table" | "only" | "update")) => {
+        Some(t)
+            if matches!(
+                word(t),
+                Some("into" | "as" | "table" | "only" | "update" | "copy")
+            ) =>
+        {
             return false;
         }
         _ => {}
@@ -388,6 +394,8 @@ fn argument<'t>(s: &[&'t Token<'t>], open: usize, k: usize) -> Option<Vec<&'t To
 /// write or read server state but leave nothing on the session after the transaction ends.
 /// Read-only computing functions are in the classifier's list already.
 const STATELESS_BUILTINS: &[&str] = &[
+    "analyse",
+    "analyze",
     "array_append",
     "array_cat",
     "array_prepend",
@@ -397,6 +405,8 @@ const STATELESS_BUILTINS: &[&str] = &[
     "cbrt",
     "chr",
     "conflict",
+    "copy",
+    "cube",
     "current_database",
     "current_schema",
     "current_schemas",
@@ -406,6 +416,8 @@ const STATELESS_BUILTINS: &[&str] = &[
     "degrees",
     "div",
     "exp",
+    "explain",
+    "first",
     "format_type",
     "gen_random_bytes",
     "generate_subscripts",
@@ -439,6 +451,7 @@ const STATELESS_BUILTINS: &[&str] = &[
     "make_time",
     "make_timestamp",
     "make_timestamptz",
+    "next",
     "nextval",
     "ntile",
     "obj_description",
@@ -479,7 +492,9 @@ const STATELESS_BUILTINS: &[&str] = &[
     "regexp_substr",
     "repeat",
     "returning",
+    "rollup",
     "set",
+    "sets",
     "setseed",
     "setval",
     "sha256",
@@ -502,6 +517,15 @@ const STATELESS_BUILTINS: &[&str] = &[
     "version",
     "websearch_to_tsquery",
     "width_bucket",
+    "xmlattributes",
+    "xmlconcat",
+    "xmlelement",
+    "xmlexists",
+    "xmlforest",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
 ];
 
 fn is_stateless_builtin(name: &str) -> bool {
@@ -622,6 +646,14 @@ mod tests {
             "SELECT 'SET x = 1', $$pg_advisory_lock(1)$$",
             "SELECT a FROM t WHERE b IN (1, 2) AND EXISTS (SELECT 1)",
             "UPDATE t SET a = coalesce(b, 1) WHERE id = $1",
+            // Found by psycopg's suite through homeport (COPY with a column list pinned).
+            "COPY t (a, b) FROM STDIN",
+            "copy s.t (a) to stdout",
+            "COPY (SELECT a FROM t) TO STDOUT",
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT 1",
+            "SELECT a FROM t FETCH FIRST (2) ROWS ONLY",
+            "SELECT a, sum(b) FROM t GROUP BY ROLLUP (a), CUBE (a, b), GROUPING SETS ((a), ())",
+            "SELECT xmlelement(name foo, xmlattributes(1 AS a)), xmlforest(a, b) FROM t",
         ] {
             assert_eq!(state(sql), None, "{sql}");
         }
