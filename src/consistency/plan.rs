@@ -10,7 +10,7 @@
 //! (another timeline), or that lags by more than the whole wait, is passed over without a
 //! connection. A staleness bound keeps only the copies within it (primaries always).
 //!
-//! A driver loops: `next()` gives an [`Attempt`]; it takes a connection to the copy, sends the
+//! A driver loops: `next_attempt()` gives an [`Attempt`]; it takes a connection to the copy, sends the
 //! attempt's check if it has a [`Wait`] (pipelined with the read, or before it) and, while the
 //! copy says "not yet", asks again after what `Wait::retry` answers; it reports an [`Outcome`]
 //! for the attempt. At the end `report()` names what to count.
@@ -73,7 +73,7 @@ pub struct Attempt {
     pub wait: Option<Wait>,
 }
 
-/// How an attempt that did not serve the read ended; then call `next()`.
+/// How an attempt that did not serve the read ended; then call `next_attempt()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// No connection to the copy, or it broke.
@@ -185,7 +185,7 @@ impl ReadPlan {
     }
 
     /// The next copy to try, or `None` when none is left.
-    pub fn next(&mut self) -> Option<Attempt> {
+    pub fn next_attempt(&mut self) -> Option<Attempt> {
         while let Some((candidate, step)) = self.steps.pop_front() {
             let wait = match step {
                 Step::Skip(reason) => {
@@ -244,10 +244,8 @@ impl ReadPlan {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::topology::{Configured, EndpointInfo, EndpointStatus, EndpointView};
+    use crate::topology::{EndpointStatus, EndpointView};
 
     const WAIT: Duration = Duration::from_millis(50);
 
@@ -270,24 +268,18 @@ mod tests {
         let endpoints = copies
             .iter()
             .enumerate()
-            .map(|(index, (_, timeline, lsn, lag))| EndpointView {
-                info: Arc::new(EndpointInfo {
+            .map(|(index, (_, timeline, lsn, lag))| {
+                EndpointView::for_tests(
                     index,
-                    name: format!("e{index}"),
-                    shard: crate::types::RegionName::parse("eu").unwrap(),
-                    region: crate::types::RegionName::parse("us").unwrap(),
-                    configured: Configured::Replica,
-                    pg: tokio_postgres::Config::new(),
-                    probe_pg: tokio_postgres::Config::new(),
-                }),
-                status: EndpointStatus {
-                    system_id: Some(1),
-                    timeline: Some(*timeline),
-                    wal_lsn: Some(Lsn(*lsn)),
-                    lag: lag.map(Duration::from_millis),
-                    last_ok: Some(now),
-                    ..Default::default()
-                },
+                    EndpointStatus {
+                        system_id: Some(1),
+                        timeline: Some(*timeline),
+                        wal_lsn: Some(Lsn(*lsn)),
+                        lag: lag.map(Duration::from_millis),
+                        last_ok: Some(now),
+                        ..Default::default()
+                    },
+                )
             })
             .collect();
         let candidates = copies
@@ -323,7 +315,7 @@ mod tests {
         let mut script = script.iter();
         let mut tried = Vec::new();
         let mut last = start;
-        'copies: while let Some(a) = plan.next() {
+        'copies: while let Some(a) = plan.next_attempt() {
             tried.push((a.candidate.index, a.wait.is_some()));
             for (does, ms) in script.by_ref() {
                 last = start + Duration::from_millis(*ms);
@@ -480,7 +472,7 @@ mod tests {
         let now = Instant::now();
         let (snapshot, candidates) = setup(&[(LOCAL, 1, 50, None)], now);
         let mut plan = ReadPlan::new(&snapshot, &candidates, &need(0x100), now).unwrap();
-        let wait = plan.next().and_then(|a| a.wait).unwrap();
+        let wait = plan.next_attempt().and_then(|a| a.wait).unwrap();
         assert_eq!(
             wait.check_sql(),
             "SELECT pg_last_wal_replay_lsn() >= '0/100'::pg_lsn"

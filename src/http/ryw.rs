@@ -64,7 +64,7 @@ where
         .map_err(|e| ServeError::Token(e.to_string()))?;
     drop(snapshot);
     let mut last_error = None;
-    while let Some(attempt) = plan.next() {
+    while let Some(attempt) = plan.next_attempt() {
         let c = attempt.candidate;
         let client = match app.pools.get(c.index).await {
             Ok(client) => client,

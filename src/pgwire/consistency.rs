@@ -11,7 +11,7 @@
 //! The question and the read are separate statements on the same connection at READ COMMITTED,
 //! the question first, so the read's snapshot includes the write.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::backend::ServerConn;
 use super::codec::{self, Message, ProtocolError};
@@ -26,8 +26,6 @@ use crate::sql::TxnEffect;
 
 /// The ParameterStatus name (and setting) carrying the session's token.
 pub(super) const TOKEN_PARAMETER: &str = "homeport.consistency_token";
-/// `consistency.max_wait` when no `[consistency]` section is configured.
-const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(50);
 
 impl Session {
     /// A server for a read of `home`'s data: the nearest copy within the session's staleness
@@ -47,7 +45,7 @@ impl Session {
                 .config
                 .consistency
                 .as_ref()
-                .map_or(DEFAULT_MAX_WAIT, |c| c.max_wait),
+                .map_or(crate::config::DEFAULT_MAX_WAIT, |c| c.max_wait),
         };
         let snapshot = self.app.topology.snapshot();
         let mut plan = ReadPlan::new(&snapshot, &candidates, &need, Instant::now())
@@ -58,7 +56,7 @@ impl Session {
             None => "no copy qualifies",
         }
         .to_string();
-        while let Some(attempt) = plan.next() {
+        while let Some(attempt) = plan.next_attempt() {
             let c = attempt.candidate;
             let mut lease = match self.pools.acquire(c.index).await {
                 Ok(l) => l,

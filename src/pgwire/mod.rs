@@ -86,7 +86,7 @@ pub async fn serve(
                 .config
                 .pg
                 .as_ref()
-                .map_or(std::time::Duration::from_secs(10), |pg| pg.login_timeout);
+                .map_or(crate::config::DEFAULT_LOGIN_TIMEOUT, |pg| pg.login_timeout);
             tokio::spawn(tokio::time::timeout(limit, refuse(stream)));
             continue;
         };
@@ -145,7 +145,7 @@ async fn session(
         .config
         .pg
         .as_ref()
-        .map_or(std::time::Duration::from_secs(10), |pg| pg.login_timeout);
+        .map_or(crate::config::DEFAULT_LOGIN_TIMEOUT, |pg| pg.login_timeout);
     let login =
         match tokio::time::timeout(limit, login(&generation.app, pools, auth, tls, stream)).await {
             Ok(login) => login?,

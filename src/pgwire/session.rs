@@ -742,7 +742,7 @@ impl Session {
         // A new transaction starts: on the newest config, if it was reloaded meanwhile.
         self.follow_reload();
         let user = match comment_user {
-            Some(u) => UserId::parse(u).map_err(|m| ClientError::invalid_value(m))?,
+            Some(u) => UserId::parse(u).map_err(ClientError::invalid_value)?,
             None => self.txn_user.clone().or_else(|| self.user.clone()).ok_or_else(|| ClientError::no_user("no homeport user for this session: SET homeport.user = '...', connect with options='-c homeport.user=...', or add /*homeport_user='...'*/"))?,
         };
         // A user's home does not change (placements are never moved), so the session remembers
