@@ -132,6 +132,7 @@ pub async fn query(
         ));
     }
     super::session_state::check(&class, None)?;
+    super::session_state::check_identity(app.identity_setting(), &class, None)?;
     let effective = effective_intent(class.read_only, q.intent.explicit(), class.route);
     let intent = effective.intent;
     outcome.intent = intent;
@@ -174,7 +175,7 @@ pub async fn query(
             max_staleness,
             max_wait: config.max_wait,
         };
-        let read = super::ryw::read(app, &candidates, &need, &q, command)
+        let read = super::ryw::read(app, &identity.user, &candidates, &need, &q, command)
             .await
             .map_err(serve_problem)?;
         outcome.served = Some(read.served.clone());
@@ -200,7 +201,7 @@ pub async fn query(
         ),
         None => candidates,
     };
-    let mut attempts = app.attempts(candidates, intent);
+    let mut attempts = app.attempts(candidates, intent, &identity.user);
     let ((body, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
@@ -260,6 +261,7 @@ pub async fn transaction(
     }
     for (i, c) in classes.iter().enumerate() {
         super::session_state::check(c, Some(i))?;
+        super::session_state::check_identity(app.identity_setting(), c, Some(i))?;
     }
     let hint = classes
         .iter()
@@ -286,6 +288,7 @@ pub async fn transaction(
         };
         let (results, served) = super::ryw::serve(
             app,
+            &identity.user,
             &candidates,
             &need,
             |client, endpoint, wait| async move {
@@ -330,7 +333,7 @@ pub async fn transaction(
         return super::idempotent::write(app, req, candidates, outcome).await;
     }
     let capture = intent == Intent::Write && app.config.consistency.is_some();
-    let mut attempts = app.attempts(candidates, intent);
+    let mut attempts = app.attempts(candidates, intent, &identity.user);
     let ((results, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);

@@ -15,7 +15,7 @@ use crate::consistency::plan::{Need, Outcome, ReadPlan, Wait};
 use crate::consistency::sql::replayed;
 use crate::db::DbError;
 use crate::routing::{Candidate, RouteError};
-use crate::types::RegionName;
+use crate::types::{RegionName, UserId};
 
 pub struct RywRead {
     pub result: QueryResult,
@@ -25,23 +25,30 @@ pub struct RywRead {
 /// One statement that must see `need.position`, nearest qualifying copy first.
 pub async fn read(
     app: &App,
+    user: &UserId,
     candidates: &[Candidate],
     need: &Need,
     query: &super::QueryBody,
     command: &str,
 ) -> Result<RywRead, ServeError> {
     let (sql, params, page) = (query.sql.as_str(), query.params.as_slice(), query.max_rows);
-    let (result, served) = serve(app, candidates, need, |client, endpoint, wait| async move {
-        let exec = Exec::new(app, &client, &endpoint, page);
-        let r = match wait {
-            None => execute::run(&client, &exec, sql, params, command)
-                .await
-                .map(Some),
-            Some(wait) => wait_and_read(&client, &exec, wait, sql, params, command).await,
-        };
-        exec.release(client);
-        r
-    })
+    let (result, served) = serve(
+        app,
+        user,
+        candidates,
+        need,
+        |client, endpoint, wait| async move {
+            let exec = Exec::new(app, &client, &endpoint, page);
+            let r = match wait {
+                None => execute::run(&client, &exec, sql, params, command)
+                    .await
+                    .map(Some),
+                Some(wait) => wait_and_read(&client, &exec, wait, sql, params, command).await,
+            };
+            exec.release(client);
+            r
+        },
+    )
     .await?;
     Ok(RywRead { result, served })
 }
@@ -51,6 +58,7 @@ pub async fn read(
 /// got there.
 pub async fn serve<T, F, Fut>(
     app: &App,
+    user: &UserId,
     candidates: &[Candidate],
     need: &Need,
     mut run: F,
@@ -66,7 +74,7 @@ where
     let mut last_error = None;
     while let Some(attempt) = plan.next_attempt() {
         let c = attempt.candidate;
-        let client = match app.pools.get(c.index).await {
+        let client = match app.connect(c.index, user).await {
             Ok(client) => client,
             Err(e) => {
                 plan.failed(Outcome::Unavailable);

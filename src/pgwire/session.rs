@@ -492,10 +492,7 @@ impl Session {
     /// one is configured: refused with 42501, so a client cannot act as another user.
     pub(super) fn touches_identity(&self, names: Option<&SettingNames>) -> Option<ClientError> {
         let identity = self.app.config.postgres.identity_setting.as_deref()?;
-        let touches = match names? {
-            SettingNames::Dynamic => true,
-            SettingNames::Names(n) => n.iter().any(|n| n == identity),
-        };
+        let touches = names?.may_set(identity);
         touches.then(|| ClientError::new(SqlState::INSUFFICIENT_PRIVILEGE, format!(
                 "{identity} is set by homeport to the session's user (postgres.identity_setting); a client may not set it, nor call set_config with a setting name given as a parameter"
             )))
