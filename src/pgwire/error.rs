@@ -81,6 +81,20 @@ impl ClientError {
     }
 }
 
+/// A statement that makes the server itself raise `code` with `message`, so the server's
+/// transaction is aborted like after any failed statement (the client then sees the server's
+/// ErrorResponse). The message goes into a quoted literal inside a dollar-quoted body: quotes are
+/// doubled and the body's tag cannot occur in it.
+pub fn raise_sql(code: &SqlState, message: &str) -> String {
+    let quoted = message
+        .replace('\'', "''")
+        .replace("$homeport$", "$ homeport$");
+    format!(
+        "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = '{quoted}'; END$homeport$",
+        code.code()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +112,14 @@ mod tests {
         assert_eq!(codec::field(&f.body, b'V').as_deref(), Some("FATAL"));
         assert_eq!(codec::field(&f.body, b'C').as_deref(), Some("08P01"));
         assert_eq!(codec::field(&f.body, b'D'), None);
+    }
+
+    #[test]
+    fn raised_messages_stay_inside_their_literal() {
+        assert_eq!(
+            raise_sql(&SqlState::FEATURE_NOT_SUPPORTED, "it's $homeport$ here"),
+            "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = 'it''s $ homeport$ here'; END$homeport$"
+        );
     }
 
     #[test]

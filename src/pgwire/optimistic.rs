@@ -416,10 +416,8 @@ mod drive {
                 "homeport: this transaction read rows on a replica that have changed on the primary since (statement group {} of the transaction), so it cannot go on there; retry the transaction",
                 unit + 1
             );
-            let quoted = message.replace('\'', "''");
-            let sql = format!(
-                "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = '{quoted}'; END$homeport$"
-            );
+            let sql =
+                super::super::error::raise_sql(&SqlState::T_R_SERIALIZATION_FAILURE, &message);
             let failed = match self.server.as_mut() {
                 Some(a) => match a.lease.conn.run_own(&sql).await {
                     Ok((Err(_), status)) => {

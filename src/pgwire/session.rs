@@ -718,10 +718,7 @@ impl Session {
     /// Makes the attached server raise `message` (SQLSTATE 0A000) so its transaction is aborted
     /// like any failed statement, and relays the outcome.
     pub(super) async fn raise_on_server(&mut self, message: &str) -> Result<(), SessionError> {
-        let quoted = message.replace('\'', "''");
-        let sql = format!(
-            "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{quoted}'; END$homeport$"
-        );
+        let sql = super::error::raise_sql(&SqlState::FEATURE_NOT_SUPPORTED, message);
         let mut body = BytesMut::new();
         body.put_slice(sql.as_bytes());
         body.put_u8(0);
