@@ -193,19 +193,15 @@ impl App {
         }
     }
 
-    /// Counts a token-carrying read that left its nearest copy, once (see `Fallback`).
-    pub fn ryw_fallback(
-        &self,
-        fallback: crate::consistency::ryw::Fallback,
-        ran_on: Option<Target>,
-    ) {
-        if let Some((reason, target)) = fallback.outcome(ran_on) {
+    /// Counts what a token-carrying read's plan reports: one fallback per read (if it left its
+    /// nearest copy) and, when it ran, how long it took to find a copy.
+    pub fn ryw_report(&self, report: crate::consistency::plan::Report) {
+        if let Some((reason, target)) = report.fallback {
             metrics::ryw_fallback(reason, target);
         }
-    }
-
-    pub fn ryw_waited(&self, waited: std::time::Duration) {
-        metrics::ryw_wait(waited);
+        if let Some(waited) = report.waited {
+            metrics::ryw_wait(waited);
+        }
     }
 
     /// Counts a request that runs on endpoint `index` if that endpoint is in another region.

@@ -10,8 +10,55 @@
 use std::time::Duration;
 
 use crate::config::PrimaryReads;
+use crate::sql::RouteHint;
 use crate::topology::{EndpointView, Snapshot};
-use crate::types::{RegionName, ShardId};
+use crate::types::{Intent, RegionName, ShardId};
+
+/// What a request (HTTP) or a transaction (wire) runs as, and which copies may serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effective {
+    /// Read or write: the `intent` metric label, whether a commit position is taken, whether a
+    /// token read waits for a replica, whether an unprovable read is guarded.
+    pub intent: Intent,
+    /// Only the home primary may serve it (a `homeport_route='primary'` hint).
+    pub primary_only: bool,
+}
+
+impl Effective {
+    /// The intent whose candidates may serve it: a write's (the home primary) when the hint
+    /// asks for the primary.
+    pub fn candidates_for(self) -> Intent {
+        if self.primary_only {
+            Intent::Write
+        } else {
+            self.intent
+        }
+    }
+}
+
+/// The one intent rule of both front ends. `read_only`: every statement is provably read-only
+/// (the classifier); `explicit`: what the client declared (`"intent"` over HTTP; `BEGIN READ ONLY`
+/// or an optimistic transaction on the wire); `hint`: a `homeport_route` comment.
+///
+/// An explicit intent wins; otherwise a request is a read only when provably read-only. A
+/// `primary` hint does not make a read a write: it stays a read (counted as one, no commit
+/// position taken, an unprovable explicit read still guarded) that only the home primary may
+/// serve. A `replica` hint changes nothing: a write never leaves the primary.
+pub fn effective_intent(
+    read_only: bool,
+    explicit: Option<Intent>,
+    hint: Option<RouteHint>,
+) -> Effective {
+    let intent = match explicit {
+        Some(intent) => intent,
+        None if read_only => Intent::Read,
+        None => Intent::Write,
+    };
+    Effective {
+        intent,
+        primary_only: hint == Some(RouteHint::Primary),
+    }
+}
 
 /// Where a candidate sits relative to the sidecar, also the `target` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +182,35 @@ pub fn demote_slow(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_intent_rule() {
+        use Intent::{Read, Write};
+        let p = Some(RouteHint::Primary);
+        let r = Some(RouteHint::Replica);
+        // (provably read-only, explicit, hint) -> (intent, primary only, candidates of)
+        let table = [
+            (true, None, None, Read, false, Read),
+            (false, None, None, Write, false, Write),
+            (false, Some(Read), None, Read, false, Read),
+            (true, Some(Write), None, Write, false, Write),
+            (true, None, p, Read, true, Write),
+            (false, Some(Read), p, Read, true, Write),
+            (false, None, p, Write, true, Write),
+            (false, None, r, Write, false, Write),
+            (true, None, r, Read, false, Read),
+        ];
+        for (read_only, explicit, hint, intent, primary_only, of) in table {
+            let e = effective_intent(read_only, explicit, hint);
+            let case = (read_only, explicit, hint);
+            assert_eq!(
+                (e.intent, e.primary_only),
+                (intent, primary_only),
+                "{case:?}"
+            );
+            assert_eq!(e.candidates_for(), of, "{case:?}");
+        }
+    }
+
     use std::sync::Arc;
     use std::time::Duration;
 

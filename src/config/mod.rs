@@ -6,6 +6,7 @@ mod raw;
 mod residency;
 mod secrets;
 pub mod units;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub const DEFAULT_OPTIMISTIC_REPLAY_BYTES: usize = 1 << 20;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `postgres.max_lifetime` when not set.
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// `pg.login_timeout` when not set; also the bound on a refused client's startup.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `consistency.max_wait` when not set (also when no `[consistency]` section is configured).
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// The validated configuration of one sidecar.
 #[derive(Debug, Clone)]
@@ -222,7 +227,8 @@ pub struct ProbeConfig {
     pub rtt_interval: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PrimaryReads {
     /// The primary is a normal read candidate in the design's nearest-copy order.
     Nearest,
@@ -258,7 +264,9 @@ pub struct ShardConfig {
     pub replicas: Vec<EndpointConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `directory.placement`: where an unknown user's home is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Placement {
     Reject,
     Hash,
@@ -320,7 +328,7 @@ impl Config {
                 one_line(&e.inner().to_string()),
             )
         })?;
-        validate(raw)
+        validate::validate(raw)
     }
 
     /// Every region named anywhere in the topology.
@@ -346,422 +354,6 @@ impl Config {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let region = RegionName::parse(&raw.region).map_err(|m| ConfigError::new("region", m))?;
-    let pg_defaults = secrets::pg_defaults(&raw.postgres)?;
-
-    let mut shards = Vec::new();
-    let mut shard_residency = Vec::new();
-    for (name, shard) in raw.shards {
-        let path = format!("shards.{name}");
-        let shard_name = RegionName::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
-        shard_residency.push(residency::ShardSettings {
-            name: shard_name.clone(),
-            residency: shard.residency,
-            policy: shard.residency_policy,
-        });
-        let primaries = endpoints(
-            &path,
-            "primary",
-            shard.primary.into_vec(),
-            Some(&shard_name),
-            &pg_defaults,
-        )?;
-        let replicas = endpoints(&path, "replicas", shard.replicas, None, &pg_defaults)?;
-        shards.push(ShardConfig {
-            name: shard_name,
-            primaries,
-            replicas,
-        });
-    }
-    if shards.is_empty() {
-        return Err(ConfigError::new("shards", "at least one shard is required"));
-    }
-
-    let dir = raw.directory;
-    let dir_primaries = endpoints(
-        "directory",
-        "primary",
-        dir.primary.into_vec(),
-        None,
-        &pg_defaults,
-    )?;
-    let dir_replicas = endpoints("directory", "replicas", dir.replicas, None, &pg_defaults)?;
-    let table = dir.table.unwrap_or_else(|| "homeport.directory".into());
-    if !is_qualified_identifier(&table) {
-        return Err(ConfigError::new(
-            "directory.table",
-            format!(
-                "{table:?} is not a plain `schema.table` name (lowercase letters, digits, '_')"
-            ),
-        ));
-    }
-    let placement = match dir.placement.as_deref().unwrap_or("reject") {
-        "reject" => Placement::Reject,
-        "hash" => Placement::Hash,
-        "local" => Placement::Local,
-        other => {
-            return Err(ConfigError::new(
-                "directory.placement",
-                format!("unknown policy {other:?}; use \"reject\", \"hash\" or \"local\""),
-            ));
-        }
-    };
-    let shard_names: Vec<RegionName> = shards.iter().map(|s| s.name.clone()).collect();
-    let countries = residency::countries(raw.placement, &shard_names)?;
-    let residency = residency::build(
-        raw.residency,
-        shard_residency,
-        raw.regions,
-        &region,
-        raw.http.public_url.as_deref(),
-    )?;
-    let directory = DirectoryConfig {
-        shard: ShardConfig {
-            name: RegionName::parse("directory").expect("valid name"),
-            primaries: dir_primaries,
-            replicas: dir_replicas,
-        },
-        table,
-        cache_ttl: dir
-            .cache_ttl
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(300)),
-        cache_capacity: dir.cache_capacity.unwrap_or(100_000),
-        placement,
-        countries,
-    };
-
-    let http = raw.http;
-    let listen_text = http.listen.unwrap_or_else(|| "127.0.0.1:7400".into());
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        ConfigError::new(
-            "http.listen",
-            format!("{listen_text:?} is not an address like \"127.0.0.1:7400\""),
-        )
-    })?;
-    let max_body = http.max_body.map(|b| b.0).unwrap_or(1 << 20);
-    let max_body = usize::try_from(max_body)
-        .ok()
-        .filter(|b| *b > 0)
-        .ok_or_else(|| {
-            ConfigError::new(
-                "http.max_body",
-                "must be between 1 byte and the address space",
-            )
-        })?;
-    let max_result_rows = http.max_result_rows.unwrap_or(DEFAULT_MAX_RESULT_ROWS);
-    if max_result_rows == 0 {
-        return Err(ConfigError::new(
-            "http.max_result_rows",
-            "must be at least 1",
-        ));
-    }
-    let max_result_bytes = positive_size(
-        "http.max_result_bytes",
-        http.max_result_bytes,
-        DEFAULT_MAX_RESULT_BYTES,
-    )?;
-    let result_budget = positive_size(
-        "http.result_budget",
-        http.result_budget,
-        DEFAULT_RESULT_BUDGET,
-    )?;
-    let auth = match http.auth.as_deref().unwrap_or("trusted-header") {
-        "trusted-header" => AuthConfig::TrustedHeader,
-        "jwt" => {
-            let jwt = raw.jwt.as_ref().ok_or_else(|| {
-                ConfigError::new("jwt", "http.auth = \"jwt\" needs a [jwt] table")
-            })?;
-            AuthConfig::Jwt(Box::new(secrets::jwt_config(jwt)?))
-        }
-        other => {
-            return Err(ConfigError::new(
-                "http.auth",
-                format!("unknown mode {other:?}; use \"trusted-header\" or \"jwt\""),
-            ));
-        }
-    };
-
-    let allow_network = http.allow_trusted_header_on_network.unwrap_or(false);
-    if matches!(auth, AuthConfig::TrustedHeader) && !listen.ip().is_loopback() && !allow_network {
-        return Err(ConfigError::new(
-            "http.listen",
-            format!(
-                "http.listen = \"{listen}\" is not loopback and http.auth = \"trusted-header\" lets \
-                 anyone who reaches it act as any user; listen on 127.0.0.1, use http.auth = \"jwt\", \
-                 or set http.allow_trusted_header_on_network = true"
-            ),
-        ));
-    }
-    let ops = ops_config(raw.ops, listen)?;
-
-    let probe = ProbeConfig {
-        interval: raw
-            .probe
-            .interval
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_millis(500)),
-        timeout: raw
-            .probe
-            .timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(1)),
-        fall: raw.probe.fall.unwrap_or(2).max(1),
-        rise: raw.probe.rise.unwrap_or(1).max(1),
-        shared: raw.probe.shared.unwrap_or(true) && raw.redis.is_some(),
-        stale_after: Duration::ZERO,
-        rtt_interval: raw
-            .probe
-            .rtt_interval
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30)),
-    };
-    let probe = ProbeConfig {
-        // Several missed publications, and never under 2 s: a publisher's GC-free hiccup or a
-        // slow Redis round trip must not send the whole fleet back to probing.
-        stale_after: raw
-            .probe
-            .stale_after
-            .map(|d| d.0)
-            .unwrap_or((probe.interval * 5).max(Duration::from_secs(2))),
-        ..probe
-    };
-    if probe.stale_after < probe.interval * 2 {
-        return Err(ConfigError::new(
-            "probe.stale_after",
-            "must be at least twice probe.interval (a publisher publishes once per interval)",
-        ));
-    }
-    if probe.interval < Duration::from_millis(1) {
-        return Err(ConfigError::new("probe.interval", "must be at least 1ms"));
-    }
-    let primary_reads = match raw.routing.primary_reads.as_deref().unwrap_or("nearest") {
-        "nearest" => PrimaryReads::Nearest,
-        "last-resort" => PrimaryReads::LastResort,
-        other => {
-            return Err(ConfigError::new(
-                "routing.primary_reads",
-                format!("unknown value {other:?}; use \"nearest\" or \"last-resort\""),
-            ));
-        }
-    };
-    let redis = match raw.redis {
-        None => None,
-        Some(r) => Some(secrets::redis_config(r)?),
-    };
-
-    let pg = match raw.pg {
-        None => None,
-        Some(p) => {
-            let text = p.listen.unwrap_or_else(|| "127.0.0.1:7401".into());
-            let listen: SocketAddr = text.parse().map_err(|_| {
-                ConfigError::new(
-                    "pg.listen",
-                    format!("{text:?} is not an address like \"127.0.0.1:7401\""),
-                )
-            })?;
-            let max_client_conn = p.max_client_conn.unwrap_or(1000);
-            if max_client_conn == 0 {
-                return Err(ConfigError::new("pg.max_client_conn", "must be at least 1"));
-            }
-            let pool_size = p.pool_size.unwrap_or(20);
-            if pool_size == 0 || pool_size > 10_000 {
-                return Err(ConfigError::new(
-                    "pg.pool_size",
-                    "must be between 1 and 10000",
-                ));
-            }
-            let auth = match p.auth.as_deref().unwrap_or("trust") {
-                "trust" => PgAuth::Trust,
-                "scram-sha-256" => {
-                    if p.users.is_empty() {
-                        return Err(ConfigError::new(
-                            "pg.users",
-                            "scram-sha-256 needs at least one [[pg.users]] entry",
-                        ));
-                    }
-                    let mut users = Vec::new();
-                    for (i, u) in p.users.iter().enumerate() {
-                        let path = format!("pg.users[{i}]");
-                        let password = secrets::secret(
-                            &path,
-                            u.password_file.as_deref(),
-                            u.password_env.as_deref(),
-                        )?
-                        .ok_or_else(|| {
-                            ConfigError::new(&path, "needs password_file or password_env")
-                        })?;
-                        users.push((u.name.clone(), password));
-                    }
-                    PgAuth::ScramSha256(users)
-                }
-                other => {
-                    return Err(ConfigError::new(
-                        "pg.auth",
-                        format!("unknown method {other:?}; use \"trust\" or \"scram-sha-256\""),
-                    ));
-                }
-            };
-            let tls = match (p.tls_cert_file, p.tls_key_file) {
-                (Some(cert), Some(key)) => Some(PgTlsConfig {
-                    cert_file: cert.into(),
-                    key_file: key.into(),
-                    required: p.tls_required.unwrap_or(false),
-                }),
-                (None, None) if p.tls_required == Some(true) => {
-                    return Err(ConfigError::new(
-                        "pg.tls_required",
-                        "needs pg.tls_cert_file and pg.tls_key_file",
-                    ));
-                }
-                (None, None) => None,
-                _ => {
-                    return Err(ConfigError::new(
-                        "pg.tls_cert_file",
-                        "set both tls_cert_file and tls_key_file, or neither",
-                    ));
-                }
-            };
-            Some(PgConfig {
-                listen,
-                max_client_conn,
-                login_timeout: p.login_timeout.map_or(Duration::from_secs(10), |d| d.0),
-                pool_size,
-                max_prepared_statements: match p
-                    .max_prepared_statements
-                    .unwrap_or(DEFAULT_MAX_PREPARED)
-                {
-                    0 => {
-                        return Err(ConfigError::new(
-                            "pg.max_prepared_statements",
-                            "must be at least 1",
-                        ));
-                    }
-                    n => n,
-                },
-                max_batch_bytes: p
-                    .max_batch_bytes
-                    .map_or(DEFAULT_MAX_BATCH_BYTES, |b| b.0 as usize),
-                optimistic_transactions: match p.optimistic_transactions.as_deref() {
-                    None | Some("on") => true,
-                    Some("off") => false,
-                    Some(other) => {
-                        return Err(ConfigError::new(
-                            "pg.optimistic_transactions",
-                            format!("{other:?} is not \"on\" or \"off\""),
-                        ));
-                    }
-                },
-                optimistic_replay_bytes: p
-                    .optimistic_replay_bytes
-                    .map_or(DEFAULT_OPTIMISTIC_REPLAY_BYTES, |b| b.0 as usize),
-                databases: client_databases(p.databases, &shards)?,
-                roles: login_roles(&auth, &shards),
-                auth,
-                tls,
-            })
-        }
-    };
-    let consistency = match raw.consistency {
-        None => None,
-        Some(c) => {
-            let key = |file: Option<&str>,
-                       env: Option<&str>,
-                       path: &str|
-             -> Result<Option<Vec<u8>>, ConfigError> {
-                let k = secrets::secret(path, file, env)?.map(String::into_bytes);
-                if k.as_ref().is_some_and(|k| k.len() < 32) {
-                    return Err(ConfigError::new(path, "the key must be at least 32 bytes"));
-                }
-                Ok(k)
-            };
-            let current = key(
-                c.key_file.as_deref(),
-                c.key_env.as_deref(),
-                "consistency.key",
-            )?
-            .ok_or_else(|| ConfigError::new("consistency", "needs key_file or key_env"))?;
-            let previous = key(
-                c.previous_key_file.as_deref(),
-                c.previous_key_env.as_deref(),
-                "consistency.previous_key",
-            )?;
-            Some(ConsistencyConfig {
-                keys: crate::consistency::token::Keys { current, previous },
-                max_wait: c.max_wait.map(|d| d.0).unwrap_or(Duration::from_millis(50)),
-            })
-        }
-    };
-    let idem = raw.idempotency;
-    let idempotency = IdempotencyConfig {
-        require: idem.require.unwrap_or(false),
-        ttl: idem.ttl.map_or(Duration::from_secs(24 * 3600), |d| d.0),
-        lock_ttl: idem.lock_ttl.map_or(Duration::from_secs(30), |d| d.0),
-        cleanup_interval: idem
-            .cleanup_interval
-            .map_or(Duration::from_secs(60), |d| d.0),
-        cleanup_batch: idem.cleanup_batch.unwrap_or(1000),
-    };
-    if idempotency.ttl < Duration::from_secs(1) {
-        return Err(ConfigError::new("idempotency.ttl", "must be at least 1s"));
-    }
-    if idempotency.lock_ttl < Duration::from_millis(100) {
-        return Err(ConfigError::new(
-            "idempotency.lock_ttl",
-            "must be at least 100ms",
-        ));
-    }
-    if idempotency.cleanup_batch == 0 {
-        return Err(ConfigError::new(
-            "idempotency.cleanup_batch",
-            "must be at least 1",
-        ));
-    }
-    let config = Config {
-        region,
-        consistency,
-        idempotency,
-        pg,
-        ops,
-        http: HttpConfig {
-            listen,
-            max_body,
-            auth,
-            public_url: http.public_url,
-            header_timeout: http
-                .header_timeout
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(10)),
-            max_result_rows,
-            max_result_bytes,
-            result_budget,
-        },
-        postgres: pg_defaults.settings,
-        probe,
-        routing: RoutingConfig {
-            primary_reads,
-            slow_rtt: raw
-                .routing
-                .slow_rtt
-                .map_or(Duration::from_millis(250), |d| d.0),
-            max_lag: raw.routing.max_lag.map_or(Duration::from_secs(30), |d| d.0),
-        },
-        shards,
-        directory,
-        redis,
-        shutdown_grace: raw
-            .shutdown_grace
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(20)),
-        residency,
-    };
-    check_regions(&config)?;
-    residency::check(&config)?;
-    check_listeners(&config)?;
-    Ok(config)
 }
 
 /// `[ops] listen`, by default loopback port 7402: next to the data API's 7400 and the wire

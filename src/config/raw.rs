@@ -70,12 +70,43 @@ pub struct RawIdempotency {
     pub cleanup_batch: Option<u32>,
 }
 
+/// `http.auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawHttpAuth {
+    TrustedHeader,
+    Jwt,
+}
+
+/// `pg.auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RawPgAuth {
+    #[serde(rename = "trust")]
+    Trust,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// A setting that is `"on"` or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     pub listen: Option<String>,
     pub max_body: Option<ByteSize>,
-    pub auth: Option<String>,
+    pub auth: Option<RawHttpAuth>,
     pub public_url: Option<String>,
     pub header_timeout: Option<Dur>,
     pub allow_trusted_header_on_network: Option<bool>,
@@ -94,14 +125,14 @@ pub struct RawOps {
 #[serde(deny_unknown_fields)]
 pub struct RawPg {
     pub listen: Option<String>,
-    pub auth: Option<String>,
+    pub auth: Option<RawPgAuth>,
     #[serde(default)]
     pub users: Vec<RawPgUser>,
     pub max_client_conn: Option<usize>,
     pub login_timeout: Option<Dur>,
     pub pool_size: Option<usize>,
     pub max_prepared_statements: Option<usize>,
-    pub optimistic_transactions: Option<String>,
+    pub optimistic_transactions: Option<OnOff>,
     pub optimistic_replay_bytes: Option<super::units::ByteSize>,
     pub max_batch_bytes: Option<super::units::ByteSize>,
     pub tls_cert_file: Option<String>,
@@ -177,7 +208,7 @@ pub struct RawProbe {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
-    pub primary_reads: Option<String>,
+    pub primary_reads: Option<super::PrimaryReads>,
     pub slow_rtt: Option<Dur>,
     pub max_lag: Option<Dur>,
 }
@@ -239,7 +270,7 @@ pub struct RawDirectory {
     pub table: Option<String>,
     pub cache_ttl: Option<Dur>,
     pub cache_capacity: Option<usize>,
-    pub placement: Option<String>,
+    pub placement: Option<super::Placement>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -385,3 +385,41 @@ fn placement_countries_are_checked() {
     let e = err(&(example() + "\n[placement.countries]\nDE = []\n"));
     assert_eq!(e.path, "placement.countries.DE");
 }
+
+#[test]
+fn enum_values_are_checked_with_their_key_paths() {
+    let cases = [
+        (
+            "placement = \"reject\"",
+            "placement = \"random\"",
+            "directory.placement",
+        ),
+        ("auth = \"trusted-header\"", "auth = \"basic\"", "http.auth"),
+        (
+            "primary_reads = \"nearest\"",
+            "primary_reads = \"first\"",
+            "routing.primary_reads",
+        ),
+    ];
+    for (from, to, path) in cases {
+        let e = err(&example().replace(from, to));
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.message.contains("unknown variant"), "{e}");
+    }
+    for (setting, path) in [
+        ("auth = \"md5\"", "pg.auth"),
+        (
+            "optimistic_transactions = \"maybe\"",
+            "pg.optimistic_transactions",
+        ),
+    ] {
+        let e = err(&(example() + &format!("\n[pg]\nlisten = \"127.0.0.1:7409\"\n{setting}\n")));
+        assert_eq!(e.path, path, "{e}");
+    }
+    let ok = example()
+        + "\n[pg]\nlisten = \"127.0.0.1:7409\"\noptimistic_transactions = \"off\"\nauth = \"trust\"\n";
+    let pg = Config::parse(&ok).unwrap().pg.unwrap();
+    assert!(!pg.optimistic_transactions);
+    assert!(matches!(pg.auth, PgAuth::Trust));
+    assert_eq!(pg.login_timeout, DEFAULT_LOGIN_TIMEOUT);
+}

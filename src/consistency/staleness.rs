@@ -58,22 +58,9 @@ mod tests {
 
     #[test]
     fn only_fresh_enough_replicas_and_primaries_qualify() {
-        use std::sync::Arc;
-
-        use crate::topology::{Configured, EndpointInfo, EndpointView};
+        use crate::topology::EndpointView;
         let now = Instant::now();
-        let view = |index: usize, s: EndpointStatus| EndpointView {
-            info: Arc::new(EndpointInfo {
-                index,
-                name: format!("e{index}"),
-                shard: crate::types::RegionName::parse("eu").unwrap(),
-                region: crate::types::RegionName::parse("us").unwrap(),
-                configured: Configured::Replica,
-                pg: tokio_postgres::Config::new(),
-                probe_pg: tokio_postgres::Config::new(),
-            }),
-            status: s,
-        };
+        let view = EndpointView::for_tests;
         let snapshot = Snapshot {
             endpoints: vec![
                 view(0, status(Some(900), 10, now)),

@@ -10,12 +10,15 @@ use super::execute::{self, Exec, QueryResult, Started};
 use super::problem::Problem;
 use super::{Reply, ReplyBody, parse_json};
 use crate::app::{App, ServeError, Served};
+use crate::consistency::plan::Need;
+use crate::consistency::sql::POSITION_SQL;
 use crate::consistency::token::{Position, Token};
 
 pub const CONSISTENCY_TOKEN: &str = "consistency-token";
 use crate::auth::{self, Identity};
 use crate::db::DbError;
 use crate::directory::PlaceOutcome;
+use crate::routing::effective_intent;
 use crate::sql::{Classification, RouteHint};
 use crate::types::{Intent, UserId};
 
@@ -100,14 +103,14 @@ fn residency_gate(
     }
 }
 
-/// The intent a request runs with: explicit intents win, `auto` is read only when every
-/// statement is provably read-only, and a `homeport_route='primary'` hint forces the primary.
-fn resolve_intent(field: IntentField, all_read_only: bool) -> Intent {
-    match field {
-        IntentField::Read => Intent::Read,
-        IntentField::Write => Intent::Write,
-        IntentField::Auto if all_read_only => Intent::Read,
-        IntentField::Auto => Intent::Write,
+impl IntentField {
+    /// The intent the client declared, if any (`auto` declares none).
+    fn explicit(self) -> Option<Intent> {
+        match self {
+            IntentField::Auto => None,
+            IntentField::Read => Some(Intent::Read),
+            IntentField::Write => Some(Intent::Write),
+        }
     }
 }
 
@@ -130,22 +133,14 @@ pub async fn query(
     }
     super::session_state::check(&class, None)?;
     super::session_state::check_identity(app.identity_setting(), &class, None)?;
-    let intent = resolve_intent(q.intent, class.read_only);
-    let on_primary = class.route == Some(RouteHint::Primary);
+    let effective = effective_intent(class.read_only, q.intent.explicit(), class.route);
+    let intent = effective.intent;
     outcome.intent = intent;
     let home = home_of(app, &identity).await?;
     outcome.home = Some(home.clone());
     residency_gate(app, &home, outcome)?;
-    let candidates = candidates(app, &home, intent, on_primary)?;
-    let candidates = match max_staleness(headers)? {
-        Some(max) if intent == Intent::Read => crate::consistency::staleness::within(
-            &app.topology.snapshot(),
-            &candidates,
-            max,
-            std::time::Instant::now(),
-        ),
-        _ => candidates,
-    };
+    let candidates = app.candidates(&home, effective.candidates_for())?;
+    let max_staleness = max_staleness(headers)?.filter(|_| intent == Intent::Read);
     // An explicit read that the classifier cannot prove read-only must not write if it lands on a
     // primary, so it runs in a READ ONLY transaction there.
     let guard_reads = intent == Intent::Read && !class.read_only;
@@ -175,17 +170,14 @@ pub async fn query(
     if let (Some(required), Intent::Read, false, Some(config)) =
         (required, intent, guard_reads, &app.config.consistency)
     {
-        let read = super::ryw::read(
-            app,
-            &identity.user,
-            &candidates,
-            &required,
-            &q,
-            command,
-            config.max_wait,
-        )
-        .await
-        .map_err(serve_problem)?;
+        let need = Need {
+            position: Some(required),
+            max_staleness,
+            max_wait: config.max_wait,
+        };
+        let read = super::ryw::read(app, &identity.user, &candidates, &need, &q, command)
+            .await
+            .map_err(serve_problem)?;
         outcome.served = Some(read.served.clone());
         let mut reply = with_staleness(
             app,
@@ -200,6 +192,15 @@ pub async fn query(
     // Plain reads stream once their result outgrows a small buffer; writes and guarded reads
     // are collected, because their transaction or commit position ends after the last row.
     let streams = intent == Intent::Read && !guard_reads && !capture;
+    let candidates = match max_staleness {
+        Some(max) => crate::consistency::staleness::within(
+            &app.topology.snapshot(),
+            &candidates,
+            max,
+            std::time::Instant::now(),
+        ),
+        None => candidates,
+    };
     let mut attempts = app.attempts(candidates, intent, &identity.user);
     let ((body, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
@@ -262,28 +263,37 @@ pub async fn transaction(
         super::session_state::check(c, Some(i))?;
         super::session_state::check_identity(app.identity_setting(), c, Some(i))?;
     }
-    let intent = resolve_intent(t.intent, classes.iter().all(|c| c.read_only));
+    let hint = classes
+        .iter()
+        .any(|c| c.route == Some(RouteHint::Primary))
+        .then_some(RouteHint::Primary);
+    let all_read_only = classes.iter().all(|c| c.read_only);
+    let effective = effective_intent(all_read_only, t.intent.explicit(), hint);
+    let intent = effective.intent;
     outcome.intent = intent;
-    let on_primary = classes.iter().any(|c| c.route == Some(RouteHint::Primary));
     let home = home_of(app, &identity).await?;
     outcome.home = Some(home.clone());
     residency_gate(app, &home, outcome)?;
-    let candidates = candidates(app, &home, intent, on_primary)?;
+    let candidates = app.candidates(&home, effective.candidates_for())?;
     let token_in = request_token(app, headers)?;
     let required = token_in.as_ref().and_then(|t| t.shards.get(&home)).copied();
     if let (Some(required), Intent::Read, Some(config)) =
         (required, intent, &app.config.consistency)
     {
         let (statements, classes) = (&t.statements, &classes);
+        let need = Need {
+            position: Some(required),
+            max_staleness: None,
+            max_wait: config.max_wait,
+        };
         let (results, served) = super::ryw::serve(
             app,
             &identity.user,
             &candidates,
-            &required,
-            config.max_wait,
-            |client, endpoint, deadline| async move {
-                if let Some(deadline) = deadline
-                    && !super::ryw::wait_replayed(&client, &endpoint, &required, deadline).await?
+            &need,
+            |client, endpoint, wait| async move {
+                if let Some(wait) = wait
+                    && !super::ryw::wait_replayed(&client, &endpoint, wait).await?
                 {
                     return Ok(None);
                 }
@@ -443,17 +453,22 @@ async fn run_capturing_position(
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     let lsn_stmt = client
-        .prepare_cached("SELECT pg_current_wal_lsn()::text")
+        .prepare_cached(POSITION_SQL)
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     let (result, lsn) = tokio::join!(
         execute::run_prepared(client, exec, &stmt, params, command),
         client.query_one(&lsn_stmt, &[])
     );
-    let lsn = lsn
-        .ok()
-        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    let lsn = answered_position(lsn);
     Ok((result?, lsn))
+}
+
+/// The position query's answer, if it came.
+pub(super) fn answered_position(
+    row: Result<tokio_postgres::Row, tokio_postgres::Error>,
+) -> Option<crate::types::Lsn> {
+    crate::consistency::sql::parse_position(row.ok()?.get::<_, Option<&str>>(0))
 }
 
 pub const MAX_STALENESS: &str = "homeport-max-staleness-ms";
@@ -639,10 +654,7 @@ async fn run_write_transaction_capturing(
     let guard = TxGuard(Some(client));
     let c = guard.client();
     let pg = |e| DbError::from_pg(endpoint, e);
-    let lsn_stmt = c
-        .prepare_cached("SELECT pg_current_wal_lsn()::text")
-        .await
-        .map_err(pg)?;
+    let lsn_stmt = c.prepare_cached(POSITION_SQL).await.map_err(pg)?;
     c.batch_execute("BEGIN").await.map_err(pg)?;
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, cl)) in statements.iter().zip(classes).enumerate() {
@@ -658,9 +670,7 @@ async fn run_write_transaction_capturing(
     let (commit, lsn) = tokio::join!(c.batch_execute("COMMIT"), c.query_one(&lsn_stmt, &[]));
     commit.map_err(pg)?;
     guard.finish();
-    let lsn = lsn
-        .ok()
-        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    let lsn = answered_position(lsn);
     Ok((results, lsn))
 }
 
@@ -798,16 +808,6 @@ async fn home_of(app: &App, identity: &Identity) -> Result<crate::types::RegionN
         .0)
 }
 
-fn candidates(
-    app: &App,
-    home: &crate::types::RegionName,
-    intent: Intent,
-    on_primary: bool,
-) -> Result<Vec<crate::routing::Candidate>, Problem> {
-    let effective = if on_primary { Intent::Write } else { intent };
-    Ok(app.candidates(home, effective)?)
-}
-
 pub(super) fn serve_problem(e: ServeError) -> Problem {
     match e {
         ServeError::Route(r) => r.into(),
@@ -837,11 +837,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_intent_is_read_only_when_provable() {
-        assert_eq!(resolve_intent(IntentField::Auto, true), Intent::Read);
-        assert_eq!(resolve_intent(IntentField::Auto, false), Intent::Write);
-        assert_eq!(resolve_intent(IntentField::Write, true), Intent::Write);
-        assert_eq!(resolve_intent(IntentField::Read, false), Intent::Read);
+    fn auto_declares_no_intent() {
+        assert_eq!(IntentField::Auto.explicit(), None);
+        assert_eq!(IntentField::Read.explicit(), Some(Intent::Read));
+        assert_eq!(IntentField::Write.explicit(), Some(Intent::Write));
     }
 
     #[test]

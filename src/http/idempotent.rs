@@ -11,6 +11,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::execute::{self, Exec, QueryResult};
+use super::handlers::answered_position;
 use super::handlers::{
     CONSISTENCY_TOKEN, Outcome, StatementFailed, TxGuard, response_token, serve_problem,
     trim_statement_cache,
@@ -18,6 +19,7 @@ use super::handlers::{
 use super::problem::Problem;
 use super::{Reply, SERVED_BY};
 use crate::app::{App, Served};
+use crate::consistency::sql::POSITION_SQL;
 use crate::consistency::token::Token;
 use crate::db::DbError;
 use crate::idempotency::{Key, Refusal, cache, store};
@@ -27,7 +29,6 @@ use crate::types::{Intent, RegionName, UserId};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const REPLAYED: &str = "idempotent-replayed";
-const POSITION_SQL: &str = "SELECT pg_current_wal_lsn()::text";
 
 /// One statement of the write.
 pub struct Stmt<'a> {
@@ -268,9 +269,7 @@ async fn keyed_transaction(
     commit.map_err(pg)?;
     guard.finish_with(&exec);
     metrics::idempotency("new", "http");
-    let lsn = lsn
-        .ok()
-        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    let lsn = answered_position(lsn);
     let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
     Ok(Done {
         status: StatusCode::OK,
@@ -314,9 +313,7 @@ async fn replay(
         return Err(refused(Refusal::Mismatch, &req.key));
     };
     metrics::idempotency("replayed", "http");
-    let lsn = lsn
-        .ok()
-        .and_then(|row| row.get::<_, String>(0).parse().ok());
+    let lsn = answered_position(lsn);
     let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
     Ok(Done {
         status: StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),

@@ -1,57 +1,49 @@
-//! Reads that carry a consistency token (read-your-writes). Copies are tried nearest first; one
-//! the probes saw at or past the token's position serves at once; one on the same history but
-//! behind is asked, in one round trip, "have you replayed the position?" together with the read
-//! itself, every few milliseconds until `consistency.max_wait`; then the next copy, and last the
-//! primary. The check and the read are two statements pipelined on one connection at READ
-//! COMMITTED, so the read's snapshot is taken after the check saw the position replayed.
+//! Reads that carry a consistency token (read-your-writes), driven by the read plan
+//! (`consistency::plan`): this file only takes connections, sends the plan's replay check and the
+//! read, and reports how each attempt went. A single statement is pipelined behind the check on
+//! one connection at READ COMMITTED, so the read's snapshot is taken after the check saw the
+//! position replayed; a transaction waits for the check first.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
+use tokio_postgres::SimpleQueryMessage;
 
 use super::execute::{self, Exec, QueryResult};
 use crate::app::{App, ServeError, Served};
-use crate::consistency::ryw::{
-    Fallback, foreign_message, foreign_system, split_candidates, worth_waiting,
-};
-use crate::consistency::token::Position;
+use crate::consistency::plan::{Need, Outcome, ReadPlan, Wait};
+use crate::consistency::sql::replayed;
 use crate::db::DbError;
 use crate::routing::{Candidate, RouteError};
 use crate::types::{RegionName, UserId};
-
-/// How often a waiting read asks a lagging replica again.
-const POLL: Duration = Duration::from_millis(5);
 
 pub struct RywRead {
     pub result: QueryResult,
     pub served: Served,
 }
 
+/// One statement that must see `need.position`, nearest qualifying copy first.
 pub async fn read(
     app: &App,
     user: &UserId,
     candidates: &[Candidate],
-    required: &Position,
+    need: &Need,
     query: &super::QueryBody,
     command: &str,
-    max_wait: Duration,
 ) -> Result<RywRead, ServeError> {
     let (sql, params, page) = (query.sql.as_str(), query.params.as_slice(), query.max_rows);
     let (result, served) = serve(
         app,
         user,
         candidates,
-        required,
-        max_wait,
-        |client, endpoint, deadline| async move {
+        need,
+        |client, endpoint, wait| async move {
             let exec = Exec::new(app, &client, &endpoint, page);
-            let r = match deadline {
+            let r = match wait {
                 None => execute::run(&client, &exec, sql, params, command)
                     .await
                     .map(Some),
-                Some(deadline) => {
-                    wait_and_read(&client, &exec, required, sql, params, command, deadline).await
-                }
+                Some(wait) => wait_and_read(&client, &exec, wait, sql, params, command).await,
             };
             exec.release(client);
             r
@@ -61,67 +53,54 @@ pub async fn read(
     Ok(RywRead { result, served })
 }
 
-/// Tries the copies nearest first for a read that must see `required`. `run` gets a connection
-/// to a copy, its endpoint name, and `None` if the copy is known to have the position, or the
-/// deadline until which it may wait for it; it answers `Ok(None)` if the copy never got there.
+/// Drives the read plan for `candidates`. `run` gets a connection to a copy, its endpoint name,
+/// and `Some(wait)` when the copy must be asked first; it answers `Ok(None)` if the copy never
+/// got there.
 pub async fn serve<T, F, Fut>(
     app: &App,
     user: &UserId,
     candidates: &[Candidate],
-    required: &Position,
-    max_wait: Duration,
+    need: &Need,
     mut run: F,
 ) -> Result<(T, Served), ServeError>
 where
-    F: FnMut(deadpool_postgres::Object, String, Option<Instant>) -> Fut,
+    F: FnMut(deadpool_postgres::Object, String, Option<Wait>) -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, DbError>>,
 {
-    let started = Instant::now();
     let snapshot = app.topology.snapshot();
-    if let Some(system) = foreign_system(&snapshot, candidates, required) {
-        return Err(ServeError::Token(foreign_message(
-            required.system_id,
-            system,
-        )));
-    }
-    let (ready, waiting) = split_candidates(&snapshot, candidates, Some(required));
+    let mut plan = ReadPlan::new(&snapshot, candidates, need, Instant::now())
+        .map_err(|e| ServeError::Token(e.to_string()))?;
+    drop(snapshot);
     let mut last_error = None;
-    let mut fallback = Fallback::default();
-    for c in candidates {
-        let is_ready = ready.contains(c);
-        if !is_ready && !waiting.contains(c) {
-            fallback.passed_over("history");
-            continue;
-        }
-        if !is_ready && !worth_waiting(&snapshot.get(c.index).status, max_wait) {
-            fallback.passed_over("lagging");
-            continue;
-        }
+    while let Some(attempt) = plan.next_attempt() {
+        let c = attempt.candidate;
         let client = match app.connect(c.index, user).await {
             Ok(client) => client,
             Err(e) => {
-                fallback.passed_over("unavailable");
+                plan.failed(Outcome::Unavailable);
                 last_error = Some(e);
                 continue;
             }
         };
         let endpoint = app.pools.endpoint_name(c.index).to_string();
-        let deadline = (!is_ready).then_some(started + max_wait);
-        match app.while_up(c.index, run(client, endpoint, deadline)).await {
+        match app
+            .while_up(c.index, run(client, endpoint, attempt.wait))
+            .await
+        {
             Ok(Some(result)) => {
-                app.ryw_fallback(fallback, Some(c.target));
-                app.ryw_waited(started.elapsed());
-                return Ok((result, app.served_for(c)));
+                plan.served();
+                app.ryw_report(plan.report(Instant::now()));
+                return Ok((result, app.served_for(&c)));
             }
-            Ok(None) => fallback.passed_over("timeout"),
+            Ok(None) => plan.failed(Outcome::TimedOut),
             Err(e @ (DbError::Unavailable { .. } | DbError::Lost { .. })) => {
-                fallback.passed_over("unavailable");
+                plan.failed(Outcome::Unavailable);
                 last_error = Some(e);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    app.ryw_fallback(fallback, None);
+    app.ryw_report(plan.report(Instant::now()));
     Err(match last_error {
         Some(e) => e.into(),
         None => ServeError::Route(RouteError::NoCopy(
@@ -130,71 +109,66 @@ where
     })
 }
 
-/// Asks a replica every [`POLL`] until `deadline` whether it has replayed `required`; for reads
-/// that are more than one statement, which then run after it answered yes.
+/// Asks the copy until it has replayed the position or the wait is over; for reads that are
+/// more than one statement, which then run after it answered yes.
 pub async fn wait_replayed(
     client: &deadpool_postgres::Object,
     endpoint: &str,
-    required: &Position,
-    deadline: Instant,
+    wait: Wait,
 ) -> Result<bool, DbError> {
-    let check = client
-        .prepare_cached(CHECK_SQL)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
-    let lsn = required.lsn.to_string();
+    let check = wait.check_sql();
     loop {
-        let row = client
-            .query_one(&check, &[&lsn])
+        let answer = client
+            .simple_query(&check)
             .await
             .map_err(|e| DbError::from_pg(endpoint, e))?;
-        if row.get::<_, Option<bool>>(0) == Some(true) {
+        if says_replayed(&answer) {
             return Ok(true);
         }
-        if Instant::now() + POLL > deadline {
+        let Some(after) = wait.retry(Instant::now()) else {
             return Ok(false);
-        }
-        tokio::time::sleep(POLL).await;
+        };
+        tokio::time::sleep(after).await;
     }
 }
 
-const CHECK_SQL: &str = "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn";
-
-/// The pipelined check-then-read until `deadline`; `None` if the replica never got there.
+/// The check pipelined in front of the read until the copy says yes; `None` if it never did.
 async fn wait_and_read(
     client: &deadpool_postgres::Object,
     exec: &Exec,
-    required: &Position,
+    wait: Wait,
     sql: &str,
     params: &[Value],
     command: &str,
-    deadline: Instant,
 ) -> Result<Option<QueryResult>, DbError> {
     let endpoint = exec.endpoint.as_str();
-    let check = client
-        .prepare_cached(CHECK_SQL)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
     let stmt = client
         .prepare_cached(sql)
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
-    let lsn = required.lsn.to_string();
-    let check_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&lsn];
+    let check = wait.check_sql();
     loop {
-        let (replayed, result) = tokio::join!(
-            client.query_one(&check, &check_params),
+        // Polled in this order, the check goes out before the read on the connection.
+        let (answer, result) = tokio::join!(
+            client.simple_query(&check),
             execute::run_prepared(client, exec, &stmt, params, command)
         );
-        let replayed = replayed.map_err(|e| DbError::from_pg(endpoint, e))?;
-        if replayed.get::<_, Option<bool>>(0) == Some(true) {
+        let answer = answer.map_err(|e| DbError::from_pg(endpoint, e))?;
+        if says_replayed(&answer) {
             return result.map(Some);
         }
         // Read too early: its result is dropped, and so is its share of the limits.
         exec.discard(result?);
-        if Instant::now() + POLL > deadline {
+        let Some(after) = wait.retry(Instant::now()) else {
             return Ok(None);
-        }
-        tokio::time::sleep(POLL).await;
+        };
+        tokio::time::sleep(after).await;
     }
+}
+
+fn says_replayed(answer: &[SimpleQueryMessage]) -> bool {
+    answer.iter().any(|m| match m {
+        SimpleQueryMessage::Row(row) => replayed(row.get(0)),
+        _ => false,
+    })
 }

@@ -6,105 +6,87 @@
 //! client the new token in a ParameterStatus before the ReadyForQuery. Tokens from other sessions
 //! or pods come in with `SET homeport.consistency_token`. A read then takes a replica only if it
 //! has replayed those positions: at once if the probes saw it there, otherwise after asking it
-//! (every few milliseconds, up to `consistency.max_wait`), then the next copy, then the primary.
+//! (every few milliseconds, up to `consistency.max_wait`), then the next copy, then the primary:
+//! the read plan (`consistency::plan`) decides, this file takes the connections and asks.
 //! The question and the read are separate statements on the same connection at READ COMMITTED,
 //! the question first, so the read's snapshot includes the write.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::backend::ServerConn;
 use super::codec::{self, Message, ProtocolError};
+use super::error::SqlState;
 use super::pool::Lease;
 use super::session::{ClientError, Session};
-use crate::consistency::ryw::{
-    Fallback, foreign_message, foreign_system, split_candidates, worth_waiting,
-};
+use crate::consistency::plan::{Need, Outcome, ReadPlan, Wait};
+use crate::consistency::sql::{POSITION_SQL, replayed};
 use crate::consistency::token::{Position, Token};
 use crate::routing::Candidate;
 use crate::sql::TxnEffect;
 
-/// The commit position query pipelined behind a write.
-pub(super) const POSITION_SQL: &str = "SELECT pg_current_wal_lsn()::text";
 /// The ParameterStatus name (and setting) carrying the session's token.
 pub(super) const TOKEN_PARAMETER: &str = "homeport.consistency_token";
-/// How often a read waiting for a lagging replica asks it again.
-const POLL: Duration = Duration::from_millis(5);
-/// `consistency.max_wait` when no `[consistency]` section is configured.
-const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(50);
 
 impl Session {
     /// A server for a read of `home`'s data: the nearest copy within the session's staleness
-    /// bound that has the session's writes. Returns the last reason when no copy can serve.
+    /// bound that has the session's writes, as the read plan (`consistency::plan`) decides.
+    /// Returns the last reason when no copy can serve.
     pub(super) async fn acquire_read(
         &mut self,
         home: &crate::types::RegionName,
         candidates: Vec<Candidate>,
     ) -> Result<(Lease, Candidate), ClientError> {
+        let position = self.token.shards.get(home).copied();
+        let need = Need {
+            position,
+            max_staleness: self.max_staleness,
+            max_wait: self
+                .app
+                .config
+                .consistency
+                .as_ref()
+                .map_or(crate::config::DEFAULT_MAX_WAIT, |c| c.max_wait),
+        };
         let snapshot = self.app.topology.snapshot();
-        let candidates = match self.max_staleness {
-            Some(max) => {
-                crate::consistency::staleness::within(&snapshot, &candidates, max, Instant::now())
-            }
-            None => candidates,
-        };
-        let Some(required) = self.token.shards.get(home).copied() else {
-            return self.acquire_first(home, &candidates).await;
-        };
-        if let Some(system) = foreign_system(&snapshot, &candidates, &required) {
-            return Err(ClientError {
-                code: "22023",
-                message: foreign_message(required.system_id, system),
-            });
+        let mut plan = ReadPlan::new(&snapshot, &candidates, &need, Instant::now())
+            .map_err(|e| ClientError::invalid_value(e.to_string()))?;
+        drop(snapshot);
+        let mut last = match position {
+            Some(_) => "no copy can show this session's writes",
+            None => "no copy qualifies",
         }
-        let max_wait = self
-            .app
-            .config
-            .consistency
-            .as_ref()
-            .map_or(DEFAULT_MAX_WAIT, |c| c.max_wait);
-        let started = Instant::now();
-        let (ready, waiting) = split_candidates(&snapshot, &candidates, Some(&required));
-        let mut last = "no copy can show this session's writes".to_string();
-        let mut fallback = Fallback::default();
-        for c in &candidates {
-            let is_ready = ready.contains(c);
-            if !is_ready && !waiting.contains(c) {
-                fallback.passed_over("history");
-                continue;
-            }
-            if !is_ready && !worth_waiting(&snapshot.get(c.index).status, max_wait) {
-                fallback.passed_over("lagging");
-                continue;
-            }
+        .to_string();
+        while let Some(attempt) = plan.next_attempt() {
+            let c = attempt.candidate;
             let mut lease = match self.pools.acquire(c.index).await {
                 Ok(l) => l,
                 Err(e) => {
-                    fallback.passed_over("unavailable");
+                    plan.failed(Outcome::Unavailable);
                     last = e.to_string();
                     continue;
                 }
             };
-            if !is_ready {
-                match wait_for_replay(&mut lease.conn, &required, started + max_wait).await {
+            if let Some(wait) = attempt.wait {
+                match wait_for_replay(&mut lease.conn, wait).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        fallback.passed_over("timeout");
+                        plan.failed(Outcome::TimedOut);
                         lease.release();
                         continue;
                     }
                     Err(e) => {
                         // The lease is dropped, so the broken connection is closed.
-                        fallback.passed_over("unavailable");
+                        plan.failed(Outcome::Unavailable);
                         last = e.to_string();
                         continue;
                     }
                 }
             }
-            self.app.ryw_fallback(fallback, Some(c.target));
-            self.app.ryw_waited(started.elapsed());
-            return Ok((lease, *c));
+            plan.served();
+            self.app.ryw_report(plan.report(Instant::now()));
+            return Ok((lease, c));
         }
-        self.app.ryw_fallback(fallback, None);
+        self.app.ryw_report(plan.report(Instant::now()));
         Err(unreachable(home, last))
     }
 
@@ -186,9 +168,8 @@ impl Session {
             return Ok(());
         }
         let keys = self.token_keys()?;
-        let token = Token::decode(text, &keys).map_err(|e| ClientError {
-            code: "22023",
-            message: format!("invalid homeport.consistency_token: {e}"),
+        let token = Token::decode(text, &keys).map_err(|e| {
+            ClientError::invalid_value(format!("invalid homeport.consistency_token: {e}"))
         })?;
         self.token = self.token.merge(&token);
         Ok(())
@@ -200,18 +181,12 @@ impl Session {
             .consistency
             .as_ref()
             .map(|c| c.keys.clone())
-            .ok_or_else(|| ClientError {
-                code: "55000",
-                message: "this homeport has no [consistency] keys configured, so it cannot sign or verify tokens".into(),
-            })
+            .ok_or_else(|| ClientError::new(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "this homeport has no [consistency] keys configured, so it cannot sign or verify tokens"))
     }
 }
 
 fn unreachable(home: &crate::types::RegionName, last: String) -> ClientError {
-    ClientError {
-        code: "08006",
-        message: format!("no server for shard {home} is reachable: {last}"),
-    }
+    ClientError::unreachable(format!("no server for shard {home} is reachable: {last}"))
 }
 
 /// The position query as a message, to append behind a unit.
@@ -219,23 +194,17 @@ pub(super) fn position_query() -> Message {
     codec::query(POSITION_SQL)
 }
 
-/// Asks a replica whether it has replayed `required`, every [`POLL`] until `deadline`.
-async fn wait_for_replay(
-    conn: &mut ServerConn,
-    required: &Position,
-    deadline: Instant,
-) -> Result<bool, ProtocolError> {
-    let sql = format!(
-        "SELECT pg_last_wal_replay_lsn() >= '{}'::pg_lsn",
-        required.lsn
-    );
+/// Asks a replica the plan's replay check until it answers yes (`true`) or the wait is over
+/// (`false`).
+async fn wait_for_replay(conn: &mut ServerConn, wait: Wait) -> Result<bool, ProtocolError> {
+    let sql = wait.check_sql();
     loop {
-        if conn.query_value(&sql).await?.as_deref() == Some("t") {
+        if replayed(conn.query_value(&sql).await?.as_deref()) {
             return Ok(true);
         }
-        if Instant::now() + POLL > deadline {
+        let Some(after) = wait.retry(Instant::now()) else {
             return Ok(false);
-        }
-        tokio::time::sleep(POLL).await;
+        };
+        tokio::time::sleep(after).await;
     }
 }

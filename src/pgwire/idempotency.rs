@@ -8,6 +8,7 @@
 
 use super::attached::TxnStatus;
 use super::codec;
+use super::error::SqlState;
 use super::session::{ClientError, Session, SettingOutput};
 use crate::idempotency::{Key, Refusal, store, wire_fingerprint};
 use crate::metrics;
@@ -19,19 +20,15 @@ impl Session {
         value: &str,
         local: bool,
     ) -> Result<SettingOutput, ClientError> {
-        let refuse = |code: &'static str, message: &str| ClientError {
-            code,
-            message: message.to_string(),
-        };
+        let refuse = |code: SqlState, message: &str| ClientError::new(code, message);
         if !local {
             return Err(refuse(
-                "0A000",
+                SqlState::FEATURE_NOT_SUPPORTED,
                 "homeport.idempotency_key belongs to one transaction: use SET LOCAL inside BEGIN ... COMMIT",
             ));
         }
-        let key = Key::parse(value).map_err(|m| ClientError {
-            code: "22023",
-            message: format!("invalid homeport.idempotency_key: {m}"),
+        let key = Key::parse(value).map_err(|m| {
+            ClientError::invalid_value(format!("invalid homeport.idempotency_key: {m}"))
         })?;
         // Claiming a key announces a write: an optimistic transaction moves to the primary now.
         if self.optimistic.is_some() {
@@ -40,7 +37,7 @@ impl Session {
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     return Err(refuse(
-                        "08006",
+                        SqlState::CONNECTION_FAILURE,
                         "homeport lost the server while moving this transaction to the primary",
                     ));
                 }
@@ -51,26 +48,26 @@ impl Session {
             Some(TxnStatus::InBlock) => {}
             Some(TxnStatus::Failed) => {
                 return Err(refuse(
-                    "25P02",
+                    SqlState::IN_FAILED_SQL_TRANSACTION,
                     "current transaction is aborted, commands ignored until end of transaction block",
                 ));
             }
             _ => {
                 return Err(refuse(
-                    "25P01",
+                    SqlState::NO_ACTIVE_SQL_TRANSACTION,
                     "SET LOCAL homeport.idempotency_key can only be used in transaction blocks",
                 ));
             }
         }
         if self.server.as_ref().is_some_and(|a| a.on_replica()) {
             return Err(refuse(
-                "25006",
+                SqlState::READ_ONLY_SQL_TRANSACTION,
                 "a READ ONLY transaction writes nothing and needs no idempotency key",
             ));
         }
         if self.txn_key.is_some() {
             return Err(refuse(
-                "55000",
+                SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "this transaction already has an idempotency key",
             ));
         }
@@ -78,15 +75,20 @@ impl Session {
             self.server.as_ref().map(|a| a.user.clone()),
             self.last_route,
         ) else {
-            return Err(refuse("28000", "no homeport user for this transaction"));
+            return Err(refuse(
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                "no homeport user for this transaction",
+            ));
         };
         self.app
             .idempotency_schema
             .ensure(&self.app.pools, index)
             .await
-            .map_err(|e| ClientError {
-                code: "58000",
-                message: format!("homeport could not prepare its idempotency table: {e}"),
+            .map_err(|e| {
+                ClientError::new(
+                    SqlState::SYSTEM_ERROR,
+                    format!("homeport could not prepare its idempotency table: {e}"),
+                )
             })?;
         let sql = store::claim_literal(
             user.as_str(),
@@ -95,13 +97,19 @@ impl Session {
             self.app.config.idempotency.ttl,
         );
         let Some(attached) = self.server.as_mut() else {
-            return Err(refuse("08006", "the transaction's server is gone"));
+            return Err(refuse(
+                SqlState::CONNECTION_FAILURE,
+                "the transaction's server is gone",
+            ));
         };
         let (outcome, status) = match attached.lease.conn.run_own(&sql).await {
             Ok(r) => r,
             Err(e) => {
                 self.server_lost(e);
-                return Err(refuse("08006", "the transaction's server is gone"));
+                return Err(refuse(
+                    SqlState::CONNECTION_FAILURE,
+                    "the transaction's server is gone",
+                ));
             }
         };
         if let Some(a) = self.server.as_mut() {
@@ -123,10 +131,10 @@ impl Session {
                 if let Some(r) = refusal {
                     metrics::idempotency(r.metric(), "pg");
                 }
-                Err(ClientError {
-                    code: refusal.map_or("XX000", Refusal::sqlstate),
-                    message,
-                })
+                let code = refusal.map_or(SqlState::INTERNAL_ERROR, |r| {
+                    SqlState::from_code(r.sqlstate())
+                });
+                Err(ClientError::new(code, message))
             }
         }
     }

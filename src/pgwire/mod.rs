@@ -15,6 +15,7 @@ pub mod cancel;
 pub mod codec;
 mod consistency;
 mod emulate;
+mod error;
 mod idempotency;
 mod optimistic;
 mod pool;
@@ -29,6 +30,7 @@ pub mod settings;
 mod startup;
 pub mod tls;
 
+use error::{ClientError, SqlState};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -84,7 +86,7 @@ pub async fn serve(
                 .config
                 .pg
                 .as_ref()
-                .map_or(std::time::Duration::from_secs(10), |pg| pg.login_timeout);
+                .map_or(crate::config::DEFAULT_LOGIN_TIMEOUT, |pg| pg.login_timeout);
             tokio::spawn(tokio::time::timeout(limit, refuse(stream)));
             continue;
         };
@@ -106,11 +108,11 @@ pub async fn serve(
 async fn refuse(mut stream: TcpStream) {
     let mut buf = bytes::BytesMut::new();
     if codec::read_startup(&mut stream).await.is_ok() {
-        codec::error_response(
-            "FATAL",
-            "53300",
+        ClientError::new(
+            SqlState::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already (homeport max_client_conn)",
         )
+        .fatal()
         .write_to(&mut buf);
         let _ = stream.write_all(&buf).await;
     }
@@ -143,7 +145,7 @@ async fn session(
         .config
         .pg
         .as_ref()
-        .map_or(std::time::Duration::from_secs(10), |pg| pg.login_timeout);
+        .map_or(crate::config::DEFAULT_LOGIN_TIMEOUT, |pg| pg.login_timeout);
     let login =
         match tokio::time::timeout(limit, login(&generation.app, pools, auth, tls, stream)).await {
             Ok(login) => login?,
@@ -224,11 +226,10 @@ async fn login(
     };
     if tls.is_some_and(|t| t.required) && !encrypted && code == codec::PROTOCOL_3 {
         let mut buf = bytes::BytesMut::new();
-        codec::error_response(
-            "FATAL",
-            "28000",
+        ClientError::no_user(
             "homeport requires TLS on this listener (connect with sslmode=require)",
         )
+        .fatal()
         .write_to(&mut buf);
         let _ = w.write_all(&buf).await;
         return Ok(None);
@@ -251,7 +252,7 @@ async fn login(
                 other >> 16,
                 other & 0xffff
             );
-            codec::error_response("FATAL", "0A000", &m).write_to(&mut buf);
+            ClientError::not_supported(&m).fatal().write_to(&mut buf);
             let _ = w.write_all(&buf).await;
             return Err(ProtocolError::Unsupported(m).into());
         }
@@ -269,7 +270,8 @@ async fn login(
                 Ok(u) => user = Some(u),
                 Err(m) => {
                     let mut buf = bytes::BytesMut::new();
-                    codec::error_response("FATAL", "22023", &format!("invalid homeport.user: {m}"))
+                    ClientError::invalid_value(format!("invalid homeport.user: {m}"))
+                        .fatal()
                         .write_to(&mut buf);
                     let _ = w.write_all(&buf).await;
                     return Ok(None);
@@ -284,15 +286,15 @@ async fn login(
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
         if let Err(e) = sasl::authenticate(&mut r, &mut w, credentials, login).await {
-            let (code, m) = match e {
-                sasl::AuthFailure::Protocol(m) => ("08P01", m),
-                sasl::AuthFailure::Failed(m) => (
-                    "28P01",
+            let e = match e {
+                sasl::AuthFailure::Protocol(m) => ClientError::protocol(m),
+                sasl::AuthFailure::Failed(m) => ClientError::new(
+                    SqlState::INVALID_PASSWORD,
                     format!("password authentication failed for user \"{login}\" ({m})"),
                 ),
             };
             let mut buf = bytes::BytesMut::new();
-            codec::error_response("FATAL", code, &m).write_to(&mut buf);
+            e.fatal().write_to(&mut buf);
             let _ = w.write_all(&buf).await;
             return Ok(None);
         }
@@ -303,7 +305,7 @@ async fn login(
             .and_then(|()| startup::check_database(&params, &pg.databases));
         if let Err(refusal) = checked {
             let mut buf = bytes::BytesMut::new();
-            codec::error_response("FATAL", refusal.code, &refusal.message).write_to(&mut buf);
+            refusal.fatal().write_to(&mut buf);
             let _ = w.write_all(&buf).await;
             return Ok(None);
         }
@@ -323,12 +325,9 @@ async fn login(
             settings
         }
         Err(e) => {
-            codec::error_response(
-                "FATAL",
-                "08006",
-                &format!("homeport cannot reach any database: {e}"),
-            )
-            .write_to(&mut buf);
+            ClientError::unreachable(format!("homeport cannot reach any database: {e}"))
+                .fatal()
+                .write_to(&mut buf);
             let _ = w.write_all(&buf).await;
             return Ok(None);
         }
@@ -336,7 +335,9 @@ async fn login(
     let registration = match pools.cancel.register() {
         Ok(registration) => registration,
         Err(e) => {
-            codec::error_response("FATAL", "58000", &e.to_string()).write_to(&mut buf);
+            ClientError::new(SqlState::SYSTEM_ERROR, e.to_string())
+                .fatal()
+                .write_to(&mut buf);
             let _ = w.write_all(&buf).await;
             return Ok(None);
         }
@@ -377,7 +378,7 @@ async fn refuse_startup<W: tokio::io::AsyncWrite + Unpin>(
     };
     if let Some(m) = m {
         let mut buf = bytes::BytesMut::new();
-        codec::error_response("FATAL", "08P01", &m).write_to(&mut buf);
+        ClientError::protocol(m).fatal().write_to(&mut buf);
         let _ = w.write_all(&buf).await;
     }
     e.into()

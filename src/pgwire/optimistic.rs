@@ -209,7 +209,7 @@ mod drive {
 
     use super::super::attached::TxnStatus;
     use super::super::codec::{self, Message};
-    use super::super::session::{ClientError, Expect, Session, SessionError};
+    use super::super::session::{ClientError, Expect, Session, SessionError, SqlState};
     use super::{Optimistic, Unit, starts, stays};
     use crate::metrics;
     use crate::sql::Classification;
@@ -341,18 +341,18 @@ mod drive {
                     a.lease.release();
                 }
             }
-            if let Err(e) = self.attach(false, None, user.as_deref()).await {
+            let write =
+                crate::routing::effective_intent(false, Some(crate::types::Intent::Write), None);
+            if let Err(e) = self.attach(write, user.as_deref()).await {
                 self.detach();
                 return Ok(Err(e));
             }
             let changed = self.replay(&o).await?;
             metrics::optimistic_replay(o.started.elapsed());
             if self.server.is_none() {
-                return Ok(Err(ClientError {
-                    code: "08006",
-                    message: "homeport lost the home primary while moving this transaction there"
-                        .into(),
-                }));
+                return Ok(Err(ClientError::unreachable(
+                    "homeport lost the home primary while moving this transaction there",
+                )));
             }
             match changed {
                 None => {
@@ -416,10 +416,8 @@ mod drive {
                 "homeport: this transaction read rows on a replica that have changed on the primary since (statement group {} of the transaction), so it cannot go on there; retry the transaction",
                 unit + 1
             );
-            let quoted = message.replace('\'', "''");
-            let sql = format!(
-                "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = '{quoted}'; END$homeport$"
-            );
+            let sql =
+                super::super::error::raise_sql(&SqlState::T_R_SERIALIZATION_FAILURE, &message);
             let failed = match self.server.as_mut() {
                 Some(a) => match a.lease.conn.run_own(&sql).await {
                     Ok((Err(_), status)) => {
@@ -434,10 +432,7 @@ mod drive {
                 // The primary's transaction could not be made to fail: it is closed instead.
                 self.detach();
             }
-            ClientError {
-                code: "40001",
-                message,
-            }
+            ClientError::new(SqlState::T_R_SERIALIZATION_FAILURE, message)
         }
     }
 }

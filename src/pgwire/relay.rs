@@ -9,6 +9,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::attached::TxnStatus;
 use super::codec::{self, Message, ProtocolError, Reader};
+use super::error::SqlState;
 use super::session::{
     ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
 };
@@ -303,11 +304,9 @@ impl Session {
         self.skipping = false;
         self.parsed_now.clear();
         self.optimistic = None;
-        self.send(codec::error_response(
-            "ERROR",
-            "08006",
-            &format!("homeport lost the server connection: {e}"),
-        ));
+        self.send(
+            ClientError::unreachable(format!("homeport lost the server connection: {e}")).error(),
+        );
         self.send(codec::ready_for_query(b'I'));
     }
 
@@ -347,8 +346,10 @@ impl Session {
             return Ok(());
         }
         let optimistic = self.opens_optimistic(&classes);
-        let read_only = plan.read_only || optimistic;
-        self.leave_replica_for_write(read_only).await;
+        let declared = optimistic.then_some(crate::types::Intent::Read);
+        let effective = crate::routing::effective_intent(plan.read_only, declared, plan.hint);
+        self.leave_replica_for_write(effective.intent == crate::types::Intent::Read)
+            .await;
         if self.server.is_none() {
             if !plan.any_statement {
                 if sync {
@@ -357,10 +358,7 @@ impl Session {
                 }
                 return Ok(());
             }
-            if let Err(e) = self
-                .attach(read_only, plan.hint, plan.user.as_deref())
-                .await
-            {
+            if let Err(e) = self.attach(effective, plan.user.as_deref()).await {
                 self.fail(e);
                 if sync {
                     self.send(codec::ready_for_query(b'I'));
@@ -436,10 +434,7 @@ impl Session {
                     let sql = Reader::new(rest, "parse").text().map_err(protocol)?;
                     let sql = sql.as_ref();
                     if super::settings::hides_setting(sql) {
-                        return Err(ClientError {
-                            code: "0A000",
-                            message: super::session::HIDDEN_SETTING.into(),
-                        });
+                        return Err(ClientError::not_supported(super::session::HIDDEN_SETTING));
                     }
                     note(&mut plan, sql, &self.app);
                     if name.is_empty() {
@@ -483,10 +478,10 @@ impl Session {
                         }
                         None if name.is_empty() => {}
                         None => {
-                            return Err(ClientError {
-                                code: "26000",
-                                message: format!("prepared statement \"{name}\" does not exist"),
-                            });
+                            return Err(ClientError::new(
+                                SqlState::INVALID_SQL_STATEMENT_NAME,
+                                format!("prepared statement \"{name}\" does not exist"),
+                            ));
                         }
                     }
                 }
@@ -666,10 +661,7 @@ pub(super) struct BatchPlan {
 }
 
 fn protocol(e: ProtocolError) -> ClientError {
-    ClientError {
-        code: "08P01",
-        message: e.to_string(),
-    }
+    ClientError::protocol(e.to_string())
 }
 
 /// Whether an ErrorResponse ends the session (severity FATAL or PANIC).

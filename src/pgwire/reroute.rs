@@ -10,6 +10,7 @@
 //! from then on, also where a retry is impossible (inside a transaction).
 
 use super::codec::{self, Message, Reader};
+use super::error::SqlState;
 use super::session::{Session, SessionError};
 
 /// The message of a standby's refusal to read an unlogged or temporary table.
@@ -17,7 +18,7 @@ const REFUSAL: &str = "cannot access temporary or unlogged relations during reco
 
 /// Whether an ErrorResponse body is a standby's refusal to read an unlogged or temporary table.
 pub(super) fn is_recovery_refusal(body: &[u8]) -> bool {
-    codec::field(body, b'C').as_deref() == Some("0A000")
+    codec::field(body, b'C').as_deref() == Some(SqlState::FEATURE_NOT_SUPPORTED.code())
         && codec::field(body, b'M').as_deref() == Some(REFUSAL)
 }
 

@@ -24,7 +24,7 @@ use super::pool::{Lease, WirePools};
 use super::server_settings::{self, Settings};
 use super::settings::{self, Setting};
 use crate::app::App;
-use crate::sql::RouteHint;
+use crate::routing::{Effective, effective_intent};
 use crate::sql::{SessionState, SettingNames};
 use crate::types::{Intent, UserId};
 
@@ -143,30 +143,7 @@ pub(super) struct SettingOutput {
     pub(super) tag: &'static str,
 }
 
-/// A failure answered to the client with an ErrorResponse (the session goes on).
-pub(super) struct ClientError {
-    pub(super) code: &'static str,
-    /// The message, optionally followed by a NUL and a DETAIL (see [`ClientError::with_detail`]).
-    pub(super) message: String,
-}
-
-impl ClientError {
-    /// An error with a DETAIL field. A wire C string cannot hold a NUL, so the message and the
-    /// detail travel in one field separated by one, which keeps every other construction as is.
-    pub(super) fn with_detail(code: &'static str, message: &str, detail: &str) -> Self {
-        ClientError {
-            code,
-            message: format!("{message}\0{detail}"),
-        }
-    }
-
-    fn parts(&self) -> (&str, Option<&str>) {
-        match self.message.split_once('\0') {
-            Some((m, d)) => (m, Some(d)),
-            None => (&self.message, None),
-        }
-    }
-}
+pub(super) use super::error::{ClientError, SqlState};
 
 impl Session {
     pub fn new(
@@ -246,11 +223,7 @@ impl Session {
                 Ok(m) => m,
                 Err(ProtocolError::Closed) => return Ok(()),
                 Err(e) => {
-                    self.send(codec::error_response(
-                        "FATAL",
-                        "08P01",
-                        &format!("invalid message: {e}"),
-                    ));
+                    self.send(ClientError::protocol(format!("invalid message: {e}")).fatal());
                     let _ = self.flush().await;
                     return Err(e.into());
                 }
@@ -279,7 +252,7 @@ impl Session {
                 b'd' | b'c' | b'f' => {} // copy messages outside COPY are ignored, as PostgreSQL does
                 other => {
                     let m = format!("unexpected message type '{}'", other as char);
-                    self.send(codec::error_response("FATAL", "08P01", &m));
+                    self.send(ClientError::protocol(&m).fatal());
                     let _ = self.flush().await;
                     return Err(ProtocolError::Unsupported(m).into());
                 }
@@ -307,12 +280,9 @@ impl Session {
         self.batch.clear();
         self.batch_bytes = 0;
         self.discarding = true;
-        self.fail(ClientError {
-            code: "54000",
-            message: format!(
+        self.fail(ClientError::new(SqlState::PROGRAM_LIMIT_EXCEEDED, format!(
                 "extended-protocol messages before Sync exceed pg.max_batch_bytes ({limit} bytes); send a Sync more often"
-            ),
-        });
+            )));
     }
 
     /// `homeport.optimistic_transactions` given at startup.
@@ -339,11 +309,13 @@ impl Session {
     }
 
     async fn terminate_for_shutdown(&mut self) -> Result<(), SessionError> {
-        self.send(codec::error_response(
-            "FATAL",
-            "57P01",
-            "terminating connection: homeport is shutting down",
-        ));
+        self.send(
+            ClientError::new(
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection: homeport is shutting down",
+            )
+            .fatal(),
+        );
         let _ = self.flush().await;
         Ok(())
     }
@@ -417,10 +389,7 @@ impl Session {
     }
 
     pub(super) fn fail(&mut self, e: ClientError) {
-        let (message, detail) = e.parts();
-        self.send(codec::error_response_with_detail(
-            "ERROR", e.code, message, detail,
-        ));
+        self.send(e.error());
     }
 
     pub(super) async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
@@ -432,10 +401,7 @@ impl Session {
             return Ok(());
         }
         if settings::hides_setting(&sql) {
-            self.fail(ClientError {
-                code: "0A000",
-                message: HIDDEN_SETTING.into(),
-            });
+            self.fail(ClientError::not_supported(HIDDEN_SETTING));
             let status = self.txn_status();
             self.send(codec::ready_for_query(status));
             return Ok(());
@@ -454,13 +420,12 @@ impl Session {
             return Ok(());
         }
         let optimistic = self.opens_optimistic(&classes);
-        let read_only = class.read_only || is_read_only_begin(&sql) || optimistic;
-        self.leave_replica_for_write(read_only).await;
+        let declared = (is_read_only_begin(&sql) || optimistic).then_some(Intent::Read);
+        let effective = effective_intent(class.read_only, declared, class.route);
+        self.leave_replica_for_write(effective.intent == Intent::Read)
+            .await;
         if self.server.is_none() {
-            if let Err(e) = self
-                .attach(read_only, class.route, class.user.as_deref())
-                .await
-            {
+            if let Err(e) = self.attach(effective, class.user.as_deref()).await {
                 self.fail(e);
                 self.send(codec::ready_for_query(b'I'));
                 return Ok(());
@@ -528,12 +493,9 @@ impl Session {
     pub(super) fn touches_identity(&self, names: Option<&SettingNames>) -> Option<ClientError> {
         let identity = self.app.config.postgres.identity_setting.as_deref()?;
         let touches = names?.may_set(identity);
-        touches.then(|| ClientError {
-            code: "42501",
-            message: format!(
+        touches.then(|| ClientError::new(SqlState::INSUFFICIENT_PRIVILEGE, format!(
                 "{identity} is set by homeport to the session's user (postgres.identity_setting); a client may not set it, nor call set_config with a setting name given as a parameter"
-            ),
-        })
+            )))
     }
 
     /// Makes a server connection's session-level settings this session's (and the identity
@@ -624,18 +586,15 @@ impl Session {
             }
         };
         if settings::RESERVED.contains(&name) {
-            return Err(ClientError {
-                code: "0A000",
-                message: format!(
-                    "homeport.{name} is reserved and not supported by this homeport version yet"
-                ),
-            });
+            return Err(ClientError::not_supported(format!(
+                "homeport.{name} is reserved and not supported by this homeport version yet"
+            )));
         }
         if !settings::KNOWN.contains(&name) {
-            return Err(ClientError {
-                code: "42704",
-                message: format!("unrecognized configuration parameter \"homeport.{name}\""),
-            });
+            return Err(ClientError::new(
+                SqlState::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"homeport.{name}\""),
+            ));
         }
         let done = |tag| Ok(SettingOutput { row: None, tag });
         match setting {
@@ -648,9 +607,8 @@ impl Session {
             }
             Setting::Set { name, value, local } => match name.as_str() {
                 "user" => {
-                    let u = UserId::parse(value).map_err(|m| ClientError {
-                        code: "22023",
-                        message: format!("invalid homeport.user: {m}"),
+                    let u = UserId::parse(value).map_err(|m| {
+                        ClientError::invalid_value(format!("invalid homeport.user: {m}"))
                     })?;
                     if *local {
                         self.txn_user = Some(u);
@@ -661,26 +619,23 @@ impl Session {
                 }
                 "consistency_token" => self.set_token(value).and(done("SET")),
                 "max_staleness" => {
-                    self.max_staleness =
-                        settings::parse_staleness(value).map_err(|m| ClientError {
-                            code: "22023",
-                            message: format!("invalid homeport.max_staleness: {m}"),
-                        })?;
+                    self.max_staleness = settings::parse_staleness(value).map_err(|m| {
+                        ClientError::invalid_value(format!("invalid homeport.max_staleness: {m}"))
+                    })?;
                     done("SET")
                 }
                 "optimistic_transactions" => {
-                    self.optimistic_setting =
-                        Some(settings::parse_on_off(value).map_err(|m| ClientError {
-                            code: "22023",
-                            message: format!("invalid homeport.optimistic_transactions: {m}"),
-                        })?);
+                    self.optimistic_setting = Some(settings::parse_on_off(value).map_err(|m| {
+                        ClientError::invalid_value(format!(
+                            "invalid homeport.optimistic_transactions: {m}"
+                        ))
+                    })?);
                     done("SET")
                 }
-                _ => Err(ClientError {
-                    code: "55P02",
-                    message: "homeport.route is read-only; use a /*homeport_route='primary'*/ hint"
-                        .into(),
-                }),
+                _ => Err(ClientError::new(
+                    SqlState::CANT_CHANGE_RUNTIME_PARAM,
+                    "homeport.route is read-only; use a /*homeport_route='primary'*/ hint",
+                )),
             },
             Setting::Reset { name } => match name.as_str() {
                 "user" => {
@@ -699,14 +654,13 @@ impl Session {
                     self.optimistic_setting = None;
                     done("RESET")
                 }
-                "idempotency_key" => Err(ClientError {
-                    code: "0A000",
-                    message: "a claimed homeport.idempotency_key stays with its transaction; roll back to release it".into(),
-                }),
-                _ => Err(ClientError {
-                    code: "55P02",
-                    message: "homeport.route is read-only".into(),
-                }),
+                "idempotency_key" => Err(ClientError::not_supported(
+                    "a claimed homeport.idempotency_key stays with its transaction; roll back to release it",
+                )),
+                _ => Err(ClientError::new(
+                    SqlState::CANT_CHANGE_RUNTIME_PARAM,
+                    "homeport.route is read-only",
+                )),
             },
         }
     }
@@ -764,10 +718,7 @@ impl Session {
     /// Makes the attached server raise `message` (SQLSTATE 0A000) so its transaction is aborted
     /// like any failed statement, and relays the outcome.
     pub(super) async fn raise_on_server(&mut self, message: &str) -> Result<(), SessionError> {
-        let quoted = message.replace('\'', "''");
-        let sql = format!(
-            "DO $homeport$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{quoted}'; END$homeport$"
-        );
+        let sql = super::error::raise_sql(&SqlState::FEATURE_NOT_SUPPORTED, message);
         let mut body = BytesMut::new();
         body.put_slice(sql.as_bytes());
         body.put_u8(0);
@@ -779,18 +730,14 @@ impl Session {
     /// Takes a server connection for the user's home shard.
     pub(super) async fn attach(
         &mut self,
-        read_only: bool,
-        hint: Option<RouteHint>,
+        effective: Effective,
         comment_user: Option<&str>,
     ) -> Result<(), ClientError> {
         // A new transaction starts: on the newest config, if it was reloaded meanwhile.
         self.follow_reload();
         let user = match comment_user {
-            Some(u) => UserId::parse(u).map_err(|m| ClientError { code: "22023", message: m })?,
-            None => self.txn_user.clone().or_else(|| self.user.clone()).ok_or_else(|| ClientError {
-                code: "28000",
-                message: "no homeport user for this session: SET homeport.user = '...', connect with options='-c homeport.user=...', or add /*homeport_user='...'*/".into(),
-            })?,
+            Some(u) => UserId::parse(u).map_err(ClientError::invalid_value)?,
+            None => self.txn_user.clone().or_else(|| self.user.clone()).ok_or_else(|| ClientError::no_user("no homeport user for this session: SET homeport.user = '...', connect with options='-c homeport.user=...', or add /*homeport_user='...'*/"))?,
         };
         // A user's home does not change (placements are never moved), so the session remembers
         // the last answer and skips the directory for the user it keeps using.
@@ -808,33 +755,26 @@ impl Session {
                 .await
                 .map(|(h, _)| h)
                 .map_err(|e| match e {
-                    crate::directory::DirectoryError::UnknownUser(_) => ClientError {
-                        code: "28000",
-                        message: e.to_string(),
-                    },
-                    other => ClientError {
-                        code: "08006",
-                        message: other.to_string(),
-                    },
+                    crate::directory::DirectoryError::UnknownUser(_) => {
+                        ClientError::no_user(e.to_string())
+                    }
+                    other => ClientError::unreachable(other.to_string()),
                 })?,
         };
         self.home_cache = Some((user.clone(), home.clone()));
         // Residency: a user of a shard resident elsewhere may be refused here (HP421 / 42501).
         if let Some(r) = crate::residency::wire_refusal(&self.app.residency(&home), &home) {
-            return Err(ClientError::with_detail(r.code, &r.message, &r.detail));
+            return Err(ClientError::with_detail(
+                SqlState::from_code(r.code),
+                &r.message,
+                &r.detail,
+            ));
         }
-        let intent = if read_only && hint != Some(RouteHint::Primary) {
-            Intent::Read
-        } else {
-            Intent::Write
-        };
+        let intent = effective.intent;
         let candidates = self
             .app
-            .candidates(&home, intent)
-            .map_err(|e| ClientError {
-                code: "08006",
-                message: e.to_string(),
-            })?;
+            .candidates(&home, effective.candidates_for())
+            .map_err(|e| ClientError::unreachable(e.to_string()))?;
         let (mut lease, c) = match intent {
             Intent::Read => self.acquire_read(&home, candidates).await?,
             Intent::Write => self.acquire_first(&home, &candidates).await?,
@@ -869,18 +809,13 @@ async fn sync_settings(lease: &mut Lease, wanted: Settings) -> Result<(), Client
             lease.conn.settings = wanted;
             Ok(())
         }
-        Ok((Err(e), _)) => Err(ClientError {
-            code: "08006",
-            message: format!(
-                "homeport could not give the server connection this session's settings: {}",
-                codec::field(&e.body, b'M').unwrap_or_default()
-            ),
-        }),
-        Ok((Ok(_), _)) | Err(_) => Err(ClientError {
-            code: "08006",
-            message: "homeport lost the server connection while applying this session's settings"
-                .into(),
-        }),
+        Ok((Err(e), _)) => Err(ClientError::unreachable(format!(
+            "homeport could not give the server connection this session's settings: {}",
+            codec::field(&e.body, b'M').unwrap_or_default()
+        ))),
+        Ok((Ok(_), _)) | Err(_) => Err(ClientError::unreachable(
+            "homeport lost the server connection while applying this session's settings",
+        )),
     }
 }
 

@@ -8,12 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A startup refused with FATAL: SQLSTATE and message.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub message: String,
-}
+use super::error::{ClientError, SqlState};
 
 /// The role a client asks for: `28000` unless it is one homeport serves. With SCRAM the
 /// exchange itself refuses unknown users (without saying which exist), so only trust checks here.
@@ -21,18 +16,16 @@ pub fn check_role(
     params: &[(String, String)],
     roles: &BTreeSet<String>,
     trust: bool,
-) -> Result<(), Refusal> {
+) -> Result<(), ClientError> {
     let Some(user) = param(params, "user") else {
-        return Err(Refusal {
-            code: "28000",
-            message: "no PostgreSQL user name specified in startup packet".into(),
-        });
+        return Err(ClientError::no_user(
+            "no PostgreSQL user name specified in startup packet",
+        ));
     };
     if trust && !roles.contains(user) {
-        return Err(Refusal {
-            code: "28000",
-            message: format!("role \"{user}\" does not exist"),
-        });
+        return Err(ClientError::no_user(format!(
+            "role \"{user}\" does not exist"
+        )));
     }
     Ok(())
 }
@@ -42,7 +35,7 @@ pub fn check_role(
 pub fn check_database(
     params: &[(String, String)],
     databases: &BTreeMap<String, String>,
-) -> Result<(), Refusal> {
+) -> Result<(), ClientError> {
     let name = param(params, "database")
         .filter(|d| !d.is_empty())
         .or_else(|| param(params, "user"))
@@ -50,10 +43,10 @@ pub fn check_database(
     if databases.contains_key(name) {
         Ok(())
     } else {
-        Err(Refusal {
-            code: "3D000",
-            message: format!("database \"{name}\" does not exist"),
-        })
+        Err(ClientError::new(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{name}\" does not exist"),
+        ))
     }
 }
 
@@ -97,10 +90,7 @@ mod tests {
         let refused = check_role(&params(&[("user", "no_such_role")]), &roles, true);
         assert_eq!(
             refused,
-            Err(Refusal {
-                code: "28000",
-                message: "role \"no_such_role\" does not exist".into()
-            })
+            Err(ClientError::no_user("role \"no_such_role\" does not exist"))
         );
         assert_eq!(
             check_role(&params(&[("user", "no_such_role")]), &roles, false),
@@ -108,7 +98,7 @@ mod tests {
         );
         assert_eq!(
             check_role(&params(&[]), &roles, true).unwrap_err().code,
-            "28000"
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION
         );
     }
 
@@ -129,10 +119,10 @@ mod tests {
         let refused = check_database(&params(&[("user", "app"), ("database", "nosuchdb")]), &dbs);
         assert_eq!(
             refused,
-            Err(Refusal {
-                code: "3D000",
-                message: "database \"nosuchdb\" does not exist".into()
-            })
+            Err(ClientError::new(
+                SqlState::INVALID_CATALOG_NAME,
+                "database \"nosuchdb\" does not exist"
+            ))
         );
     }
 

@@ -40,6 +40,25 @@ pub struct EndpointInfo {
     pub probe_pg: tokio_postgres::Config,
 }
 
+impl EndpointView {
+    /// A replica of shard `eu` in region `us` with `status`, for tests of the pure decisions.
+    #[cfg(test)]
+    pub fn for_tests(index: usize, status: EndpointStatus) -> EndpointView {
+        EndpointView {
+            info: Arc::new(EndpointInfo {
+                index,
+                name: format!("e{index}"),
+                shard: RegionName::parse("eu").expect("valid"),
+                region: RegionName::parse("us").expect("valid"),
+                configured: Configured::Replica,
+                pg: tokio_postgres::Config::new(),
+                probe_pg: tokio_postgres::Config::new(),
+            }),
+            status,
+        }
+    }
+}
+
 /// What the probes last saw.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointStatus {
