@@ -1,31 +1,42 @@
 #!/usr/bin/env bash
 # pgbench straight to PostgreSQL, through PgBouncer (transaction pooling) and through homeport's
-# wire endpoint, in one run on the same data, plus homeport's memory idle and with 1,000 idle
-# client connections.
+# wire endpoint, in one run on the same data, with each proxy's CPU per transaction
+# (/proc/PID/stat deltas over the runs), and first the memory of PgBouncer and homeport holding
+# 1,000 idle asyncpg clients that each ran one SELECT 1.
 #
-#   benches/wire_vs_pgbouncer.sh [seconds]     (default 15 s per measurement)
+#   benches/wire_vs_pgbouncer.sh [seconds]     (default 5 s per run, ROUNDS=3 runs per figure)
+#   HOMEPORT_BIN=target/profiling/homeport benches/wire_vs_pgbouncer.sh 15   (no cargo build)
+#   PERF_OUT=/tmp/hp.perf PERF_ARGS="-g --call-graph dwarf" ...  (perf record of homeport's -S run)
 #
 # Reads (-S) go to the replica of the eu shard located in us: directly, through a PgBouncer in
 # front of that replica, and through the us sidecar for a user homed in eu (which routes them to
 # that same replica). TPC-B goes to the eu primary: directly, through a PgBouncer in front of it,
-# and through the eu sidecar. Every figure is also printed as a ratio to direct.
+# and through the eu sidecar. Every figure is also printed as a ratio to direct, and homeport's
+# as a ratio to PgBouncer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-15}
+SECS=${1:-5}
+ROUNDS=${ROUNDS:-3}
 BASE_PORT=${BENCH_BASE_PORT:-7650}
 DIR=$(mktemp -d /tmp/homeport-wirebench.XXXXXX)
 chmod 755 "$DIR"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v pgbouncer >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-ulimit -n 65536 2>/dev/null || true
+PY=${PYTHON:-target/pyenv/bin/python}
+"$PY" -c "import asyncpg" 2>/dev/null || { echo "needs asyncpg in $PY (scripts/test.sh sets up target/pyenv)" >&2; exit 1; }
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --quiet
-./target/release/homeport dev --dir "$DIR/sandbox" --base-port "$BASE_PORT" >"$DIR/dev.log" 2>&1 &
+if [ -z "${HOMEPORT_BIN:-}" ]; then
+    cargo build --release --quiet
+    HOMEPORT_BIN=./target/release/homeport
+fi
+"$HOMEPORT_BIN" dev --dir "$DIR/sandbox" --base-port "$BASE_PORT" >"$DIR/dev.log" 2>&1 &
 DEV_PID=$!
 BOUNCERS=()
 cleanup() {
     for b in "${BOUNCERS[@]}"; do kill "$b" 2>/dev/null || true; done
+    for p in ${BOUNCER_READ_PID:-} ${BOUNCER_WRITE_PID:-}; do kill "$p" 2>/dev/null || true; done
     kill -INT "$DEV_PID" 2>/dev/null || true; wait "$DEV_PID" 2>/dev/null || true
     rm -rf "$DIR"
 }
@@ -62,7 +73,8 @@ default_pool_size = 20
 logfile = $d/pgbouncer.log
 pidfile = $d/pgbouncer.pid
 EOF
-    if [ "$(id -u)" = 0 ]; then chown -R postgres "$d"; runuser -u postgres -- pgbouncer "$d/pgbouncer.ini" >/dev/null 2>&1 &
+    # runuser's PAM session resets the open-file limit to 1024: too few for 1,000 clients.
+    if [ "$(id -u)" = 0 ]; then chown -R postgres "$d"; runuser -u postgres -- bash -c "ulimit -n \$(ulimit -Hn); exec pgbouncer $d/pgbouncer.ini" >/dev/null 2>&1 &
     else pgbouncer "$d/pgbouncer.ini" >/dev/null 2>&1 & fi
     BOUNCERS+=($!)
 }
@@ -73,67 +85,114 @@ s=[socket.socket() for _ in range(2)]
 print(*[x.getsockname()[1] for x in s])")
 bouncer read "$EU_REPLICA_IN_US" "$BOUNCER_READ"
 bouncer write "$EU_PRIMARY" "$BOUNCER_WRITE"
+bouncer_pid() { pgrep -f -- "^pgbouncer $DIR/bouncer-$1/pgbouncer.ini"; }
+for _ in $(seq 1 100); do bouncer_pid read >/dev/null && bouncer_pid write >/dev/null && break; sleep 0.1; done
 sleep 1
+BOUNCER_READ_PID=$(bouncer_pid read | head -1)
+BOUNCER_WRITE_PID=$(bouncer_pid write | head -1)
+EU_SIDECAR=$(pgrep -f "serve --config $DIR/sandbox/eu/homeport.toml")
+US_SIDECAR=$(pgrep -f "serve --config $DIR/sandbox/us/homeport.toml")
+HZ=$(getconf CLK_TCK)
+# utime + stime of a process, in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Memory: RSS of the read PgBouncer and of the us sidecar, before and while holding 1,000 idle
+# asyncpg clients that each ran one SELECT 1 (simple protocol, which PgBouncer's transaction mode
+# serves too), 50 connecting at a time.
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+idle_clients() { # label pid port options
+    local label=$1 pid=$2 port=$3 options=$4 before held ready="$DIR/ready-$1"
+    sleep 2
+    before=$(rss_kib "$pid")
+    "$PY" - "$port" "$options" "$ready" 2>"$DIR/idle-$label.log" <<'EOF' &
+import asyncio, sys
+import asyncpg
+port, options, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+async def one(gate):
+    async with gate:
+        c = await asyncpg.connect(host="127.0.0.1", port=port, user="app", database="app", ssl=False,
+                                  server_settings={"options": options} if options else None)
+        await c.execute("SELECT 1")
+        return c
+async def main():
+    gate = asyncio.Semaphore(50)
+    conns = await asyncio.gather(*(one(gate) for _ in range(1000)))
+    open(ready, "w").close()
+    await asyncio.sleep(6)
+    for c in conns:
+        await c.close()
+asyncio.run(main())
+EOF
+    local holder=$!
+    for _ in $(seq 1 900); do [ -f "$ready" ] && break; sleep 0.1; done
+    sleep 2
+    held=$(rss_kib "$pid")
+    wait "$holder" || true
+    if [ ! -f "$ready" ]; then
+        printf "%-12s could not hold 1,000 clients: %s\n" "$label" "$(tail -1 "$DIR/idle-$label.log")"
+        return
+    fi
+    python3 -c "
+import sys
+b, h = int(sys.argv[2]), int(sys.argv[3])
+print(f'{sys.argv[1]:<12} {b/1024:9.1f} MiB {h/1024:9.1f} MiB {(h-b)/1000:9.1f} KiB')" "$label" "$before" "$held"
+}
+printf "%-12s %13s %13s %13s\n" "1,000 idle" "RSS before" "RSS holding" "per client"
+idle_clients pgbouncer "$BOUNCER_READ_PID" "$BOUNCER_READ" ""
+idle_clients homeport "$US_SIDECAR" "$US_WIRE" "-c homeport.user=bench-user"
 
 export PGOPTIONS="-c homeport.user=bench-user"
-run() { # label port args...
-    local label=$1 port=$2; shift 2
-    local out
+run() { # proxy_pid port args... -> "transactions cpu_ticks" (pid "-" for direct: no CPU)
+    local pid=$1 port=$2; shift 2
+    local out before=0 after=0 txns
+    [ "$pid" = - ] || before=$(ticks "$pid")
     out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U app "$@" -T "$SECS" app 2>&1 || true)
-    local tps
-    tps=$(echo "$out" | awk '/^tps/ {print $3; exit}')
-    echo "${tps:-failed}"
+    [ "$pid" = - ] || after=$(ticks "$pid")
+    txns=$(echo "$out" | awk -F': ' '/number of transactions actually processed/ {print $2; exit}')
+    echo "${txns:-0} $((after - before))"
 }
-declare -A R
+# Each figure is the sum of ROUNDS runs of SECS seconds, the three targets taking turns, so
+# that a noisy neighbour on the shared machine weighs on all three alike.
+declare -A T C
 for mode in S S_prepared TPCB C; do
     case $mode in
-        S) args=(-S -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; hp=$US_WIRE ;;
-        S_prepared) args=(-S -M prepared -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; hp=$US_WIRE ;;
-        TPCB) args=(-n -c 8 -j 2); rp=$EU_PRIMARY; bp=$BOUNCER_WRITE; hp=$EU_WIRE ;;
-        C) args=(-S -C -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; hp=$US_WIRE ;;
+        S) args=(-S -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; bpid=$BOUNCER_READ_PID; hp=$US_WIRE; hpid=$US_SIDECAR ;;
+        S_prepared) args=(-S -M prepared -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; bpid=$BOUNCER_READ_PID; hp=$US_WIRE; hpid=$US_SIDECAR ;;
+        TPCB) args=(-n -c 8 -j 2); rp=$EU_PRIMARY; bp=$BOUNCER_WRITE; bpid=$BOUNCER_WRITE_PID; hp=$EU_WIRE; hpid=$EU_SIDECAR ;;
+        C) args=(-S -C -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; bpid=$BOUNCER_READ_PID; hp=$US_WIRE; hpid=$US_SIDECAR ;;
     esac
-    R[$mode,direct]=$(PGOPTIONS= run direct "$rp" "${args[@]}")
-    R[$mode,bouncer]=$(PGOPTIONS= run pgbouncer "$bp" "${args[@]}")
-    R[$mode,homeport]=$(run homeport "$hp" "${args[@]}")
+    for target in direct bouncer homeport; do T[$mode,$target]=0; C[$mode,$target]=0; done
+    for round in $(seq 1 "$ROUNDS"); do
+        read -r t c < <(PGOPTIONS= run - "$rp" "${args[@]}")
+        T[$mode,direct]=$((T[$mode,direct] + t))
+        read -r t c < <(PGOPTIONS= run "$bpid" "$bp" "${args[@]}")
+        T[$mode,bouncer]=$((T[$mode,bouncer] + t)); C[$mode,bouncer]=$((C[$mode,bouncer] + c))
+        PERF_PID=
+        if [ -n "${PERF_OUT:-}" ] && [ "$mode" = S ] && [ "$round" = 1 ]; then
+            # shellcheck disable=SC2086
+            perf record -F 999 ${PERF_ARGS:-} -p "$hpid" -o "$PERF_OUT" -- sleep "$SECS" >/dev/null 2>&1 &
+            PERF_PID=$!
+        fi
+        read -r t c < <(run "$hpid" "$hp" "${args[@]}")
+        T[$mode,homeport]=$((T[$mode,homeport] + t)); C[$mode,homeport]=$((C[$mode,homeport] + c))
+        [ -z "$PERF_PID" ] || wait "$PERF_PID" || true
+    done
 done
 
 ratio() { python3 -c "
 import sys
 a, b = sys.argv[1], sys.argv[2]
 try: print(f'{float(a)/float(b):.2f}')
-except ValueError: print('-')" "$1" "$2"; }
-printf "%-28s %12s %12s %12s %10s %10s\n" "pgbench, ${SECS}s, 8 clients" "direct tps" "pgbouncer" "homeport" "bouncer/d" "homeport/d"
+except (ValueError, ZeroDivisionError): print('-')" "$1" "$2"; }
+tps() { python3 -c "import sys; print(f'{int(sys.argv[1]) / float(sys.argv[2]):.0f}')" "$1" "$((SECS * ROUNDS))"; }
+cpu() { [ "$1" -gt 0 ] && echo $(( $2 * 1000000 / HZ / $1 )) || echo -; } # transactions ticks -> µs
+row() { printf "%-24s %10s %10s %10s %9s %9s %9s %12s %12s\n" "$@"; }
+echo
+row "pgbench ${ROUNDS}x${SECS}s 8 clients" "direct tps" "pgbouncer" "homeport" "bncr/dir" "home/dir" "home/bncr" "bncr us/txn" "home us/txn"
 for mode in S S_prepared TPCB C; do
-    case $mode in S) name="-S (simple)";; S_prepared) name="-S -M prepared";; TPCB) name="TPC-B (simple)";; C) name="-S -C (connect per txn)";; esac
-    printf "%-28s %12s %12s %12s %10s %10s\n" "$name" "${R[$mode,direct]}" "${R[$mode,bouncer]}" "${R[$mode,homeport]}" \
-        "$(ratio "${R[$mode,bouncer]}" "${R[$mode,direct]}")" "$(ratio "${R[$mode,homeport]}" "${R[$mode,direct]}")"
+    case $mode in S) name="-S (simple)";; S_prepared) name="-S -M prepared";; TPCB) name="TPC-B (simple)";; C) name="-S -C (connect/txn)";; esac
+    row "$name" "$(tps "${T[$mode,direct]}")" "$(tps "${T[$mode,bouncer]}")" "$(tps "${T[$mode,homeport]}")" \
+        "$(ratio "${T[$mode,bouncer]}" "${T[$mode,direct]}")" "$(ratio "${T[$mode,homeport]}" "${T[$mode,direct]}")" \
+        "$(ratio "${T[$mode,homeport]}" "${T[$mode,bouncer]}")" \
+        "$(cpu "${T[$mode,bouncer]}" "${C[$mode,bouncer]}")" "$(cpu "${T[$mode,homeport]}" "${C[$mode,homeport]}")"
 done
-
-# Memory of the us sidecar: idle, then holding 1,000 idle client connections.
-SIDECAR=$(pgrep -f "homeport serve --config $DIR/sandbox/us/homeport.toml")
-rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$SIDECAR/status"; }
-sleep 2
-IDLE=$(rss)
-python3 - "$US_WIRE" <<'EOF' &
-import socket, struct, sys, time
-port = int(sys.argv[1])
-conns = []
-params = b"user\0app\0database\0app\0options\0-c homeport.user=bench-user\0\0"
-for _ in range(1000):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
-    buf = b""
-    while not buf.endswith(b"Z\x00\x00\x00\x05I"):
-        chunk = s.recv(4096)
-        if not chunk:
-            raise SystemExit("connection refused")
-        buf += chunk
-    conns.append(s)
-print("1000 connected", flush=True)
-time.sleep(8)
-EOF
-HOLDER=$!
-sleep 6
-HELD=$(rss)
-wait $HOLDER || true
-printf "%-40s %8s MiB\n" "homeport RSS idle" "$IDLE" "homeport RSS with 1,000 idle clients" "$HELD"

@@ -103,8 +103,23 @@ pub fn wire_pin(reason: &'static str) {
 /// `promoted` (moved to the home primary, its reads replayed and equal), `conflict` (a replayed
 /// read differed: 40001), `primary` (went to the primary from its first unit).
 pub fn optimistic_transaction(result: &'static str) {
-    counter!(OPTIMISTIC_TRANSACTIONS_TOTAL, "result" => result).increment(1);
+    // Once per wire transaction: the labelled counters are looked up once, then only bumped.
+    static COUNTERS: OnceLock<Vec<Counter>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        // Handles taken before the recorder exists would count nowhere.
+        install();
+        OPTIMISTIC_RESULTS
+            .iter()
+            .map(|r| counter!(OPTIMISTIC_TRANSACTIONS_TOTAL, "result" => *r))
+            .collect()
+    });
+    match OPTIMISTIC_RESULTS.iter().position(|r| *r == result) {
+        Some(i) => counters[i].increment(1),
+        None => counter!(OPTIMISTIC_TRANSACTIONS_TOTAL, "result" => result).increment(1),
+    }
 }
+
+const OPTIMISTIC_RESULTS: [&str; 4] = ["read_only", "promoted", "conflict", "primary"];
 
 /// Time an optimistic transaction spent on a read copy before its promotion, including the replay.
 pub fn optimistic_replay(took: Duration) {

@@ -64,26 +64,71 @@ pub enum ProtocolError {
 
 /// A buffered reader that cuts messages out of one shared buffer: a message body is a slice of
 /// what was read (no allocation or copy per message), and one `read` usually brings several.
+///
+/// The buffer grows from `initial` bytes: a read that fills it doubles the next read's size (up to
+/// [`MAX_CHUNK`]), and a message longer than the buffer gets room for all of it. [`shrink`] gives
+/// a grown buffer back once it is empty, so a client that sat idle after a large message holds
+/// `initial` bytes again, not its peak (the per-client memory of 1,000 idle clients).
+///
+/// [`shrink`]: FramedReader::shrink
 pub struct FramedReader<R> {
     inner: R,
     buf: BytesMut,
+    /// How much the next read asks for at least.
+    chunk: usize,
+    initial: usize,
+    /// The buffer was allocated past `initial` (a long message or a fast sender).
+    grown: bool,
 }
+
+/// Read size of a client connection's reader: protocol messages of most statements fit.
+pub const CLIENT_CHUNK: usize = 1024;
+/// Read size of a server connection's reader: result rows arrive in bulk.
+pub const SERVER_CHUNK: usize = 16 * 1024;
+/// The largest read size a reader grows to.
+pub const MAX_CHUNK: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FramedReader<R> {
     pub fn new(inner: R) -> Self {
+        Self::with_chunk(inner, SERVER_CHUNK)
+    }
+
+    /// A reader whose buffer starts at `initial` bytes (allocated at the first read).
+    pub fn with_chunk(inner: R, initial: usize) -> Self {
         FramedReader {
             inner,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::new(),
+            chunk: initial,
+            initial,
+            grown: false,
+        }
+    }
+
+    /// Frees a grown buffer that holds no unread bytes; the next read starts small again. The
+    /// memory is returned once the messages cut from it are dropped.
+    pub fn shrink(&mut self) {
+        if self.grown && self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.chunk = self.initial;
+            self.grown = false;
         }
     }
 
     async fn fill(&mut self, want: usize) -> Result<(), ProtocolError> {
         while self.buf.len() < want {
-            if self.buf.capacity() - self.buf.len() < want - self.buf.len() {
-                self.buf.reserve((want - self.buf.len()).max(16 * 1024));
+            let missing = want - self.buf.len();
+            if self.buf.capacity() - self.buf.len() < missing {
+                let room = missing.max(self.chunk);
+                self.grown |= room > self.initial;
+                self.buf.reserve(room);
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let spare = self.buf.capacity() - self.buf.len();
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
                 return Err(ProtocolError::Closed);
+            }
+            if n == spare && self.chunk < MAX_CHUNK {
+                self.chunk *= 2;
             }
         }
         Ok(())

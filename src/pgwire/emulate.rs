@@ -3,40 +3,34 @@
 //! homeport with the messages a server would send; they never reach a server, so they work
 //! before any server is attached and never move a session to another connection.
 
-use std::sync::Arc;
-
 use bytes::{BufMut, BytesMut};
 
 use super::codec::{self, Message, Reader};
+use super::frontend::Frontend;
 use super::session::{ClientStatement, Session, SessionError};
 use super::settings::{self, Setting};
 
 impl Session {
     /// The setting a batch is about, if every statement it parses or binds is a homeport setting.
-    pub(super) fn settings_only(&self, batch: &[Message]) -> Option<Vec<Setting>> {
+    pub(super) fn settings_only(&self, batch: &[Frontend<'_>]) -> Option<Vec<Setting>> {
         let mut found = Vec::new();
         for m in batch {
-            let sql: Option<Arc<str>> = match m.tag {
-                b'P' => {
-                    let mut r = Reader::new(&m.body, "parse");
-                    r.cstr().ok()?;
-                    Some(r.text().ok()?.as_ref().into())
-                }
-                b'B' => {
-                    let mut r = Reader::new(&m.body, "bind");
-                    r.cstr().ok()?;
-                    let name = r.cstr().ok()?;
-                    if name.is_empty() {
-                        self.unnamed_sql.clone()
+            let setting = match m {
+                Frontend::Parse(p) => settings::parse(&p.sql().ok()?)?,
+                Frontend::Bind(b) => {
+                    let sql = if b.statement.is_empty() {
+                        self.unnamed_sql.as_deref()
                     } else {
-                        self.statements.get(name).map(|s| s.sql.clone())
+                        self.statements.get(b.statement).map(|s| &*s.sql)
+                    };
+                    match sql {
+                        Some(sql) => settings::parse(sql)?,
+                        None => continue,
                     }
                 }
-                _ => None,
+                _ => continue,
             };
-            if let Some(sql) = sql {
-                found.push(settings::parse(&sql)?);
-            }
+            found.push(setting);
         }
         (!found.is_empty()).then_some(found)
     }

@@ -16,6 +16,7 @@ pub mod codec;
 mod consistency;
 mod emulate;
 mod error;
+pub mod frontend;
 mod idempotency;
 mod optimistic;
 mod pool;
@@ -146,14 +147,15 @@ async fn session(
         .pg
         .as_ref()
         .map_or(crate::config::DEFAULT_LOGIN_TIMEOUT, |pg| pg.login_timeout);
-    let login =
-        match tokio::time::timeout(limit, login(&generation.app, pools, auth, tls, stream)).await {
-            Ok(login) => login?,
-            Err(_) => {
-                tracing::debug!(?limit, "wire client did not log in in time");
-                return Ok(());
-            }
-        };
+    // Boxed, so the session's task does not keep room for the login's state after it.
+    let login = Box::pin(login(&generation.app, pools, auth, tls, stream));
+    let login = match tokio::time::timeout(limit, login).await {
+        Ok(login) => login?,
+        Err(_) => {
+            tracing::debug!(?limit, "wire client did not log in in time");
+            return Ok(());
+        }
+    };
     let Some(l) = login else {
         return Ok(());
     };
@@ -216,7 +218,7 @@ async fn login(
         (None, None) => unreachable!("an SSLRequest without TLS is answered in the loop"),
     };
     let encrypted = first.is_none();
-    let mut r = codec::FramedReader::new(r);
+    let mut r = codec::FramedReader::with_chunk(r, codec::CLIENT_CHUNK);
     let (code, body) = match first {
         Some(first) => first,
         None => match r.startup().await {

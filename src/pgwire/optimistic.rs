@@ -382,7 +382,9 @@ mod drive {
                             .iter()
                             .map(|(n, s)| (n.clone(), self.statements.insert(n.clone(), s.clone())))
                             .collect();
-                        let rewritten = self.rewrite(ms);
+                        let rewritten = super::super::frontend::Frontend::decode_all(ms)
+                            .map_err(SessionError::from)
+                            .and_then(|d| self.rewrite(&d));
                         for (n, before) in saved {
                             match before {
                                 Some(b) => self.statements.insert(n, b),

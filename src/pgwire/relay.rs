@@ -5,11 +5,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::attached::TxnStatus;
-use super::codec::{self, Message, ProtocolError, Reader};
+use super::codec::{self, Message, ProtocolError};
 use super::error::SqlState;
+use super::frontend::{self, Frontend, Kind};
 use super::session::{
     ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
 };
@@ -35,6 +36,17 @@ impl Session {
             self.server_lost(e);
             return Ok(());
         }
+        // One watch on the server's health for the whole exchange (a timer armed per message
+        // waited for would cost a timer registration per round trip).
+        let endpoint = attached.lease.endpoint;
+        let app = self.app.clone();
+        let poll = app
+            .config
+            .probe
+            .interval
+            .min(std::time::Duration::from_millis(250));
+        let down = app.topology.down(endpoint, poll);
+        tokio::pin!(down);
         // The client's ReadyForQuery, held back while homeport's position query is answered.
         let mut held: Option<Message> = None;
         let mut position: Option<String> = None;
@@ -58,17 +70,11 @@ impl Session {
             let Some(lease) = self.server.as_mut().map(|a| &mut a.lease) else {
                 break;
             };
-            let poll = self
-                .app
-                .config
-                .probe
-                .interval
-                .min(std::time::Duration::from_millis(250));
-            // `biased`: a message already buffered is taken without arming the probe watch.
+            // `biased`: a message already buffered is taken without polling the watch.
             let m = tokio::select! {
                 biased;
                 m = lease.conn.recv() => m,
-                () = self.app.topology.down(lease.endpoint, poll) => Err(ProtocolError::Unreachable),
+                () = &mut down => Err(ProtocolError::Unreachable),
             };
             let m = match m {
                 Ok(m) => m,
@@ -313,10 +319,13 @@ impl Session {
     /// Runs the extended-protocol messages collected up to a Sync (or Flush).
     pub(super) async fn run_batch(&mut self, sync: bool) -> Result<(), SessionError> {
         let batch = std::mem::take(&mut self.batch);
-        if self.settings_only(&batch).is_some() {
+        let decoded = Frontend::decode_all(&batch).map_err(protocol);
+        if let Ok(decoded) = &decoded
+            && self.settings_only(decoded).is_some()
+        {
             return self.emulate(&batch).await;
         }
-        let plan = match self.plan_batch(&batch) {
+        let plan = match decoded.and_then(|d| self.plan_batch(&d).map(|plan| (plan, d))) {
             Ok(p) => p,
             Err(e) => {
                 self.fail(e);
@@ -329,6 +338,7 @@ impl Session {
                 return Ok(());
             }
         };
+        let (plan, decoded) = plan;
         if let Some(e) = self.touches_identity(plan.setting_names.as_ref()) {
             self.fail(e);
             if sync {
@@ -378,7 +388,8 @@ impl Session {
         {
             a.lease.conn.prepared.clear();
         }
-        let (mut buf, mut queue) = self.rewrite(&batch)?;
+        let (mut buf, mut queue) = self.rewrite(&decoded)?;
+        drop(decoded);
         if sync && self.capture_ahead(plan.effect) {
             super::consistency::position_query().write_to(&mut buf);
             queue.push_back(Expect::Position);
@@ -390,7 +401,7 @@ impl Session {
 
     /// First pass over a batch: remember parsed statements, check that referenced statements
     /// exist, and classify what will run.
-    fn plan_batch(&mut self, batch: &[Message]) -> Result<BatchPlan, ClientError> {
+    fn plan_batch(&mut self, batch: &[Frontend<'_>]) -> Result<BatchPlan, ClientError> {
         let mut plan = BatchPlan {
             read_only: true,
             any_statement: false,
@@ -402,48 +413,23 @@ impl Session {
             forgets_prepared: false,
             executed: Vec::new(),
         };
-        let note = |plan: &mut BatchPlan, sql: &str, app: &crate::app::App| {
-            let class = app.classifier.classify(sql);
-            plan.session = plan.session.or(class.session);
-            plan.setting_names = match (plan.setting_names.take(), &class.setting_names) {
-                (Some(SettingNames::Dynamic), _) | (_, Some(SettingNames::Dynamic)) => {
-                    Some(SettingNames::Dynamic)
-                }
-                (Some(SettingNames::Names(mut a)), Some(SettingNames::Names(b))) => {
-                    a.extend(b.iter().cloned());
-                    Some(SettingNames::Names(a))
-                }
-                (a, b) => a.or_else(|| b.clone()),
-            };
-            plan.forgets_prepared |= super::session::forgets_prepared(sql);
-            plan.effect = plan.effect.and(class.effect);
-            plan.read_only &= class.read_only;
-            plan.hint = plan.hint.or(class.route);
-            if plan.user.is_none() {
-                plan.user = class.user.clone();
-            }
-            class
-        };
         for m in batch {
-            match m.tag {
-                b'P' => {
+            match m {
+                Frontend::Parse(p) => {
                     plan.any_statement = true;
-                    let mut r = Reader::new(&m.body, "parse");
-                    let name = r.cstr().map_err(protocol)?;
-                    let rest = r.rest();
-                    let sql = Reader::new(rest, "parse").text().map_err(protocol)?;
+                    let sql = p.sql().map_err(protocol)?;
                     let sql = sql.as_ref();
                     if super::settings::hides_setting(sql) {
                         return Err(ClientError::not_supported(super::session::HIDDEN_SETTING));
                     }
-                    note(&mut plan, sql, &self.app);
-                    if name.is_empty() {
+                    plan.note(sql, &self.app);
+                    if p.name.is_empty() {
                         self.unnamed_sql = Some(sql.into());
                     } else {
-                        let server_name = server_statement_name(rest);
-                        let parse_body = with_name(&server_name, rest);
+                        let server_name = server_statement_name(p.after_name);
+                        let parse_body = with_name(&server_name, p.after_name);
                         self.statements.insert(
-                            name.to_string(),
+                            p.name.to_string(),
                             ClientStatement {
                                 sql: Arc::from(sql),
                                 server_name,
@@ -452,17 +438,10 @@ impl Session {
                         );
                     }
                 }
-                b'B' | b'D' => {
+                Frontend::Bind(_) | Frontend::Describe(_) => {
                     plan.any_statement = true;
-                    let mut r = Reader::new(&m.body, "bind");
-                    let name = if m.tag == b'B' {
-                        r.cstr().map_err(protocol)?;
-                        r.cstr().map_err(protocol)?
-                    } else {
-                        if r.u8().map_err(protocol)? != b'S' {
-                            continue;
-                        }
-                        r.cstr().map_err(protocol)?
+                    let Some(name) = m.statement() else {
+                        continue; // a portal's Describe
                     };
                     let sql = if name.is_empty() {
                         self.unnamed_sql.clone()
@@ -471,8 +450,8 @@ impl Session {
                     };
                     match sql {
                         Some(sql) => {
-                            let class = note(&mut plan, &sql, &self.app);
-                            if m.tag == b'B' {
+                            let class = plan.note(&sql, &self.app);
+                            if matches!(m, Frontend::Bind(_)) {
                                 plan.executed.push(class);
                             }
                         }
@@ -485,17 +464,15 @@ impl Session {
                         }
                     }
                 }
-                b'C' => {
+                Frontend::Close(t) => {
                     plan.any_statement = true;
                     // Closed now, so a later Bind or Describe in this batch must not find it.
-                    let mut r = Reader::new(&m.body, "close");
-                    if r.u8().map_err(protocol)? == b'S' {
-                        let name = r.cstr().map_err(protocol)?;
-                        self.statements.remove(name);
+                    if t.kind == Kind::Statement {
+                        self.statements.remove(t.name);
                     }
                 }
-                b'E' => plan.any_statement = true,
-                _ => {}
+                Frontend::Execute(_) => plan.any_statement = true,
+                Frontend::Sync | Frontend::Flush => {}
             }
         }
         Ok(plan)
@@ -505,70 +482,50 @@ impl Session {
     /// prepared, and what to expect back for each message.
     pub(super) fn rewrite(
         &mut self,
-        batch: &[Message],
+        batch: &[Frontend<'_>],
     ) -> Result<(BytesMut, VecDeque<Expect>), SessionError> {
-        let mut buf = BytesMut::new();
+        let mut buf = BytesMut::with_capacity(256);
         let mut queue = VecDeque::with_capacity(batch.len() + 2);
         let mark = self
             .server
             .as_ref()
             .map_or(0, |a| a.lease.conn.prepared.mark());
         for m in batch {
-            match m.tag {
-                b'P' => {
-                    let name = Reader::new(&m.body, "parse").cstr()?;
-                    if name.is_empty() {
-                        m.write_to(&mut buf);
+            match m {
+                Frontend::Parse(p) => {
+                    if p.name.is_empty() {
+                        p.write_to(&mut buf);
                         queue.push_back(Expect::Parse);
-                    } else if self.ensure_prepared(name, &mut buf, &mut queue, mark) {
+                    } else if self.ensure_prepared(p.name, &mut buf, &mut queue, mark) {
                         queue.push_back(Expect::ParseNamed);
                     } else {
                         queue.push_back(Expect::SynthParse);
                     }
                 }
-                b'B' => {
-                    let mut r = Reader::new(&m.body, "bind");
-                    let portal = r.cstr()?;
-                    let stmt = r.cstr()?;
-                    if stmt.is_empty() {
-                        m.write_to(&mut buf);
+                Frontend::Bind(b) => {
+                    if b.statement.is_empty() {
+                        b.write_to(&mut buf);
                     } else {
-                        if self.ensure_prepared(stmt, &mut buf, &mut queue, mark) {
+                        if self.ensure_prepared(b.statement, &mut buf, &mut queue, mark) {
                             queue.push_back(Expect::Swallow);
                         }
-                        let server_name = self.server_name(stmt)?;
-                        let mut body = BytesMut::new();
-                        body.put_slice(portal.as_bytes());
-                        body.put_u8(0);
-                        body.put_slice(&with_name(&server_name, r.rest()));
-                        Message::new(b'B', body.freeze()).write_to(&mut buf);
+                        b.write_for(self.server_name(b.statement)?, &mut buf);
                     }
                     queue.push_back(Expect::Bind);
                 }
-                b'D' => {
-                    let mut r = Reader::new(&m.body, "describe");
-                    let kind = r.u8()?;
-                    let name = r.cstr()?;
-                    if kind == b'S' && !name.is_empty() {
+                Frontend::Describe(t) => {
+                    if let Some(name) = t.named_statement() {
                         if self.ensure_prepared(name, &mut buf, &mut queue, mark) {
                             queue.push_back(Expect::Swallow);
                         }
-                        let server_name = self.server_name(name)?;
-                        let mut body = BytesMut::new();
-                        body.put_u8(b'S');
-                        body.put_slice(server_name.as_bytes());
-                        body.put_u8(0);
-                        Message::new(b'D', body.freeze()).write_to(&mut buf);
+                        frontend::write_describe_statement(self.server_name(name)?, &mut buf);
                     } else {
                         m.write_to(&mut buf);
                     }
                     queue.push_back(Expect::Describe);
                 }
-                b'C' => {
-                    let mut r = Reader::new(&m.body, "close");
-                    let kind = r.u8()?;
-                    let name = r.cstr()?;
-                    if kind == b'S' && !name.is_empty() {
+                Frontend::Close(t) => {
+                    if let Some(name) = t.named_statement() {
                         // The server keeps its copy for other clients; the client's name is gone.
                         self.statements.remove(name);
                         queue.push_back(Expect::SynthClose);
@@ -577,25 +534,25 @@ impl Session {
                         queue.push_back(Expect::ClosePortal);
                     }
                 }
-                b'E' => {
+                Frontend::Execute(_) => {
                     m.write_to(&mut buf);
                     queue.push_back(Expect::Execute);
                 }
-                b'S' => {
+                Frontend::Sync => {
                     m.write_to(&mut buf);
                     queue.push_back(Expect::Sync);
                 }
-                _ => m.write_to(&mut buf),
+                Frontend::Flush => m.write_to(&mut buf),
             }
         }
         Ok((buf, queue))
     }
 
     /// The server name of the client's statement `name` (checked to exist by `plan_batch`).
-    fn server_name(&self, name: &str) -> Result<String, SessionError> {
+    fn server_name(&self, name: &str) -> Result<&str, SessionError> {
         self.statements
             .get(name)
-            .map(|s| s.server_name.clone())
+            .map(|s| s.server_name.as_str())
             .ok_or_else(|| {
                 ProtocolError::Unsupported(format!("prepared statement \"{name}\" does not exist"))
                     .into()
@@ -629,11 +586,7 @@ impl Session {
                 p.max_prepared_statements
             });
         while let Some(old) = prepared.evict(keep.saturating_sub(1), mark) {
-            let mut body = BytesMut::with_capacity(old.len() + 2);
-            body.put_u8(b'S');
-            body.put_slice(old.as_bytes());
-            body.put_u8(0);
-            Message::new(b'C', body.freeze()).write_to(buf);
+            frontend::write_close_statement(&old, buf);
             queue.push_back(Expect::Evict);
         }
         prepared.insert(stmt.server_name.clone());
@@ -658,6 +611,32 @@ pub(super) struct BatchPlan {
     forgets_prepared: bool,
     /// The classifications of the statements the batch executes (its Binds), in order.
     executed: Vec<std::sync::Arc<crate::sql::Classification>>,
+}
+
+impl BatchPlan {
+    /// Adds a statement the batch runs (or describes) to the plan; its classification.
+    fn note(&mut self, sql: &str, app: &crate::app::App) -> Arc<crate::sql::Classification> {
+        let class = app.classifier.classify(sql);
+        self.session = self.session.or(class.session);
+        self.setting_names = match (self.setting_names.take(), &class.setting_names) {
+            (Some(SettingNames::Dynamic), _) | (_, Some(SettingNames::Dynamic)) => {
+                Some(SettingNames::Dynamic)
+            }
+            (Some(SettingNames::Names(mut a)), Some(SettingNames::Names(b))) => {
+                a.extend(b.iter().cloned());
+                Some(SettingNames::Names(a))
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        };
+        self.forgets_prepared |= super::session::forgets_prepared(sql);
+        self.effect = self.effect.and(class.effect);
+        self.read_only &= class.read_only;
+        self.hint = self.hint.or(class.route);
+        if self.user.is_none() {
+            self.user = class.user.clone();
+        }
+        class
+    }
 }
 
 fn protocol(e: ProtocolError) -> ClientError {

@@ -33,6 +33,9 @@ pub(super) const HIDDEN_SETTING: &str = "homeport.* settings must be written pla
 
 /// Flush buffered output to the client once it holds this much.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
+/// An output buffer that grew past this (a large result) is freed when the session goes idle, so
+/// an idle client does not keep its peak; smaller ones are kept and reused.
+const OUT_KEEP: usize = 8 * 1024;
 
 #[derive(Clone)]
 pub(super) struct ClientStatement {
@@ -167,7 +170,7 @@ impl Session {
             current,
             client,
             out_half,
-            out: BytesMut::with_capacity(8192),
+            out: BytesMut::new(),
             user,
             txn_user: None,
             server: None,
@@ -209,6 +212,7 @@ impl Session {
                 return self.terminate_for_shutdown().await;
             }
             let next = if between_transactions {
+                self.shrink_buffers();
                 tokio::select! {
                     m = self.next_client_message() => Some(m),
                     _ = shutdown.wait_for(|s| *s) => None,
@@ -239,14 +243,17 @@ impl Session {
                 }
                 continue;
             }
+            // The work on a message is boxed: its future (several KiB of nested state) exists
+            // only while a message is handled, so an idle session's task stays small (the
+            // memory of many idle clients).
             match msg.tag {
-                b'Q' => self.simple_query_or_reroute(msg).await?,
+                b'Q' => Box::pin(self.simple_query_or_reroute(msg)).await?,
                 b'P' | b'B' | b'D' | b'E' | b'C' => self.hold(msg),
                 b'S' | b'H' => {
                     let sync = msg.tag == b'S';
                     self.batch.push(msg);
                     self.batch_bytes = 0;
-                    self.run_batch_or_reroute(sync).await?;
+                    Box::pin(self.run_batch_or_reroute(sync)).await?;
                 }
                 b'X' => return Ok(()),
                 b'd' | b'c' | b'f' => {} // copy messages outside COPY are ignored, as PostgreSQL does
@@ -380,6 +387,14 @@ impl Session {
         m.write_to(&mut self.out);
     }
 
+    /// Idle between transactions: buffers grown by a large message or result are freed.
+    fn shrink_buffers(&mut self) {
+        self.client.shrink();
+        if self.out.is_empty() && self.out.capacity() > OUT_KEEP {
+            self.out = BytesMut::new();
+        }
+    }
+
     pub(super) async fn flush(&mut self) -> Result<(), ProtocolError> {
         if !self.out.is_empty() {
             self.out_half.write_all(&self.out).await?;
@@ -393,7 +408,8 @@ impl Session {
     }
 
     pub(super) async fn simple_query(&mut self, msg: Message) -> Result<(), SessionError> {
-        let sql = Reader::new(&msg.body, "query").text()?.into_owned();
+        let body = msg.body.clone();
+        let sql = Reader::new(&body, "query").text()?;
         if let Some(setting) = settings::parse(&sql) {
             self.answer_setting(setting).await;
             let status = self.txn_status();
@@ -406,9 +422,8 @@ impl Session {
             self.send(codec::ready_for_query(status));
             return Ok(());
         }
-        // Simple-protocol statements usually carry their values inline, so each text is new:
-        // classify without filling the cache with texts that will not come again.
-        let class = self.app.classifier.classify_uncached(&sql);
+        // Simple-protocol statements usually carry their values inline, so each text is new.
+        let class = self.app.classifier.classify_simple(&sql);
         if let Some(e) = self.touches_identity(class.setting_names.as_ref()) {
             self.fail(e);
             let status = self.txn_status();
@@ -701,14 +716,19 @@ impl Session {
     /// shard cannot run there: the message saying so, if that is the case.
     pub(super) async fn other_shard(&mut self, comment_user: Option<&str>) -> Option<String> {
         let attached = self.server.as_ref()?;
-        let (shard, attached_user) = (attached.shard.clone(), attached.user.clone());
+        let named;
         let user = match comment_user {
-            Some(u) => UserId::parse(u).ok()?,
-            None => self.txn_user.clone().or_else(|| self.user.clone())?,
+            Some(u) => {
+                named = UserId::parse(u).ok()?;
+                &named
+            }
+            None => self.txn_user.as_ref().or(self.user.as_ref())?,
         };
-        if attached_user == user {
+        // The usual case, checked without copying anything: the transaction's own user.
+        if attached.user == *user {
             return None;
         }
+        let (user, shard) = (user.clone(), attached.shard.clone());
         let (home, _) = self.app.directory.home_of(&user, None).await.ok()?;
         (home != shard).then(|| {
             format!("homeport: user {user} lives in shard {home}, but this transaction runs on shard {shard}; a transaction runs wholly on one shard")
@@ -746,6 +766,7 @@ impl Session {
             .as_ref()
             .filter(|(u, _)| *u == user)
             .map(|(_, h)| h.clone());
+        let hit = cached.is_some();
         let home = match cached {
             Some(h) => h,
             None => self
@@ -761,7 +782,9 @@ impl Session {
                     other => ClientError::unreachable(other.to_string()),
                 })?,
         };
-        self.home_cache = Some((user.clone(), home.clone()));
+        if !hit {
+            self.home_cache = Some((user.clone(), home.clone()));
+        }
         // Residency: a user of a shard resident elsewhere may be refused here (HP421 / 42501).
         if let Some(r) = crate::residency::wire_refusal(&self.app.residency(&home), &home) {
             return Err(ClientError::with_detail(
@@ -834,6 +857,13 @@ impl Drop for Session {
 
 /// `BEGIN READ ONLY` / `START TRANSACTION READ ONLY ...`.
 fn is_read_only_begin(sql: &str) -> bool {
+    // Most statements are not a BEGIN: answered without copying the text.
+    let first = sql
+        .split(|c: char| c.is_whitespace() || c == ';' || c == ',')
+        .find(|w| !w.is_empty());
+    if !first.is_some_and(|w| w.eq_ignore_ascii_case("begin") || w.eq_ignore_ascii_case("start")) {
+        return false;
+    }
     let lower = sql.to_ascii_lowercase();
     let words: Vec<&str> = lower
         .split(|c: char| c.is_whitespace() || c == ';' || c == ',')

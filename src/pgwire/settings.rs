@@ -57,10 +57,14 @@ pub fn parse_staleness(value: &str) -> Result<Option<std::time::Duration>, Strin
 pub fn parse(sql: &str) -> Option<Setting> {
     let s = sql.trim().trim_end_matches(';').trim();
     let (verb, rest) = split_word(s)?;
-    let verb = verb.to_ascii_lowercase();
-    if !matches!(verb.as_str(), "set" | "reset" | "show") {
+    // Most statements are not settings: answered before anything is allocated.
+    if !["set", "reset", "show"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v))
+    {
         return None;
     }
+    let verb = verb.to_ascii_lowercase();
     let (mut word, mut rest) = split_word(rest)?;
     let mut local = false;
     if verb == "set" && (word.eq_ignore_ascii_case("local") || word.eq_ignore_ascii_case("session"))

@@ -57,17 +57,35 @@ impl ClassifyCache {
         if sql.len() > MAX_CACHED_SQL_LEN {
             return;
         }
-        {
-            let mut set = self.primary_only.lock().unwrap_or_else(|p| p.into_inner());
-            if set.len() >= self.capacity {
-                set.clear();
+        // Under its own text (extended protocol) and its simple-protocol key.
+        let masked = super::lexer::numbers_masked(sql);
+        let keys = std::iter::once(sql).chain(masked.as_deref());
+        for key in keys {
+            {
+                let mut set = self.primary_only.lock().unwrap_or_else(|p| p.into_inner());
+                if set.len() >= self.capacity {
+                    set.clear();
+                }
+                set.insert(key.into());
             }
-            set.insert(sql.into());
+            self.map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
         }
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(sql);
+    }
+
+    /// A simple-protocol statement: values come inline, so each text is usually new. A text
+    /// without quotes or comments is classified by its [`numbers_masked`] key and kept (all
+    /// texts that differ only in numbers share it); any other is classified without filling the
+    /// cache with texts that will not come again.
+    ///
+    /// [`numbers_masked`]: super::lexer::numbers_masked
+    pub fn classify_simple(&self, sql: &str) -> Arc<Classification> {
+        match super::lexer::numbers_masked(sql) {
+            Some(key) => self.classify(&key),
+            None => self.classify_uncached(sql),
+        }
     }
 
     /// A cached answer if there is one, else a fresh classification that is not kept.
@@ -127,5 +145,25 @@ mod tests {
             assert!(c.read_only);
         }
         assert_eq!(cache.classify("select 1").route, None);
+    }
+
+    #[test]
+    fn simple_statements_share_a_key_by_their_numbers() {
+        let cache = ClassifyCache::new(8);
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 99;",
+            "UPDATE t SET x = x + -5 WHERE id = 3",
+            "select 'quoted', 1",
+        ] {
+            assert_eq!(*cache.classify_simple(sql), classify(sql), "{sql}");
+        }
+        // Two texts under one key, the update, and nothing for the quoted one.
+        assert_eq!(cache.map.lock().unwrap().len(), 2);
+        let unlogged = "select v from unlogged_t where id = 7";
+        cache.classify_simple(unlogged);
+        cache.remember_primary_only(unlogged);
+        let other = cache.classify_simple("select v from unlogged_t where id = 8");
+        assert_eq!(other.route, Some(super::super::RouteHint::Primary));
     }
 }
