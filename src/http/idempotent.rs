@@ -1,11 +1,12 @@
 //! Writes with an `Idempotency-Key` header (see `crate::idempotency` for the design).
 //!
-//! In the regional Redis first: a cached completed response with the same fingerprint is replayed
-//! at once, a different fingerprint is 422, and a held in-flight lock is 409. Then on the home
-//! primary, in one transaction: BEGIN, the claim and the first statement go out together; the
-//! remaining statements run; the stored response, COMMIT and the commit-position query go out
-//! together. An idempotent `/v1/query` therefore costs two round trips to the home primary where
-//! a plain write costs one. A claim that finds the key completed replays the stored response.
+//! When the home primary is in another region, the regional Redis first: a cached completed
+//! response with the same fingerprint is replayed at once, a different fingerprint is 422, and a
+//! held in-flight lock is 409. Then on the home primary, in one transaction: BEGIN, the claim and
+//! the first statement go out together; the remaining statements run; the stored response,
+//! COMMIT and the commit-position query go out together. An idempotent `/v1/query` therefore
+//! costs two round trips to the home primary where a plain write costs one. A claim that finds
+//! the key completed replays the stored response.
 
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -92,12 +93,21 @@ pub async fn write(
     outcome: &mut Outcome,
 ) -> Result<Reply, Problem> {
     // Outside a resident shard's regions nothing of its responses may be stored, not even in
-    // this region's Redis: the home primary's record alone decides (one more round trip).
-    let kv = app.kv_for(req.home);
-    let fingerprint_hex = crate::idempotency::hex(&req.fingerprint);
-    let holder = crate::idempotency::hex(
-        &crate::random::bytes::<12>().map_err(|e| Problem::unavailable(e.to_string()))?,
-    );
+    // this region's Redis: the home primary's record alone decides (one more round trip). When
+    // the home primary is in this region Redis would save no cross-region round trip, only add
+    // two of its own, so the primary alone decides then too.
+    let local_primary = candidates
+        .first()
+        .is_some_and(|c| app.in_this_region(c.index));
+    let kv = app.kv_for(req.home).filter(|_| !local_primary);
+    let fingerprint_hex =
+        kv.map_or_else(String::new, |_| crate::idempotency::hex(&req.fingerprint));
+    let holder = match kv {
+        Some(_) => crate::idempotency::hex(
+            &crate::random::bytes::<12>().map_err(|e| Problem::unavailable(e.to_string()))?,
+        ),
+        None => String::new(),
+    };
     if let Some(kv) = kv {
         let lock_ttl = app.config.idempotency.lock_ttl;
         match cache::before(kv, req.user, &req.key, &holder, lock_ttl).await {
@@ -209,8 +219,8 @@ async fn keyed_transaction(
     let ttl = app.config.idempotency.ttl.as_secs_f64();
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let first = &req.statements[0];
-    let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&user, &key, &req.fingerprint, &"completed", &ttl];
+    let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&user, &key, &req.fingerprint];
     let (begin, claimed, first_result) = tokio::join!(
         c.batch_execute("BEGIN"),
         c.execute(&claim, &claim_params),
@@ -264,7 +274,20 @@ async fn keyed_transaction(
         c.batch_execute("COMMIT"),
         c.query_one(&lsn_stmt, &[]),
     );
-    recorded.map_err(pg)?;
+    if let Err(e) = recorded {
+        // The record raised, so COMMIT rolled the write back: a request with the same key
+        // committed between this claim's snapshot and its lock (see `store::RECORD_SQL`).
+        let refusal = e
+            .as_db_error()
+            .and_then(|db| Refusal::from_sqlstate(db.code().code()));
+        commit.map_err(pg)?;
+        guard.finish_with(&exec);
+        let Some(refusal) = refusal else {
+            return Err(pg(e));
+        };
+        metrics::idempotency(refusal.metric(), "http");
+        return Err(refused(refusal, &req.key));
+    }
     commit.map_err(pg)?;
     guard.finish_with(&exec);
     metrics::idempotency("new", "http");
