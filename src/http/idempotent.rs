@@ -2,10 +2,11 @@
 //!
 //! When the home primary is in another region, the regional Redis first: a cached completed
 //! response with the same fingerprint is replayed at once, a different fingerprint is 422, and a
-//! held in-flight lock is 409. Then on the home primary, in one transaction: BEGIN, the claim and
-//! the first statement go out together; the remaining statements run; the stored response,
-//! COMMIT and the commit-position query go out together. An idempotent `/v1/query` therefore
-//! costs two round trips to the home primary where a plain write costs one. A claim that finds
+//! held in-flight lock is 409. Then on the home primary, in one transaction: BEGIN and the claim
+//! (one simple Query) and the first statement go out together; the remaining statements run; the
+//! stored response, COMMIT and the commit-position query go out as one simple Query. An
+//! idempotent `/v1/query` therefore costs two round trips and three protocol cycles on the home
+//! primary where a plain write costs one round trip and two cycles. A claim that finds
 //! the key completed replays the stored response.
 
 use http::{HeaderMap, StatusCode};
@@ -208,25 +209,19 @@ async fn keyed_transaction(
     let exec = Exec::new(app, &client, endpoint, None);
     let guard = TxGuard(Some(client));
     let c = guard.client();
-    // Prepared once per connection, all in one round trip.
-    let (claim, record, lookup, lsn_stmt) = tokio::try_join!(
-        c.prepare_cached(store::CLAIM_SQL),
-        c.prepare_cached(store::RECORD_SQL),
+    // Prepared once per connection (for a replay), in one round trip.
+    let (lookup, lsn_stmt) = tokio::try_join!(
         c.prepare_cached(store::LOOKUP_SQL),
         c.prepare_cached(POSITION_SQL),
     )
     .map_err(pg)?;
-    let ttl = app.config.idempotency.ttl.as_secs_f64();
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let first = &req.statements[0];
-    let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&user, &key, &req.fingerprint];
-    let (begin, claimed, first_result) = tokio::join!(
-        c.batch_execute("BEGIN"),
-        c.execute(&claim, &claim_params),
+    let claim = store::claim_batch(user, key, &req.fingerprint);
+    let (claimed, first_result) = tokio::join!(
+        c.batch_execute(&claim),
         execute::run(c, &exec, first.sql, first.params, first.command),
     );
-    begin.map_err(pg)?;
     if let Err(e) = claimed {
         let refusal = e
             .as_db_error()
@@ -267,33 +262,30 @@ async fn keyed_transaction(
         return Err(e.into());
     }
     let body = shape(req.shape, results);
-    let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&user, &key, &req.fingerprint, &200i16, &body, &ttl];
-    let (recorded, commit, lsn) = tokio::join!(
-        c.execute(&record, &record_params),
-        c.batch_execute("COMMIT"),
-        c.query_one(&lsn_stmt, &[]),
-    );
-    if let Err(e) = recorded {
-        // The record raised, so COMMIT rolled the write back: a request with the same key
-        // committed between this claim's snapshot and its lock (see `store::RECORD_SQL`).
-        let refusal = e
-            .as_db_error()
-            .and_then(|db| Refusal::from_sqlstate(db.code().code()));
-        commit.map_err(pg)?;
-        guard.finish_with(&exec);
-        let Some(refusal) = refusal else {
-            return Err(pg(e));
-        };
-        metrics::idempotency(refusal.metric(), "http");
-        return Err(refused(refusal, &req.key));
-    }
-    commit.map_err(pg)?;
+    let ttl = app.config.idempotency.ttl;
+    let record = store::record_batch(user, key, &req.fingerprint, 200, &body, ttl);
+    let lsn = match c.simple_query(&record).await {
+        Ok(messages) => messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        }),
+        Err(e) => {
+            // Nothing committed. The record raises when a request with the same key committed
+            // between this claim's snapshot and its lock (see `store::record_batch`).
+            let refusal = e
+                .as_db_error()
+                .and_then(|db| Refusal::from_sqlstate(db.code().code()));
+            c.batch_execute("ROLLBACK").await.map_err(pg)?;
+            guard.finish_with(&exec);
+            let Some(refusal) = refusal else {
+                return Err(pg(e));
+            };
+            metrics::idempotency(refusal.metric(), "http");
+            return Err(refused(refusal, &req.key));
+        }
+    };
     guard.finish_with(&exec);
     metrics::idempotency("new", "http");
-    let lsn = lsn
-        .ok()
-        .and_then(|row| row.get::<_, String>(0).parse().ok());
     let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
     Ok(Done {
         status: StatusCode::OK,

@@ -22,7 +22,7 @@
 //!
 //! A request in flight has no committed row: it holds a transaction-scoped advisory lock on the
 //! key (and, on the wire, an uncommitted row); both vanish if it rolls back or its connection
-//! dies. The HTTP claim ([`CLAIM_SQL`]) costs one lock and one index probe and no PL/pgSQL unless
+//! dies. The HTTP claim ([`claim_batch`]) costs one lock and one index probe and no PL/pgSQL unless
 //! it refuses; the wire keeps version 1's claim function, which also inserts its row at once.
 
 use std::time::Duration;
@@ -109,31 +109,64 @@ COMMENT ON FUNCTION homeport.idempotency_refuse(text, text) IS
     ),
 ];
 
-/// The HTTP claim, run first inside the write's transaction, pipelined with BEGIN and the first
-/// statement. No row yet and no PL/pgSQL on this path: the key's advisory lock (the same lock
-/// the version 1 claim function takes, so sidecars of both versions exclude each other) and one
-/// probe of the primary key. A refusal raises (`HP409` busy, `HP200` completed, `HP422` another
-/// request), which aborts the transaction so the pipelined statement never runs. The lock is
-/// tried before the probe: a CASE evaluates its branches in order and the scalar subquery is
-/// an initplan, computed only when its branch is reached.
-pub const CLAIM_SQL: &str = "SELECT CASE \
-     WHEN NOT pg_try_advisory_xact_lock(hashtextextended($1::text || chr(1) || $2::text, 7401)) \
-     THEN homeport.idempotency_refuse($2::text, 'HP409') \
-     ELSE (SELECT homeport.idempotency_refuse(key, \
-                  CASE WHEN fingerprint = $3::bytea THEN 'HP200' ELSE 'HP422' END) \
-             FROM homeport.idempotency_keys \
-            WHERE user_id = $1::text AND key = $2::text AND expires_at > now()) END";
-/// The record of an HTTP write with its response, pipelined with COMMIT. The claim's probe saw
-/// no live record and the advisory lock is held, so the only row in the way is an expired one,
-/// which is overwritten; anything else raises, which turns the COMMIT into a rollback.
-pub const RECORD_SQL: &str = "INSERT INTO homeport.idempotency_keys AS k \
-     (user_id, key, fingerprint, state, status, response, expires_at) \
-     VALUES ($1, $2, $3, 'completed', $4, $5, now() + make_interval(secs => $6)) \
-     ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-     state = EXCLUDED.state, status = EXCLUDED.status, response = EXCLUDED.response, \
-     created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
-     WHERE CASE WHEN k.expires_at <= now() THEN true \
-     ELSE homeport.idempotency_refuse(k.key, 'HP409') END";
+/// BEGIN and the HTTP claim, one simple Query (one protocol cycle) pipelined with the first
+/// statement of the write. No row yet and no PL/pgSQL on this path: the key's advisory lock (the
+/// same lock the version 1 claim function takes, so sidecars of both versions exclude each
+/// other) and one probe of the primary key. A refusal raises (`HP409` busy, `HP200` completed,
+/// `HP422` another request), which aborts the transaction so the pipelined statement never runs.
+/// The lock is tried before the probe: a CASE evaluates its branches in order and the scalar
+/// subquery is an initplan, computed only when its branch is reached.
+pub fn claim_batch(user: &str, key: &str, fingerprint: &[u8]) -> String {
+    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
+    format!(
+        "BEGIN; SELECT CASE \
+         WHEN NOT pg_try_advisory_xact_lock(hashtextextended({user} || chr(1) || {key}, 7401)) \
+         THEN homeport.idempotency_refuse({key}, 'HP409') \
+         ELSE (SELECT homeport.idempotency_refuse(key, \
+                      CASE WHEN fingerprint = {fp} THEN 'HP200' ELSE 'HP422' END) \
+                 FROM homeport.idempotency_keys \
+                WHERE user_id = {user} AND key = {key} AND expires_at > now()) END"
+    )
+}
+
+/// The record of an HTTP write with its response, COMMIT and the commit position, one simple
+/// Query. The claim's probe saw no live record and the advisory lock is held, so the only row in
+/// the way is an expired one, which is overwritten; anything else raises, and the rest of the
+/// Query (COMMIT) is skipped, leaving the transaction to be rolled back.
+pub fn record_batch(
+    user: &str,
+    key: &str,
+    fingerprint: &[u8],
+    status: u16,
+    response: &str,
+    ttl: Duration,
+) -> String {
+    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
+    let (response, ttl) = (literal(response), ttl.as_secs_f64());
+    format!(
+        "INSERT INTO homeport.idempotency_keys AS k \
+         (user_id, key, fingerprint, state, status, response, expires_at) \
+         VALUES ({user}, {key}, {fp}, 'completed', {status}, {response}, \
+                 now() + make_interval(secs => {ttl})) \
+         ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+         state = EXCLUDED.state, status = EXCLUDED.status, response = EXCLUDED.response, \
+         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
+         WHERE CASE WHEN k.expires_at <= now() THEN true \
+         ELSE homeport.idempotency_refuse(k.key, 'HP409') END; \
+         COMMIT; SELECT pg_current_wal_lsn()::text"
+    )
+}
+
+/// A string literal that reads the same whatever `standard_conforming_strings` says.
+fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A bytea value from hex, with no backslash to interpret.
+fn bytea(bytes: &[u8]) -> String {
+    format!("decode('{}', 'hex')", super::hex(bytes))
+}
+
 /// The stored response of a completed key.
 pub const LOOKUP_SQL: &str = "SELECT status, response, fingerprint FROM homeport.idempotency_keys \
      WHERE user_id = $1 AND key = $2 AND expires_at > now()";
@@ -284,6 +317,31 @@ pub fn spawn_cleanup(app: std::sync::Arc<crate::app::App>) -> tokio::task::JoinH
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_batches_escape_their_values_under_either_string_syntax() {
+        let claim = claim_batch("o'b\\", "k'1", &[0xab, 0x01]);
+        assert!(claim.starts_with("BEGIN; SELECT CASE"));
+        assert!(
+            claim.contains("E'o''b\\\\' || chr(1) || E'k''1'"),
+            "{claim}"
+        );
+        assert!(
+            claim.contains("fingerprint = decode('ab01', 'hex')"),
+            "{claim}"
+        );
+        let record = record_batch(
+            "u",
+            "k",
+            &[1],
+            200,
+            r#"{"a":"it's \\n"}"#,
+            Duration::from_secs(60),
+        );
+        assert!(record.contains(r#"E'{"a":"it''s \\\\n"}'"#), "{record}");
+        assert!(record.contains("make_interval(secs => 60)"), "{record}");
+        assert!(record.ends_with("COMMIT; SELECT pg_current_wal_lsn()::text"));
+    }
 
     #[test]
     fn the_wire_claim_escapes_its_values() {
