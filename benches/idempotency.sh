@@ -20,8 +20,12 @@ chmod 755 "$DIR"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v wrk >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
-cargo build --release --quiet
-./target/release/homeport dev --dir "$DIR/sandbox" --base-port "$BASE_PORT" --link-delay 25ms >"$DIR/dev.log" 2>&1 &
+# HOMEPORT_BIN runs another build (e.g. a release build of an older commit) instead.
+if [ -z "${HOMEPORT_BIN:-}" ]; then
+    cargo build --release --quiet
+    HOMEPORT_BIN=./target/release/homeport
+fi
+"$HOMEPORT_BIN" dev --dir "$DIR/sandbox" --base-port "$BASE_PORT" --link-delay 25ms >"$DIR/dev.log" 2>&1 &
 DEV_PID=$!
 cleanup() { kill -INT "$DEV_PID" 2>/dev/null || true; wait "$DEV_PID" 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
@@ -35,11 +39,37 @@ curl -sf -X PUT "$US_HTTP/v1/users/bench-writer/home" -H 'content-type: applicat
 curl -sf -X PUT "$EU_HTTP/v1/users/bench-replayer/home" -H 'content-type: application/json' -d '{"home_region":"eu"}' >/dev/null
 sleep 1
 
-measure() { # $1 = keyed (0/1), $2 = seconds, $3 = output file
+SIDECAR_PID=$(pgrep -f "serve --config $DIR/sandbox/us/homeport.toml")
+# CPU ticks of the us sidecar, and of every PostgreSQL process of the sandbox (postmasters and
+# their children: backends stay alive in the pools, so their time is counted).
+sidecar_ticks() { awk '{print $14 + $15}' "/proc/$SIDECAR_PID/stat"; }
+pg_ticks() {
+    python3 - "$DIR/sandbox" <<'PY'
+import os, sys
+pms = set()
+for root, _, files in os.walk(sys.argv[1]):
+    if "postmaster.pid" in files:
+        pms.add(int(open(os.path.join(root, "postmaster.pid")).readline()))
+t = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if int(pid) in pms or int(f[1]) in pms:
+        t += int(f[11]) + int(f[12])
+print(t)
+PY
+}
+measure() { # $1 = keyed (0/1), $2 = seconds, $3 = output file; appends "sidecar_us pg_us" per request to $3.cpu
+    local s0 p0
+    s0=$(sidecar_ticks); p0=$(pg_ticks)
     BENCH_KEYED=$1 BENCH_RUN=$RANDOM$RANDOM wrk -t 2 -c 8 -d "${2}s" --latency -s benches/keyed_write.lua "$US_HTTP" >"$3"
     if grep -q "Non-2xx" "$3"; then grep "Non-2xx" "$3"; echo "sidecar answered errors"; exit 1; fi
+    local n; n=$(awk '/requests in/ {print $1}' "$3")
+    python3 -c "t=$(getconf CLK_TCK); print(f'{($(sidecar_ticks)-$s0)*1e6/t/$n:.0f} {($(pg_ticks)-$p0)*1e6/t/$n:.0f}')" >"$3.cpu"
 }
-measure 0 3 /dev/null; measure 1 3 /dev/null   # warm up both paths (and create the schema)
+measure 0 3 "$DIR/warm.txt"; measure 1 3 "$DIR/warm.txt"   # warm up both paths (and create the schema)
 measure 0 "$SECS" "$DIR/plain.txt"
 measure 1 "$SECS" "$DIR/keyed.txt"
 measure 0 "$SECS" "$DIR/plain2.txt"
@@ -80,8 +110,9 @@ PY
 read -r pg50 pg99 r50 r99 <"$DIR/replay.txt"
 
 echo "idempotency keys, wrk -t 2 -c 8, ${SECS}s per run, user homed in the sidecar's region"
-printf "%-52s %10s   p50 %s\n" "plain INSERT (req/s, mean of the runs before/after)" "$plain" "$(p50 "$DIR/plain.txt")"
-printf "%-52s %10s   p50 %s\n" "INSERT with a fresh Idempotency-Key (req/s)" "$keyed" "$(p50 "$DIR/keyed.txt")"
+cpu() { read -r s p <"$1.cpu"; echo "CPU/request: sidecar ${s} µs, PostgreSQL ${p} µs"; }
+printf "%-52s %10s   p50 %-8s %s\n" "plain INSERT (req/s, mean of the runs before/after)" "$plain" "$(p50 "$DIR/plain.txt")" "$(cpu "$DIR/plain.txt")"
+printf "%-52s %10s   p50 %-8s %s\n" "INSERT with a fresh Idempotency-Key (req/s)" "$keyed" "$(p50 "$DIR/keyed.txt")" "$(cpu "$DIR/keyed.txt")"
 printf "%-52s %10s\n" "ratio keyed / plain" "$(python3 -c "print(f'{$keyed/$plain:.2f}')")"
 echo "replays through the us sidecar of keys homed in eu (50 ms link), 200 keys"
 printf "%-52s p50 %6s ms  p99 %6s ms\n" "from the eu primary (us Redis miss)" "$pg50" "$pg99"

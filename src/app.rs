@@ -213,6 +213,11 @@ impl App {
         }
     }
 
+    /// Whether endpoint `index` is located in this sidecar's region.
+    pub fn in_this_region(&self, index: usize) -> bool {
+        self.topology.snapshot().get(index).info.region == self.config.region
+    }
+
     /// Runs `work` on endpoint `index` unless the probes declare that endpoint down first; then
     /// the work is abandoned (its connection is dropped with it) and the request hears that the
     /// server became unreachable, with the outcome of a write unknown.

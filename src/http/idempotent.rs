@@ -1,11 +1,13 @@
 //! Writes with an `Idempotency-Key` header (see `crate::idempotency` for the design).
 //!
-//! In the regional Redis first: a cached completed response with the same fingerprint is replayed
-//! at once, a different fingerprint is 422, and a held in-flight lock is 409. Then on the home
-//! primary, in one transaction: BEGIN, the claim and the first statement go out together; the
-//! remaining statements run; the stored response, COMMIT and the commit-position query go out
-//! together. An idempotent `/v1/query` therefore costs two round trips to the home primary where
-//! a plain write costs one. A claim that finds the key completed replays the stored response.
+//! When the home primary is in another region, the regional Redis first: a cached completed
+//! response with the same fingerprint is replayed at once, a different fingerprint is 422, and a
+//! held in-flight lock is 409. Then on the home primary, in one transaction: BEGIN and the claim
+//! (one simple Query) and the first statement go out together; the remaining statements run; the
+//! stored response, COMMIT and the commit-position query go out as one simple Query. An
+//! idempotent `/v1/query` therefore costs two round trips and three protocol cycles on the home
+//! primary where a plain write costs one round trip and two cycles. A claim that finds
+//! the key completed replays the stored response.
 
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
@@ -93,12 +95,21 @@ pub async fn write(
     outcome: &mut Outcome,
 ) -> Result<Reply, Problem> {
     // Outside a resident shard's regions nothing of its responses may be stored, not even in
-    // this region's Redis: the home primary's record alone decides (one more round trip).
-    let kv = app.kv_for(req.home);
-    let fingerprint_hex = crate::idempotency::hex(&req.fingerprint);
-    let holder = crate::idempotency::hex(
-        &crate::random::bytes::<12>().map_err(|e| Problem::unavailable(e.to_string()))?,
-    );
+    // this region's Redis: the home primary's record alone decides (one more round trip). When
+    // the home primary is in this region Redis would save no cross-region round trip, only add
+    // two of its own, so the primary alone decides then too.
+    let local_primary = candidates
+        .first()
+        .is_some_and(|c| app.in_this_region(c.index));
+    let kv = app.kv_for(req.home).filter(|_| !local_primary);
+    let fingerprint_hex =
+        kv.map_or_else(String::new, |_| crate::idempotency::hex(&req.fingerprint));
+    let holder = match kv {
+        Some(_) => crate::idempotency::hex(
+            &crate::random::bytes::<12>().map_err(|e| Problem::unavailable(e.to_string()))?,
+        ),
+        None => String::new(),
+    };
     if let Some(kv) = kv {
         let lock_ttl = app.config.idempotency.lock_ttl;
         match cache::before(kv, req.user, &req.key, &holder, lock_ttl).await {
@@ -199,25 +210,19 @@ async fn keyed_transaction(
     let exec = Exec::new(app, &client, endpoint, None);
     let guard = TxGuard(Some(client));
     let c = guard.client();
-    // Prepared once per connection, all in one round trip.
-    let (claim, record, lookup, lsn_stmt) = tokio::try_join!(
-        c.prepare_cached(store::CLAIM_SQL),
-        c.prepare_cached(store::RECORD_SQL),
+    // Prepared once per connection (for a replay), in one round trip.
+    let (lookup, lsn_stmt) = tokio::try_join!(
         c.prepare_cached(store::LOOKUP_SQL),
         c.prepare_cached(POSITION_SQL),
     )
     .map_err(pg)?;
-    let ttl = app.config.idempotency.ttl.as_secs_f64();
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let first = &req.statements[0];
-    let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&user, &key, &req.fingerprint, &"completed", &ttl];
-    let (begin, claimed, first_result) = tokio::join!(
-        c.batch_execute("BEGIN"),
-        c.execute(&claim, &claim_params),
+    let claim = store::claim_batch(user, key, &req.fingerprint);
+    let (claimed, first_result) = tokio::join!(
+        c.batch_execute(&claim),
         execute::run(c, &exec, first.sql, first.params, first.command),
     );
-    begin.map_err(pg)?;
     if let Err(e) = claimed {
         let refusal = e
             .as_db_error()
@@ -258,18 +263,32 @@ async fn keyed_transaction(
         return Err(e.into());
     }
     let body = shape(req.shape, results);
-    let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&user, &key, &req.fingerprint, &200i16, &body, &ttl];
-    let (recorded, commit, lsn) = tokio::join!(
-        c.execute(&record, &record_params),
-        c.batch_execute("COMMIT"),
-        c.query_one(&lsn_stmt, &[]),
-    );
-    recorded.map_err(pg)?;
-    commit.map_err(pg)?;
+    let ttl = app.config.idempotency.ttl;
+    let record = store::record_batch(user, key, &req.fingerprint, 200, &body, ttl);
+    let lsn = match c.simple_query(&record).await {
+        Ok(messages) => messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                crate::consistency::sql::parse_position(row.get(0))
+            }
+            _ => None,
+        }),
+        Err(e) => {
+            // Nothing committed. The record raises when a request with the same key committed
+            // between this claim's snapshot and its lock (see `store::record_batch`).
+            let refusal = e
+                .as_db_error()
+                .and_then(|db| Refusal::from_sqlstate(db.code().code()));
+            c.batch_execute("ROLLBACK").await.map_err(pg)?;
+            guard.finish_with(&exec);
+            let Some(refusal) = refusal else {
+                return Err(pg(e));
+            };
+            metrics::idempotency(refusal.metric(), "http");
+            return Err(refused(refusal, &req.key));
+        }
+    };
     guard.finish_with(&exec);
     metrics::idempotency("new", "http");
-    let lsn = answered_position(lsn);
     let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
     Ok(Done {
         status: StatusCode::OK,

@@ -8,8 +8,9 @@
 //! and refuses a key that already has a record (replay, or 422 for a different request). A crash
 //! before COMMIT rolls back both the write and the record, and a crash after it leaves both.
 //!
-//! The regional Redis ([`cache`]) is only a shortcut in front of that: completed responses, so a
-//! replay in the same region needs no trip to the home primary, and a short in-flight lock. It
+//! The regional Redis ([`cache`]) is only a shortcut in front of that, used when the home primary
+//! is in another region: completed responses, so a replay in the same region needs no trip to
+//! the home primary, and a short in-flight lock. It
 //! is written only after PostgreSQL committed, and nothing it says can make a write apply twice.
 
 pub mod cache;

@@ -2,7 +2,9 @@
 //! migrates itself, the claim that runs inside a write's transaction, the stored response, and
 //! the cleanup of expired records in small batches.
 //!
-//! Schema (migration version 1, recorded in `homeport.migrations`):
+//! Schema (migration version 1, recorded in `homeport.migrations`; version 2 adds
+//! `homeport.idempotency_refuse`, which raises a claim's refusal, and changes nothing else, so
+//! sidecars of both versions work on one database):
 //!
 //! ```sql
 //! homeport.idempotency_keys (
@@ -20,7 +22,8 @@
 //!
 //! A request in flight has no committed row: it holds a transaction-scoped advisory lock on the
 //! key (and, on the wire, an uncommitted row); both vanish if it rolls back or its connection
-//! dies.
+//! dies. The HTTP claim ([`claim_batch`]) costs one lock and one index probe and no PL/pgSQL unless
+//! it refuses; the wire keeps version 1's claim function, which also inserts its row at once.
 
 use std::time::Duration;
 
@@ -29,9 +32,10 @@ use tokio::sync::OnceCell;
 use crate::db::{DbError, Pools};
 
 /// Steps of homeport's own schema, applied in order, each once, under an advisory lock.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE homeport.idempotency_keys (
     user_id     text        NOT NULL,
     key         text        NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
@@ -79,14 +83,91 @@ BEGIN
 END
 $claim$;
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE FUNCTION homeport.idempotency_refuse(p_key text, p_code text) RETURNS boolean
+LANGUAGE plpgsql AS $refuse$
+BEGIN
+    IF p_code = 'HP409' THEN
+        RAISE EXCEPTION USING ERRCODE = 'HP409',
+            MESSAGE = format('idempotency key %L is in use by a request that is still running', p_key),
+            HINT = 'retry after it finished';
+    ELSIF p_code = 'HP200' THEN
+        RAISE EXCEPTION USING ERRCODE = 'HP200',
+            MESSAGE = format('idempotency key %L was already used by a committed transaction; this transaction was not applied', p_key),
+            HINT = 'the earlier transaction with this key committed: treat this as success and roll back';
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'HP422',
+        MESSAGE = format('idempotency key %L was already used for a different request', p_key);
+END
+$refuse$;
+COMMENT ON FUNCTION homeport.idempotency_refuse(text, text) IS
+    'raises the refusal of an idempotency claim (HP409, HP200, HP422); called by homeport''s claim statements';
+"#,
+    ),
+];
 
-/// The claim, run first inside the write's transaction (see the module docs).
-pub const CLAIM_SQL: &str = "SELECT homeport.idempotency_claim($1, $2, $3, $4, $5)";
-/// The record of an HTTP write with its response, just before its COMMIT.
-pub const RECORD_SQL: &str = "INSERT INTO homeport.idempotency_keys \
-     (user_id, key, fingerprint, state, status, response, expires_at) \
-     VALUES ($1, $2, $3, 'completed', $4, $5, now() + make_interval(secs => $6))";
+/// BEGIN and the HTTP claim, one simple Query (one protocol cycle) pipelined with the first
+/// statement of the write. No row yet and no PL/pgSQL on this path: the key's advisory lock (the
+/// same lock the version 1 claim function takes, so sidecars of both versions exclude each
+/// other) and one probe of the primary key. A refusal raises (`HP409` busy, `HP200` completed,
+/// `HP422` another request), which aborts the transaction so the pipelined statement never runs.
+/// The lock is tried before the probe: a CASE evaluates its branches in order and the scalar
+/// subquery is an initplan, computed only when its branch is reached.
+pub fn claim_batch(user: &str, key: &str, fingerprint: &[u8]) -> String {
+    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
+    format!(
+        "BEGIN; SELECT CASE \
+         WHEN NOT pg_try_advisory_xact_lock(hashtextextended({user} || chr(1) || {key}, 7401)) \
+         THEN homeport.idempotency_refuse({key}, 'HP409') \
+         ELSE (SELECT homeport.idempotency_refuse(key, \
+                      CASE WHEN fingerprint = {fp} THEN 'HP200' ELSE 'HP422' END) \
+                 FROM homeport.idempotency_keys \
+                WHERE user_id = {user} AND key = {key} AND expires_at > now()) END"
+    )
+}
+
+/// The record of an HTTP write with its response, COMMIT and the commit position, one simple
+/// Query. The claim's probe saw no live record and the advisory lock is held, so the only row in
+/// the way is an expired one, which is overwritten; anything else raises, and the rest of the
+/// Query (COMMIT) is skipped, leaving the transaction to be rolled back.
+pub fn record_batch(
+    user: &str,
+    key: &str,
+    fingerprint: &[u8],
+    status: u16,
+    response: &str,
+    ttl: Duration,
+) -> String {
+    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
+    let (response, ttl) = (literal(response), ttl.as_secs_f64());
+    format!(
+        "INSERT INTO homeport.idempotency_keys AS k \
+         (user_id, key, fingerprint, state, status, response, expires_at) \
+         VALUES ({user}, {key}, {fp}, 'completed', {status}, {response}, \
+                 now() + make_interval(secs => {ttl})) \
+         ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+         state = EXCLUDED.state, status = EXCLUDED.status, response = EXCLUDED.response, \
+         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
+         WHERE CASE WHEN k.expires_at <= now() THEN true \
+         ELSE homeport.idempotency_refuse(k.key, 'HP409') END; \
+         COMMIT; {position}",
+        position = crate::consistency::sql::POSITION_SQL
+    )
+}
+
+/// A string literal that reads the same whatever `standard_conforming_strings` says.
+fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A bytea value from hex, with no backslash to interpret.
+fn bytea(bytes: &[u8]) -> String {
+    format!("decode('{}', 'hex')", super::hex(bytes))
+}
+
 /// The stored response of a completed key.
 pub const LOOKUP_SQL: &str = "SELECT status, response, fingerprint FROM homeport.idempotency_keys \
      WHERE user_id = $1 AND key = $2 AND expires_at > now()";
@@ -111,7 +192,19 @@ fn quote(s: &str) -> String {
 }
 
 /// Applies the migrations a database lacks. Safe to run from many sidecars at once.
-pub async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), tokio_postgres::Error> {
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    migrate_to(client, LATEST).await
+}
+
+/// The newest schema version this build knows.
+pub const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Applies the migrations up to `version` that a database lacks (an older sidecar stops at its
+/// own last version; the upgrade tests use this to build such a database).
+pub async fn migrate_to(
+    client: &mut tokio_postgres::Client,
+    version: i32,
+) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('homeport.migrations', 7401));
@@ -128,7 +221,10 @@ pub async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), tokio
         )
         .await?
         .get(0);
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > done.unwrap_or(0)) {
+    let missing = MIGRATIONS
+        .iter()
+        .filter(|(v, _)| *v > done.unwrap_or(0) && *v <= version);
+    for (version, sql) in missing {
         tx.batch_execute(sql).await?;
         tx.execute(
             "INSERT INTO homeport.migrations (component, version) VALUES ('idempotency', $1)",
@@ -222,6 +318,31 @@ pub fn spawn_cleanup(app: std::sync::Arc<crate::app::App>) -> tokio::task::JoinH
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_batches_escape_their_values_under_either_string_syntax() {
+        let claim = claim_batch("o'b\\", "k'1", &[0xab, 0x01]);
+        assert!(claim.starts_with("BEGIN; SELECT CASE"));
+        assert!(
+            claim.contains("E'o''b\\\\' || chr(1) || E'k''1'"),
+            "{claim}"
+        );
+        assert!(
+            claim.contains("fingerprint = decode('ab01', 'hex')"),
+            "{claim}"
+        );
+        let record = record_batch(
+            "u",
+            "k",
+            &[1],
+            200,
+            r#"{"a":"it's \\n"}"#,
+            Duration::from_secs(60),
+        );
+        assert!(record.contains(r#"E'{"a":"it''s \\\\n"}'"#), "{record}");
+        assert!(record.contains("make_interval(secs => 60)"), "{record}");
+        assert!(record.ends_with("COMMIT; SELECT pg_current_wal_lsn()::text"));
+    }
 
     #[test]
     fn the_wire_claim_escapes_its_values() {

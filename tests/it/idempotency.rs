@@ -184,7 +184,7 @@ async fn http_keys_apply_once_and_replay_everywhere() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, homeport::idempotency::store::LATEST);
 
     let m = metrics(&env, "us").await;
     for needle in [
@@ -609,4 +609,129 @@ async fn expired_keys_are_deleted_in_batches_and_free_again() {
     let reused = env.send(post("e0".into())).await;
     assert_eq!((reused.status, replayed(&reused)), (200, false));
     assert_eq!(rows(&env, "eu", "hal", "again").await, 6);
+}
+
+/// The body bytes of `write` for `user` and `body`, and their fingerprint.
+fn write_body(user: &str, body: &str) -> (Vec<u8>, Vec<u8>) {
+    let bytes = serde_json::to_vec(&json!({
+        "sql": "INSERT INTO notes (user_id, body) VALUES ($1, $2) RETURNING body",
+        "params": [user, body],
+    }))
+    .unwrap();
+    let fp = homeport::idempotency::fingerprint("POST", "/v1/query", &bytes);
+    (bytes, fp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_previous_schema_upgrades_and_both_versions_exclude_each_other() {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("eu", "old", "eu").await.status, 201);
+    // The previous version's sidecar migrated the eu primary (schema version 1, as the sidecar's
+    // own database user) and applied k1.
+    let (mut direct, conn) =
+        tokio_postgres::connect(&homeport::dev::pg_url(env.primary_port("eu"), "app"), NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    homeport::idempotency::store::migrate_to(&mut direct, 1)
+        .await
+        .unwrap();
+    let stored = r#"{"columns":[{"name":"body","type":"text"}],"rows":[["v1"]],"command":"INSERT","row_count":1}"#;
+    let (_, fp1) = write_body("old", "v1");
+    let old_write = |key: &'static str, fp: Vec<u8>, commit: bool| {
+        let direct = &direct;
+        async move {
+            direct.batch_execute("BEGIN").await.unwrap();
+            direct
+                .execute(
+                    "SELECT homeport.idempotency_claim('old', $1, $2, 'completed', 3600)",
+                    &[&key, &fp],
+                )
+                .await
+                .unwrap();
+            direct
+                .execute(
+                    "INSERT INTO notes (user_id, body) VALUES ('old', 'v1')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if commit {
+                direct
+                    .execute(
+                        "INSERT INTO homeport.idempotency_keys \
+                         (user_id, key, fingerprint, state, status, response, expires_at) \
+                         VALUES ('old', $1, $2, 'completed', 200, $3, now() + interval '1 hour')",
+                        &[&key, &fp, &stored],
+                    )
+                    .await
+                    .unwrap();
+                direct.batch_execute("COMMIT").await.unwrap();
+            }
+        }
+    };
+    old_write("k1", fp1.clone(), true).await;
+
+    // This version migrates to its schema on first use and replays the old record.
+    let replay = env.send(write(&env, "eu", "old", "k1", "v1")).await;
+    assert_eq!(
+        (replay.status, replayed(&replay)),
+        (200, true),
+        "{:?}",
+        replay.body
+    );
+    assert_eq!(replay.body, serde_json::from_str::<Value>(stored).unwrap());
+    let version: i32 = direct
+        .query_one(
+            "SELECT max(version) FROM homeport.migrations WHERE component = 'idempotency'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, homeport::idempotency::store::LATEST);
+
+    // A rollout: an old sidecar's request with k2 is still running; this version says 409.
+    old_write("k2", fp1.clone(), false).await;
+    let busy = env.send(write(&env, "eu", "old", "k2", "v1")).await;
+    problem(&busy, 409, Some("HP409"));
+    direct.batch_execute("ROLLBACK").await.unwrap();
+
+    // A record this version wrote refuses the old claim function (no second apply).
+    let (_, fp3) = write_body("old", "v3");
+    let new = env.send(write(&env, "eu", "old", "k3", "v3")).await;
+    assert_eq!((new.status, replayed(&new)), (200, false));
+    direct.batch_execute("BEGIN").await.unwrap();
+    let refused = direct
+        .execute(
+            "SELECT homeport.idempotency_claim('old', 'k3', $1, 'completed', 3600)",
+            &[&fp3],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), "HP200");
+    direct.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(rows(&env, "eu", "old", "v3").await, 1);
+
+    // An expired record the cleanup has not reached yet: the key is free again.
+    direct
+        .execute(
+            "INSERT INTO homeport.idempotency_keys (user_id, key, fingerprint, state, status, \
+             response, expires_at) VALUES ('old', 'k4', '\\x00', 'completed', 200, '{}', \
+             now() - interval '1 minute')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let fresh = env.send(write(&env, "eu", "old", "k4", "v4")).await;
+    assert_eq!(
+        (fresh.status, replayed(&fresh)),
+        (200, false),
+        "{:?}",
+        fresh.body
+    );
+    let again = env.send(write(&env, "eu", "old", "k4", "v4")).await;
+    assert_eq!((again.status, replayed(&again)), (200, true));
+    assert_eq!(again.body, fresh.body);
+    assert_eq!(rows(&env, "eu", "old", "v4").await, 1);
 }
