@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use secrets::JwtConfig;
 
-use crate::types::RegionName;
+use crate::types::{RegionName, ShardId};
 use raw::{RawConfig, RawEndpoint};
 
 /// A configuration mistake, with the path of the offending key.
@@ -253,9 +253,24 @@ pub struct EndpointConfig {
 
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
-    pub name: RegionName,
+    pub name: ShardId,
+    /// Where the shard's primary is located: its users' home region.
+    pub region: RegionName,
+    /// Whether placement may put new users here; a closed shard keeps serving its users.
+    pub accepting: bool,
+    /// Relative share of its region's new users under hash placement.
+    pub weight: u32,
     pub primaries: Vec<EndpointConfig>,
     pub replicas: Vec<EndpointConfig>,
+}
+
+/// How placement picks one of a region's shards for a new user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithinRegion {
+    /// Weighted rendezvous hashing of the user id: stable, no coordination.
+    Hash,
+    /// The accepting shard with the fewest users in the directory (fills a new cell).
+    LeastUsers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +292,8 @@ pub struct DirectoryConfig {
     /// `[placement.countries]`: the home regions a country allows; an unlisted country allows
     /// every region.
     pub countries: std::collections::BTreeMap<String, Vec<RegionName>>,
+    /// `[placement] within_region`: how a shard of the chosen region is picked.
+    pub within_region: WithinRegion,
 }
 
 #[derive(Clone)]
@@ -335,13 +352,24 @@ impl Config {
                 out.insert(e.region.clone());
             }
         }
-        out.extend(self.shards.iter().map(|s| s.name.clone()));
+        out.extend(self.shards.iter().map(|s| s.region.clone()));
         out
     }
 
-    pub fn shard(&self, name: &RegionName) -> Option<&ShardConfig> {
+    /// The regions that own at least one shard: where users can be homed.
+    pub fn home_regions(&self) -> Vec<RegionName> {
+        let set: BTreeSet<RegionName> = self.shards.iter().map(|s| s.region.clone()).collect();
+        set.into_iter().collect()
+    }
+
+    pub fn shard(&self, name: &ShardId) -> Option<&ShardConfig> {
         self.shards.iter().find(|s| &s.name == name)
     }
+}
+
+/// The name the directory's copies carry in the topology (`shard="directory"` in metrics).
+pub fn directory_shard() -> ShardId {
+    ShardId::parse("directory").expect("valid name")
 }
 
 fn one_line(s: &str) -> String {
@@ -356,9 +384,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut shard_residency = Vec::new();
     for (name, shard) in raw.shards {
         let path = format!("shards.{name}");
-        let shard_name = RegionName::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
+        let shard_name = ShardId::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
+        let shard_region = RegionName::parse(shard.region.as_deref().unwrap_or(&name))
+            .map_err(|m| ConfigError::new(format!("{path}.region"), m))?;
+        if shard.weight == Some(0) {
+            return Err(ConfigError::new(
+                format!("{path}.weight"),
+                "must be at least 1; close a shard to new users with accepting = false",
+            ));
+        }
         shard_residency.push(residency::ShardSettings {
             name: shard_name.clone(),
+            region: shard_region.clone(),
             residency: shard.residency,
             policy: shard.residency_policy,
         });
@@ -366,12 +403,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             &path,
             "primary",
             shard.primary.into_vec(),
-            Some(&shard_name),
+            Some(&shard_region),
             &pg_defaults,
         )?;
         let replicas = endpoints(&path, "replicas", shard.replicas, None, &pg_defaults)?;
         shards.push(ShardConfig {
             name: shard_name,
+            region: shard_region,
+            accepting: shard.accepting.unwrap_or(true),
+            weight: shard.weight.unwrap_or(1),
             primaries,
             replicas,
         });
@@ -409,8 +449,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     };
-    let shard_names: Vec<RegionName> = shards.iter().map(|s| s.name.clone()).collect();
-    let countries = residency::countries(raw.placement, &shard_names)?;
+    let home_regions: Vec<RegionName> = shards
+        .iter()
+        .map(|s| s.region.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let within_region = match raw.placement.within_region.as_deref().unwrap_or("hash") {
+        "hash" => WithinRegion::Hash,
+        "least-users" => WithinRegion::LeastUsers,
+        other => {
+            return Err(ConfigError::new(
+                "placement.within_region",
+                format!("unknown rule {other:?}; use \"hash\" or \"least-users\""),
+            ));
+        }
+    };
+    let countries = residency::countries(raw.placement, &home_regions)?;
     let residency = residency::build(
         raw.residency,
         shard_residency,
@@ -420,7 +475,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     )?;
     let directory = DirectoryConfig {
         shard: ShardConfig {
-            name: RegionName::parse("directory").expect("valid name"),
+            name: directory_shard(),
+            region: dir_primaries[0].region.clone(),
+            accepting: false,
+            weight: 1,
             primaries: dir_primaries,
             replicas: dir_replicas,
         },
@@ -432,6 +490,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         cache_capacity: dir.cache_capacity.unwrap_or(100_000),
         placement,
         countries,
+        within_region,
     };
 
     let http = raw.http;
@@ -806,7 +865,7 @@ fn check_listeners(config: &Config) -> Result<(), ConfigError> {
 /// The sidecar's own region and every shard must be known regions; a shard's primary
 /// candidates default to the shard's region.
 fn check_regions(config: &Config) -> Result<(), ConfigError> {
-    let shard_names: BTreeSet<&RegionName> = config.shards.iter().map(|s| &s.name).collect();
+    let shard_names: BTreeSet<&RegionName> = config.shards.iter().map(|s| &s.region).collect();
     let regions = config.regions();
     if !regions.contains(&config.region) {
         return Err(ConfigError::new(

@@ -66,7 +66,7 @@ mod tests {
             info: Arc::new(EndpointInfo {
                 index,
                 name: format!("e{index}"),
-                shard: crate::types::RegionName::parse("eu").unwrap(),
+                shard: crate::types::ShardId::parse("eu").unwrap(),
                 region: crate::types::RegionName::parse("us").unwrap(),
                 configured: Configured::Replica,
                 pg: tokio_postgres::Config::new(),

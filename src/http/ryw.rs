@@ -17,7 +17,6 @@ use crate::consistency::ryw::{
 use crate::consistency::token::Position;
 use crate::db::DbError;
 use crate::routing::{Candidate, RouteError};
-use crate::types::RegionName;
 
 /// How often a waiting read asks a lagging replica again.
 const POLL: Duration = Duration::from_millis(5);
@@ -122,7 +121,7 @@ where
     Err(match last_error {
         Some(e) => e.into(),
         None => ServeError::Route(RouteError::NoCopy(
-            RegionName::parse("none").expect("valid"),
+            crate::types::ShardId::parse("none").expect("valid"),
         )),
     })
 }

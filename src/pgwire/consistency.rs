@@ -37,7 +37,7 @@ impl Session {
     /// bound that has the session's writes. Returns the last reason when no copy can serve.
     pub(super) async fn acquire_read(
         &mut self,
-        home: &crate::types::RegionName,
+        home: &crate::types::ShardId,
         candidates: Vec<Candidate>,
     ) -> Result<(Lease, Candidate), ClientError> {
         let snapshot = self.app.topology.snapshot();
@@ -111,7 +111,7 @@ impl Session {
     /// The first candidate whose pool lends a connection.
     pub(super) async fn acquire_first(
         &mut self,
-        home: &crate::types::RegionName,
+        home: &crate::types::ShardId,
         candidates: &[Candidate],
     ) -> Result<(Lease, Candidate), ClientError> {
         let mut last = "no copy qualifies".to_string();
@@ -207,7 +207,7 @@ impl Session {
     }
 }
 
-fn unreachable(home: &crate::types::RegionName, last: String) -> ClientError {
+fn unreachable(home: &crate::types::ShardId, last: String) -> ClientError {
     ClientError {
         code: "08006",
         message: format!("no server for shard {home} is reachable: {last}"),
