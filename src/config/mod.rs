@@ -385,6 +385,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, shard) in raw.shards {
         let path = format!("shards.{name}");
         let shard_name = ShardId::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
+        if shard_name == directory_shard() {
+            return Err(ConfigError::new(
+                &path,
+                "\"directory\" names the directory's copies; choose another shard name",
+            ));
+        }
         let shard_region = RegionName::parse(shard.region.as_deref().unwrap_or(&name))
             .map_err(|m| ConfigError::new(format!("{path}.region"), m))?;
         if shard.weight == Some(0) {

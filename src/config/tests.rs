@@ -419,6 +419,10 @@ fn shards_default_to_their_own_region_and_cells_name_theirs() {
 fn bad_cell_settings_name_their_key() {
     assert_eq!(err(&with_cell("weight = 0\n")).path, "shards.eu-2.weight");
     assert_eq!(
+        err(&with_cell("").replace("[shards.eu-2]", "[shards.directory]")).path,
+        "shards.directory"
+    );
+    assert_eq!(
         err(&with_cell("").replace("region = \"eu\"\nprimary", "region = \"EU\"\nprimary")).path,
         "shards.eu-2.region"
     );
