@@ -4,12 +4,10 @@
 //! idempotency keys work per cell; cutting one cell's primary fails only that cell's writes;
 //! lag metrics carry the shard; a closed cell takes no new users but keeps serving its own.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Env, options, start, token_keys};
+use crate::common::{self, Env, options, start, token_keys};
 use homeport::consistency::token::Token;
 use homeport::dev::ShardInfo;
 use homeport::types::ShardId;
