@@ -406,3 +406,105 @@ impl Directory {
 fn redis_key(user: &UserId) -> String {
     format!("homeport:dir:{}", user.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory over the example config with a second eu cell (`eu-2`) and a closed third
+    /// (`eu-3`); nothing here connects to a server.
+    fn directory() -> Directory {
+        let text = include_str!("../../config/eu.toml")
+            .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "")
+            .replace(
+                "[shards.us]\n",
+                "[shards.eu-2]\nregion = \"eu\"\nprimary = [\"postgresql://eu2.internal:5432\"]\n\n\
+                 [shards.eu-3]\nregion = \"eu\"\naccepting = false\nprimary = [\"postgresql://eu3.internal:5432\"]\n\n\
+                 [shards.us]\n",
+            );
+        let config = Config::parse(&text).unwrap();
+        let topology = Arc::new(Topology::from_config(&config));
+        let pools = Arc::new(Pools::new(
+            &topology.snapshot(),
+            &config.postgres,
+            &topology.tls,
+        ));
+        Directory::new(&config, topology, pools, None)
+    }
+
+    fn home(shard: &str, region: &str) -> Home {
+        Home {
+            shard: ShardId::parse(shard).unwrap(),
+            region: RegionName::parse(region).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_settle_the_home_only_when_they_name_one_shard() {
+        let d = directory();
+        let claims = |region, shard| HomeClaims {
+            region,
+            shard,
+            country: None,
+        };
+        let got = |c| d.home_in_claims(&c).map_err(|e| e.to_string());
+        assert_eq!(got(claims(None, Some("eu-2"))), Ok(Some(home("eu-2", "eu"))));
+        assert_eq!(got(claims(Some("eu"), Some("eu-2"))), Ok(Some(home("eu-2", "eu"))));
+        assert!(got(claims(Some("us"), Some("eu-2"))).is_err(), "claims disagree");
+        assert!(got(claims(None, Some("eu-9"))).is_err(), "unknown shard");
+        // us has one shard: its region claim is enough; eu has three: the directory decides.
+        assert_eq!(got(claims(Some("us"), None)), Ok(Some(home("us", "us"))));
+        assert_eq!(got(claims(Some("eu"), None)), Ok(None));
+        assert!(got(claims(Some("ap"), None)).is_err(), "unknown region");
+    }
+
+    #[tokio::test]
+    async fn placement_targets_a_region_or_an_open_shard_of_it() {
+        let d = directory();
+        let user = UserId::parse("u1").unwrap();
+        let target = |region, shard| {
+            d.target(
+                &user,
+                &PlaceRequest {
+                    region,
+                    shard,
+                    country: None,
+                },
+            )
+        };
+        assert_eq!(
+            target(Some("eu"), None).unwrap(),
+            Target::Region(RegionName::parse("eu").unwrap())
+        );
+        assert_eq!(
+            target(None, Some("eu-2")).unwrap(),
+            Target::Shard(home("eu-2", "eu"))
+        );
+        assert!(matches!(
+            target(None, Some("eu-3")),
+            Err(DirectoryError::ShardClosed(_))
+        ));
+        assert!(matches!(
+            target(Some("us"), Some("eu-2")),
+            Err(DirectoryError::ShardOutsideRegion { .. })
+        ));
+        assert!(matches!(
+            target(None, None),
+            Err(DirectoryError::NothingToPlaceBy)
+        ));
+    }
+
+    #[tokio::test]
+    async fn rows_map_to_shards_and_old_rows_to_the_regions_default_shard() {
+        let d = directory();
+        let user = UserId::parse("u1").unwrap();
+        let row = |region: &str, shard: Option<&str>| {
+            d.home_from_row(&user, region.into(), shard.map(str::to_string))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(row("eu", Some("eu-2")), Ok(home("eu-2", "eu")));
+        assert_eq!(row("eu", None), Ok(home("eu", "eu")), "the shard named after eu");
+        assert_eq!(row("us", None), Ok(home("us", "us")));
+        assert!(row("eu", Some("gone")).is_err());
+    }
+}
