@@ -14,7 +14,7 @@ use homeport::consistency::token::{Keys, Position, Token};
 use homeport::pgwire::codec::{CLIENT_CHUNK, FramedReader, Message};
 use homeport::pgwire::frontend::Frontend;
 use homeport::sql::{ClassifyCache, classify};
-use homeport::types::{Lsn, RegionName};
+use homeport::types::{Lsn, ShardId};
 
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
 const PGBENCH_UPDATE: &str =
@@ -51,12 +51,12 @@ fn token(c: &mut Criterion) {
         lsn: Lsn(lsn),
         system_id: 7_301_234_567_890_123_456,
     };
-    let region = |r: &str| RegionName::parse(r).expect("a valid region name");
+    let shard = |s: &str| ShardId::parse(s).expect("a valid shard name");
     let mut mine = Token::default();
-    mine.record(region("eu"), position(0x3_0000_1000), 1_764_500_000_000);
+    mine.record(shard("eu"), position(0x3_0000_1000), 1_764_500_000_000);
     let mut theirs = Token::default();
-    theirs.record(region("eu"), position(0x3_0000_2000), 1_764_500_000_100);
-    theirs.record(region("us"), position(0x1_0000_0100), 1_764_500_000_100);
+    theirs.record(shard("eu"), position(0x3_0000_2000), 1_764_500_000_100);
+    theirs.record(shard("us"), position(0x1_0000_0100), 1_764_500_000_100);
     let encoded = theirs.encode(&keys);
 
     let mut g = c.benchmark_group("token");

@@ -17,7 +17,7 @@ use crate::routing::{self, Candidate, RouteError, Target};
 use crate::sql::ClassifyCache;
 use crate::topology::Topology;
 use crate::topology::readiness::{Readiness, readiness};
-use crate::types::{Intent, RegionName, UserId};
+use crate::types::{Intent, RegionName, ShardId, UserId};
 
 pub struct App {
     pub config: Config,
@@ -132,7 +132,7 @@ impl App {
     /// Candidates for a request of `intent` on `shard`, nearest first.
     pub fn candidates(
         &self,
-        shard: &RegionName,
+        shard: &ShardId,
         intent: Intent,
     ) -> Result<Vec<Candidate>, RouteError> {
         let snapshot = self.topology.snapshot();
@@ -158,7 +158,7 @@ impl App {
 
     /// What this sidecar does with a request for a user of `shard` under the shard's residency,
     /// counted in `homeport_residency_requests_total` when the shard is resident.
-    pub fn residency(&self, shard: &RegionName) -> Decision {
+    pub fn residency(&self, shard: &ShardId) -> Decision {
         let residency = &self.config.residency;
         let decision = residency.decide(shard, &self.config.region);
         if let (Some(outcome), Some(policy)) = (decision.outcome(), residency.policy_of(shard)) {
@@ -169,7 +169,7 @@ impl App {
 
     /// The regional Redis for data of `shard`: none when this region is outside the shard's
     /// residency, so no response of a resident user is ever cached here.
-    pub fn kv_for(&self, shard: &RegionName) -> Option<&crate::kv::Kv> {
+    pub fn kv_for(&self, shard: &ShardId) -> Option<&crate::kv::Kv> {
         if self
             .config
             .residency
@@ -349,9 +349,7 @@ impl Attempts<'_> {
         }
         Err(match self.last.take() {
             Some(e) => e.into(),
-            None => ServeError::Route(RouteError::NoCopy(
-                RegionName::parse("none").expect("valid"),
-            )),
+            None => ServeError::Route(RouteError::NoCopy(ShardId::parse("none").expect("valid"))),
         })
     }
 

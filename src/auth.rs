@@ -1,7 +1,7 @@
 //! Who a request is for. In `trusted-header` mode the `Homeport-User` header names the user (only
 //! the pod's own containers reach the loopback listener); in `jwt` mode a bearer token is verified
 //! with the pinned algorithm, expiry and clock-skew leeway, and its claims name the user and,
-//! optionally, the home region.
+//! optionally, the home region and shard.
 
 use http::HeaderMap;
 use jsonwebtoken::{Validation, decode, decode_header};
@@ -17,6 +17,8 @@ pub struct Identity {
     pub user: UserId,
     /// The home region claimed by a verified token, if the token carries one.
     pub region_claim: Option<String>,
+    /// The home shard (cell) claimed by a verified token, if the token carries one.
+    pub shard_claim: Option<String>,
     /// The user's country from a verified token (`jwt.country_claim`), for placement by country.
     pub country_claim: Option<String>,
 }
@@ -44,6 +46,7 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Result<Identity, Auth
             Ok(Identity {
                 user,
                 region_claim: None,
+                shard_claim: None,
                 country_claim: None,
             })
         }
@@ -140,6 +143,7 @@ fn identity_from_claims(
         }
     };
     let region_claim = string_claim(claims, &jwt.region_claim)?;
+    let shard_claim = string_claim(claims, &jwt.shard_claim)?;
     let country_claim = match &jwt.country_claim {
         Some(name) => string_claim(claims, name)?,
         None => None,
@@ -147,6 +151,7 @@ fn identity_from_claims(
     Ok(Identity {
         user,
         region_claim,
+        shard_claim,
         country_claim,
     })
 }
@@ -179,6 +184,7 @@ mod tests {
             keys: vec![(None, DecodingKey::from_secret(SECRET))],
             user_claim: "sub".into(),
             region_claim: "region".into(),
+            shard_claim: "shard".into(),
             country_claim: Some("country".into()),
             issuer: None,
             audience: None,
@@ -218,7 +224,7 @@ mod tests {
     #[test]
     fn valid_token_names_user_and_region() {
         let t = token(
-            json!({"sub": "u1", "region": "eu", "country": "DE", "exp": now() + 60}),
+            json!({"sub": "u1", "region": "eu", "shard": "eu-2", "country": "DE", "exp": now() + 60}),
             Algorithm::HS256,
             SECRET,
         );
@@ -227,6 +233,7 @@ mod tests {
             Identity {
                 user: UserId::parse("u1").unwrap(),
                 region_claim: Some("eu".into()),
+                shard_claim: Some("eu-2".into()),
                 country_claim: Some("DE".into()),
             }
         );

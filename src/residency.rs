@@ -43,6 +43,8 @@ impl Policy {
 /// The residency of one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardResidency {
+    /// The shard's own region, where its primary lives: its users' home region.
+    pub home: RegionName,
     /// Where the shard's data may be stored (and is served without a policy).
     pub regions: Vec<RegionName>,
     pub policy: Policy,
@@ -145,8 +147,7 @@ pub fn wire_refusal(decision: &Decision, shard: &ShardId) -> Option<WireRefusal>
 }
 
 impl Residency {
-    /// The decision for a request for a user of `shard` (whose home region is `shard`'s region,
-    /// shards being named after their region) at a sidecar of `local`.
+    /// The decision for a request for a user of `shard` at a sidecar of `local`.
     pub fn decide(&self, shard: &ShardId, local: &RegionName) -> Decision {
         let Some(r) = self.shards.get(shard) else {
             return Decision::Unrestricted;
@@ -157,11 +158,11 @@ impl Residency {
         match r.policy {
             Policy::Forward => Decision::Forward,
             Policy::Redirect => Decision::Redirect {
-                home: shard.clone(),
-                url: self.public_urls.get(shard).cloned(),
+                home: r.home.clone(),
+                url: self.public_urls.get(&r.home).cloned(),
             },
             Policy::Deny => Decision::Deny {
-                home: shard.clone(),
+                home: r.home.clone(),
             },
         }
     }
@@ -192,11 +193,16 @@ mod tests {
         RegionName::parse(s).unwrap()
     }
 
+    fn s(name: &str) -> ShardId {
+        ShardId::parse(name).unwrap()
+    }
+
     fn eu_resident(policy: Policy) -> Residency {
         Residency {
             shards: BTreeMap::from([(
-                r("eu"),
+                s("eu"),
                 ShardResidency {
+                    home: r("eu"),
                     regions: vec![r("eu")],
                     policy,
                 },
@@ -224,7 +230,7 @@ mod tests {
             (Policy::Deny, "us", "us", Decision::Unrestricted),
         ];
         for (policy, local, shard, want) in cases {
-            let got = eu_resident(policy).decide(&r(shard), &r(local));
+            let got = eu_resident(policy).decide(&s(shard), &r(local));
             assert_eq!(got, want, "{policy:?} at {local} for {shard}");
         }
     }
@@ -233,7 +239,7 @@ mod tests {
     fn redirect_without_a_public_url_still_names_the_region() {
         let mut res = eu_resident(Policy::Redirect);
         res.public_urls.clear();
-        let d = res.decide(&r("eu"), &r("us"));
+        let d = res.decide(&s("eu"), &r("us"));
         assert_eq!(
             d,
             Decision::Redirect {
@@ -241,29 +247,44 @@ mod tests {
                 url: None
             }
         );
-        assert!(d.detail(&r("eu")).unwrap().contains("home region is eu"));
+        assert!(d.detail(&s("eu")).unwrap().contains("home region is eu"));
+    }
+
+    #[test]
+    fn a_cell_redirects_to_its_region_not_to_its_name() {
+        let mut res = eu_resident(Policy::Redirect);
+        let eu = res.shards.remove(&s("eu")).unwrap();
+        res.shards.insert(s("eu-2"), eu);
+        assert_eq!(
+            res.decide(&s("eu-2"), &r("us")),
+            Decision::Redirect {
+                home: r("eu"),
+                url: Some("https://eu.example.com".into()),
+            }
+        );
+        assert_eq!(res.decide(&s("eu-2"), &r("eu")), Decision::Inside);
     }
 
     #[test]
     fn only_regions_inside_the_residency_store_a_resident_shard() {
         let res = eu_resident(Policy::Forward);
-        assert!(res.stores_here(&r("eu"), &r("eu")));
-        assert!(!res.stores_here(&r("eu"), &r("us")));
-        assert!(res.stores_here(&r("us"), &r("eu")));
-        assert!(res.stores_here(&r("us"), &r("us")));
+        assert!(res.stores_here(&s("eu"), &r("eu")));
+        assert!(!res.stores_here(&s("eu"), &r("us")));
+        assert!(res.stores_here(&s("us"), &r("eu")));
+        assert!(res.stores_here(&s("us"), &r("us")));
     }
 
     #[test]
     fn wire_refusals_name_the_home_region_and_url() {
-        let redirect = eu_resident(Policy::Redirect).decide(&r("eu"), &r("us"));
-        let w = wire_refusal(&redirect, &r("eu")).unwrap();
+        let redirect = eu_resident(Policy::Redirect).decide(&s("eu"), &r("us"));
+        let w = wire_refusal(&redirect, &s("eu")).unwrap();
         assert_eq!(w.code, "HP421");
         assert!(w.detail.contains("home region: eu"), "{}", w.detail);
         assert!(w.detail.contains("https://eu.example.com"), "{}", w.detail);
-        let deny = eu_resident(Policy::Deny).decide(&r("eu"), &r("us"));
-        assert_eq!(wire_refusal(&deny, &r("eu")).unwrap().code, "42501");
-        assert_eq!(wire_refusal(&Decision::Forward, &r("eu")), None);
-        assert_eq!(wire_refusal(&Decision::Inside, &r("eu")), None);
+        let deny = eu_resident(Policy::Deny).decide(&s("eu"), &r("us"));
+        assert_eq!(wire_refusal(&deny, &s("eu")).unwrap().code, "42501");
+        assert_eq!(wire_refusal(&Decision::Forward, &s("eu")), None);
+        assert_eq!(wire_refusal(&Decision::Inside, &s("eu")), None);
     }
 
     #[test]

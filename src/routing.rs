@@ -219,6 +219,10 @@ mod tests {
     use crate::topology::{Configured, EndpointInfo, EndpointStatus};
     use crate::types::Role;
 
+    fn shard(s: &str) -> ShardId {
+        ShardId::parse(s).unwrap()
+    }
+
     fn region(s: &str) -> RegionName {
         RegionName::parse(s).unwrap()
     }
@@ -234,7 +238,7 @@ mod tests {
                     info: Arc::new(EndpointInfo {
                         index,
                         name: format!("e{index}"),
-                        shard: region(shard),
+                        shard: self::shard(shard),
                         region: region(reg),
                         configured: if *role == Role::Primary {
                             Configured::PrimaryCandidate
@@ -257,7 +261,7 @@ mod tests {
     }
 
     fn order(s: &Snapshot, shard: &str, local: &str, pr: PrimaryReads) -> Vec<(usize, Target)> {
-        read_candidates(s, &region(shard), &region(local), pr)
+        read_candidates(s, &self::shard(shard), &region(local), pr)
             .unwrap()
             .into_iter()
             .map(|c| (c.index, c.target))
@@ -275,28 +279,28 @@ mod tests {
             ("us", "us", P, true, 1),
         ]);
         assert_eq!(
-            write_candidate(&s, &region("eu")).unwrap(),
+            write_candidate(&s, &shard("eu")).unwrap(),
             Candidate {
                 index: 0,
                 target: PT
             }
         );
-        assert_eq!(write_candidate(&s, &region("us")).unwrap().index, 2);
+        assert_eq!(write_candidate(&s, &shard("us")).unwrap().index, 2);
     }
 
     #[test]
     fn write_without_healthy_primary_fails() {
         let s = snapshot(&[("eu", "eu", P, false, 1), ("eu", "us", R, true, 1)]);
         assert_eq!(
-            write_candidate(&s, &region("eu")),
-            Err(RouteError::NoPrimary(region("eu")))
+            write_candidate(&s, &shard("eu")),
+            Err(RouteError::NoPrimary(shard("eu")))
         );
     }
 
     #[test]
     fn promoted_replica_takes_writes() {
         let s = snapshot(&[("eu", "eu", P, false, 1), ("eu", "eu", P, true, 1)]);
-        assert_eq!(write_candidate(&s, &region("eu")).unwrap().index, 1);
+        assert_eq!(write_candidate(&s, &shard("eu")).unwrap().index, 1);
     }
 
     #[test]
@@ -349,8 +353,8 @@ mod tests {
         assert_eq!(order(&s, "eu", "us", PrimaryReads::Nearest), [(0, PT)]);
         let dead = snapshot(&[("eu", "eu", P, false, 80), ("eu", "us", R, false, 1)]);
         assert_eq!(
-            read_candidates(&dead, &region("eu"), &region("us"), PrimaryReads::Nearest),
-            Err(RouteError::NoCopy(region("eu")))
+            read_candidates(&dead, &shard("eu"), &region("us"), PrimaryReads::Nearest),
+            Err(RouteError::NoCopy(shard("eu")))
         );
     }
 
@@ -371,7 +375,7 @@ mod tests {
             ("eu", "ap", Role::Replica, true, 40),
             ("eu", "eu", Role::Primary, true, 80),
         ]);
-        let all = read_candidates(&s, &region("eu"), &region("us"), PrimaryReads::Nearest).unwrap();
+        let all = read_candidates(&s, &shard("eu"), &region("us"), PrimaryReads::Nearest).unwrap();
         let order = |c: &[Candidate]| c.iter().map(|c| c.index).collect::<Vec<_>>();
         let (rtt, lag) = (Duration::from_millis(250), Duration::from_secs(30));
         assert_eq!(order(&demote_slow(&s, all.clone(), rtt, lag)), [0, 1, 2]);

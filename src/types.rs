@@ -1,4 +1,4 @@
-//! Small value types that carry meaning through the code: region and user names, WAL positions,
+//! Small value types that carry meaning through the code: region, shard and user names, WAL positions,
 //! request intents. Keeping them as newtypes stops a user id from being passed where a region
 //! name is expected, and keeps parsing of LSN text in one place.
 
@@ -7,28 +7,39 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A region name such as `eu` or `us-east-1`. A shard is named after its home region, so the
-/// same type names shards.
+/// A region name such as `eu` or `us-east-1`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RegionName(String);
 
+/// A shard (cell): the data of a set of users, owned by one primary located in the shard's
+/// region. By default a region has one shard named after it, so a shard id often reads like a
+/// region name, but the two are different things: `eu-1` and `eu-2` both live in `eu`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ShardId(String);
+
+/// Region and shard names are DNS-label-like: lowercase letters, digits and `-`, 1 to 63
+/// characters, not starting or ending with `-`.
+fn label(kind: &str, s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid {kind} name {s:?}: use 1-63 lowercase letters, digits and '-'"
+        ))
+    }
+}
+
 impl RegionName {
-    /// Region names are DNS-label-like: lowercase letters, digits and `-`, 1 to 63 characters.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-');
-        if ok {
-            Ok(RegionName(s.to_string()))
-        } else {
-            Err(format!(
-                "invalid region name {s:?}: use 1-63 lowercase letters, digits and '-'"
-            ))
-        }
+        label("region", s).map(RegionName)
     }
 
     pub fn as_str(&self) -> &str {
@@ -42,8 +53,26 @@ impl fmt::Display for RegionName {
     }
 }
 
-/// A shard is identified by the region that owns it.
-pub type ShardId = RegionName;
+impl ShardId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        label("shard", s).map(ShardId)
+    }
+
+    /// The default shard of a region: the one named after it.
+    pub fn of_region(region: &RegionName) -> ShardId {
+        ShardId(region.0.clone())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The id of a user (or tenant) as the application names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -195,11 +224,14 @@ mod tests {
     }
 
     #[test]
-    fn region_names_are_label_like() {
+    fn region_and_shard_names_are_label_like() {
         assert!(RegionName::parse("us-east-1").is_ok());
+        assert!(ShardId::parse("eu-2").is_ok());
         for bad in ["", "EU", "eu west", "-eu", "eu-", &"a".repeat(64)] {
             assert!(RegionName::parse(bad).is_err(), "{bad:?}");
+            assert!(ShardId::parse(bad).is_err(), "{bad:?}");
         }
+        assert!(ShardId::parse("EU").unwrap_err().contains("shard name"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use secrets::JwtConfig;
 
-use crate::types::RegionName;
+use crate::types::{RegionName, ShardId};
 use raw::{RawConfig, RawEndpoint};
 
 /// A configuration mistake, with the path of the offending key.
@@ -259,9 +259,26 @@ pub struct EndpointConfig {
 
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
-    pub name: RegionName,
+    pub name: ShardId,
+    /// Where the shard's primary is located: its users' home region.
+    pub region: RegionName,
+    /// Whether placement may put new users here; a closed shard keeps serving its users.
+    pub accepting: bool,
+    /// Relative share of its region's new users under hash placement.
+    pub weight: u32,
     pub primaries: Vec<EndpointConfig>,
     pub replicas: Vec<EndpointConfig>,
+}
+
+/// How placement picks one of a region's shards for a new user (`placement.within_region`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WithinRegion {
+    /// Weighted rendezvous hashing of the user id: stable, no coordination.
+    #[default]
+    Hash,
+    /// The accepting shard with the fewest users in the directory (fills a new cell).
+    LeastUsers,
 }
 
 /// `directory.placement`: where an unknown user's home is.
@@ -285,6 +302,8 @@ pub struct DirectoryConfig {
     /// `[placement.countries]`: the home regions a country allows; an unlisted country allows
     /// every region.
     pub countries: std::collections::BTreeMap<String, Vec<RegionName>>,
+    /// `[placement] within_region`: how a shard of the chosen region is picked.
+    pub within_region: WithinRegion,
 }
 
 #[derive(Clone)]
@@ -343,13 +362,24 @@ impl Config {
                 out.insert(e.region.clone());
             }
         }
-        out.extend(self.shards.iter().map(|s| s.name.clone()));
+        out.extend(self.shards.iter().map(|s| s.region.clone()));
         out
     }
 
-    pub fn shard(&self, name: &RegionName) -> Option<&ShardConfig> {
+    /// The regions that own at least one shard: where users can be homed.
+    pub fn home_regions(&self) -> Vec<RegionName> {
+        let set: BTreeSet<RegionName> = self.shards.iter().map(|s| s.region.clone()).collect();
+        set.into_iter().collect()
+    }
+
+    pub fn shard(&self, name: &ShardId) -> Option<&ShardConfig> {
         self.shards.iter().find(|s| &s.name == name)
     }
+}
+
+/// The name the directory's copies carry in the topology (`shard="directory"` in metrics).
+pub fn directory_shard() -> ShardId {
+    ShardId::parse("directory").expect("valid name")
 }
 
 fn one_line(s: &str) -> String {
@@ -398,7 +428,7 @@ fn check_listeners(config: &Config) -> Result<(), ConfigError> {
 /// The sidecar's own region and every shard must be known regions; a shard's primary
 /// candidates default to the shard's region.
 fn check_regions(config: &Config) -> Result<(), ConfigError> {
-    let shard_names: BTreeSet<&RegionName> = config.shards.iter().map(|s| &s.name).collect();
+    let shard_names: BTreeSet<&RegionName> = config.shards.iter().map(|s| &s.region).collect();
     let regions = config.regions();
     if !regions.contains(&config.region) {
         return Err(ConfigError::new(

@@ -58,6 +58,8 @@ pub struct RawRegion {
 pub struct RawPlacement {
     #[serde(default)]
     pub countries: BTreeMap<String, Vec<String>>,
+    /// How a region's shard is picked for a new user: `hash` (default) or `least-users`.
+    pub within_region: Option<super::WithinRegion>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +164,8 @@ pub struct RawJwt {
     pub jwks_file: Option<String>,
     pub user_claim: Option<String>,
     pub region_claim: Option<String>,
+    /// A claim naming the user's shard (cell), beside or instead of the region claim.
+    pub shard_claim: Option<String>,
     /// A claim holding the user's country (ISO 3166-1 alpha-2), for placement by country.
     pub country_claim: Option<String>,
     pub issuer: Option<String>,
@@ -233,6 +237,12 @@ pub struct RawEndpointTable {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShard {
+    /// The region the shard's primary is located in (default: the shard's own name).
+    pub region: Option<String>,
+    /// Whether placement may put new users here (default true); a closed shard keeps its users.
+    pub accepting: Option<bool>,
+    /// Relative share of its region's new users under hash placement (default 1).
+    pub weight: Option<u32>,
     /// Primary candidates in order; the one whose probe says "not in recovery" takes writes.
     pub primary: OneOrMany,
     #[serde(default)]

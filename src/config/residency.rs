@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use super::raw::{RawPlacement, RawRegion, RawResidency};
 use super::{Config, ConfigError, EndpointConfig};
 use crate::residency::{Policy, Residency, ShardResidency};
-use crate::types::RegionName;
+use crate::types::{RegionName, ShardId};
 
 /// A shard's residency settings as written, before the regions are known.
 pub(super) struct ShardSettings {
-    pub name: RegionName,
+    pub name: ShardId,
+    /// The shard's own region, where its primary lives.
+    pub region: RegionName,
     pub residency: Option<Vec<String>>,
     pub policy: Option<String>,
 }
@@ -78,12 +80,12 @@ pub(super) fn build(
                     .map_err(|m| ConfigError::new(format!("{path}.residency[{i}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if !regions.contains(&s.name) {
+        if !regions.contains(&s.region) {
             return Err(ConfigError::new(
                 format!("{path}.residency"),
                 format!(
                     "must include the shard's own region {}: its primary lives there",
-                    s.name
+                    s.region
                 ),
             ));
         }
@@ -91,8 +93,14 @@ pub(super) fn build(
             Some(p) => policy(&p, &format!("{path}.residency_policy"))?,
             None => default_policy,
         };
-        out.shards
-            .insert(s.name, ShardResidency { regions, policy });
+        out.shards.insert(
+            s.name,
+            ShardResidency {
+                home: s.region,
+                regions,
+                policy,
+            },
+        );
     }
     for (name, region) in regions {
         let path = format!("regions.{name}");

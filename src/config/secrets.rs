@@ -251,6 +251,7 @@ pub struct JwtConfig {
     pub keys: Vec<(Option<String>, DecodingKey)>,
     pub user_claim: String,
     pub region_claim: String,
+    pub shard_claim: String,
     /// The claim carrying the user's country, when placement by country reads it from tokens.
     pub country_claim: Option<String>,
     pub issuer: Option<String>,
@@ -268,6 +269,7 @@ impl fmt::Debug for JwtConfig {
             )
             .field("user_claim", &self.user_claim)
             .field("region_claim", &self.region_claim)
+            .field("shard_claim", &self.shard_claim)
             .finish()
     }
 }
@@ -309,6 +311,7 @@ pub fn jwt_config(raw: &RawJwt) -> Result<JwtConfig, ConfigError> {
         keys,
         user_claim: raw.user_claim.clone().unwrap_or_else(|| "sub".into()),
         region_claim: raw.region_claim.clone().unwrap_or_else(|| "region".into()),
+        shard_claim: raw.shard_claim.clone().unwrap_or_else(|| "shard".into()),
         country_claim: raw.country_claim.clone(),
         issuer: raw.issuer.clone(),
         audience: raw.audience.clone(),

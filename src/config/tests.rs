@@ -15,7 +15,7 @@ fn shipped_examples_parse() {
     assert_eq!(c.shards.len(), 2);
     assert_eq!(c.http.max_body, 1 << 20);
     assert_eq!(c.probe.interval, Duration::from_millis(500));
-    let eu = c.shard(&RegionName::parse("eu").unwrap()).unwrap();
+    let eu = c.shard(&ShardId::parse("eu").unwrap()).unwrap();
     assert_eq!(eu.primaries[0].region.as_str(), "eu");
     assert_eq!(eu.replicas[1].region.as_str(), "us");
     assert_eq!(eu.primaries[0].name, "pg-eu-primary.eu.internal:5432/app");
@@ -31,7 +31,7 @@ fn two_primary_candidates_as_plain_urls_are_two_candidates() {
         "primary = [\"postgresql://pg-eu-a.eu.internal:5432\", \"postgresql://pg-eu-b.eu.internal:5432\"]",
     );
     let c = Config::parse(&text).unwrap();
-    let eu = c.shard(&RegionName::parse("eu").unwrap()).unwrap();
+    let eu = c.shard(&ShardId::parse("eu").unwrap()).unwrap();
     assert_eq!(eu.primaries.len(), 2);
     assert_eq!(eu.primaries[1].name, "pg-eu-b.eu.internal:5432/app");
     assert_eq!(eu.primaries[1].region.as_str(), "eu");
@@ -44,7 +44,7 @@ fn probe_url_sends_the_probe_past_the_pooler() {
         "primary = [{ url = \"postgresql://pgbouncer.eu.internal:6432\", region = \"eu\", probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\" }]",
     );
     let c = Config::parse(&text).unwrap();
-    let eu = c.shard(&RegionName::parse("eu").unwrap()).unwrap();
+    let eu = c.shard(&ShardId::parse("eu").unwrap()).unwrap();
     let e = &eu.primaries[0];
     assert_eq!(
         e.name, "pgbouncer.eu.internal:6432/app",
@@ -311,7 +311,8 @@ fn resident_eu(extra: &str) -> String {
 fn resident_shard_with_copies_inside_is_accepted() {
     let c = Config::parse(&resident_eu("residency_policy = \"redirect\"\n")).unwrap();
     let eu = RegionName::parse("eu").unwrap();
-    let r = &c.residency.shards[&eu];
+    let eu_shard = ShardId::parse("eu").unwrap();
+    let r = &c.residency.shards[&eu_shard];
     assert_eq!(r.regions, vec![eu.clone()]);
     assert_eq!(r.policy, crate::residency::Policy::Redirect);
     assert_eq!(
@@ -321,7 +322,7 @@ fn resident_shard_with_copies_inside_is_accepted() {
     // The default policy is forward; shards without residency are not listed.
     let c = Config::parse(&resident_eu("")).unwrap();
     assert_eq!(
-        c.residency.shards[&eu].policy,
+        c.residency.shards[&eu_shard].policy,
         crate::residency::Policy::Forward
     );
     assert_eq!(c.residency.shards.len(), 1);
@@ -422,4 +423,58 @@ fn enum_values_are_checked_with_their_key_paths() {
     assert!(!pg.optimistic_transactions);
     assert!(matches!(pg.auth, PgAuth::Trust));
     assert_eq!(pg.login_timeout, DEFAULT_LOGIN_TIMEOUT);
+}
+
+/// The example config with a second eu cell, `eu-2`, whose table ends with `extra`.
+fn with_cell(extra: &str) -> String {
+    example().replace(
+        "[shards.us]\n",
+        &format!(
+            "[shards.eu-2]\nregion = \"eu\"\nprimary = [\"postgresql://pg-eu2-primary.eu.internal:5432\"]\n{extra}\n[shards.us]\n"
+        ),
+    )
+}
+
+#[test]
+fn shards_default_to_their_own_region_and_cells_name_theirs() {
+    let c = Config::parse(&with_cell("accepting = false\nweight = 3\n")).unwrap();
+    let eu = c.shard(&ShardId::parse("eu").unwrap()).unwrap();
+    assert_eq!(eu.region.as_str(), "eu");
+    assert!(eu.accepting);
+    assert_eq!(eu.weight, 1);
+    let cell = c.shard(&ShardId::parse("eu-2").unwrap()).unwrap();
+    assert_eq!(cell.region.as_str(), "eu");
+    assert_eq!(cell.primaries[0].region.as_str(), "eu");
+    assert!(!cell.accepting);
+    assert_eq!(cell.weight, 3);
+    let regions: Vec<String> = c.regions().iter().map(|r| r.to_string()).collect();
+    assert_eq!(regions, ["eu", "us"], "a cell's name is not a region");
+    assert_eq!(c.home_regions().len(), 2);
+    assert_eq!(c.directory.within_region, WithinRegion::Hash);
+}
+
+#[test]
+fn bad_cell_settings_name_their_key() {
+    assert_eq!(err(&with_cell("weight = 0\n")).path, "shards.eu-2.weight");
+    assert_eq!(
+        err(&with_cell("").replace("[shards.eu-2]", "[shards.directory]")).path,
+        "shards.directory"
+    );
+    assert_eq!(
+        err(&with_cell("").replace("region = \"eu\"\nprimary", "region = \"EU\"\nprimary")).path,
+        "shards.eu-2.region"
+    );
+    let text = with_cell("").replace(
+        "[regions.eu]",
+        "[placement]\nwithin_region = \"fullest\"\n\n[regions.eu]",
+    );
+    assert_eq!(err(&text).path, "placement.within_region");
+    let text = with_cell("").replace(
+        "[regions.eu]",
+        "[placement]\nwithin_region = \"least-users\"\n\n[regions.eu]",
+    );
+    assert_eq!(
+        Config::parse(&text).unwrap().directory.within_region,
+        WithinRegion::LeastUsers
+    );
 }

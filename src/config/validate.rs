@@ -47,9 +47,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let region = RegionName::parse(&raw.region).map_err(|m| ConfigError::new("region", m))?;
     let pg_defaults = secrets::pg_defaults(&raw.postgres)?;
     let (shards, shard_residency) = shards_config(raw.shards, &pg_defaults)?;
-    let shard_names: Vec<RegionName> = shards.iter().map(|s| s.name.clone()).collect();
-    let countries = residency::countries(raw.placement, &shard_names)?;
-    let directory = directory_config(raw.directory, countries, &pg_defaults)?;
+    let home_regions: Vec<RegionName> = shards
+        .iter()
+        .map(|s| s.region.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let within_region = raw.placement.within_region.unwrap_or_default();
+    let countries = residency::countries(raw.placement, &home_regions)?;
+    let directory = directory_config(raw.directory, countries, within_region, &pg_defaults)?;
     let residency = residency::build(
         raw.residency,
         shard_residency,
@@ -94,9 +100,24 @@ fn shards_config(
     let mut shard_residency = Vec::new();
     for (name, shard) in raw {
         let path = format!("shards.{name}");
-        let shard_name = RegionName::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
+        let shard_name = ShardId::parse(&name).map_err(|m| ConfigError::new(&path, m))?;
+        if shard_name == directory_shard() {
+            return Err(ConfigError::new(
+                &path,
+                "\"directory\" names the directory's copies; choose another shard name",
+            ));
+        }
+        let shard_region = RegionName::parse(shard.region.as_deref().unwrap_or(&name))
+            .map_err(|m| ConfigError::new(format!("{path}.region"), m))?;
+        if shard.weight == Some(0) {
+            return Err(ConfigError::new(
+                format!("{path}.weight"),
+                "must be at least 1; close a shard to new users with accepting = false",
+            ));
+        }
         shard_residency.push(residency::ShardSettings {
             name: shard_name.clone(),
+            region: shard_region.clone(),
             residency: shard.residency,
             policy: shard.residency_policy,
         });
@@ -104,12 +125,15 @@ fn shards_config(
             &path,
             "primary",
             shard.primary.into_vec(),
-            Some(&shard_name),
+            Some(&shard_region),
             pg_defaults,
         )?;
         let replicas = endpoints(&path, "replicas", shard.replicas, None, pg_defaults)?;
         shards.push(ShardConfig {
             name: shard_name,
+            region: shard_region,
+            accepting: shard.accepting.unwrap_or(true),
+            weight: shard.weight.unwrap_or(1),
             primaries,
             replicas,
         });
@@ -124,6 +148,7 @@ fn shards_config(
 fn directory_config(
     dir: raw::RawDirectory,
     countries: BTreeMap<String, Vec<RegionName>>,
+    within_region: WithinRegion,
     pg_defaults: &secrets::PgDefaults,
 ) -> Result<DirectoryConfig, ConfigError> {
     let primaries = endpoints(
@@ -145,7 +170,10 @@ fn directory_config(
     }
     Ok(DirectoryConfig {
         shard: ShardConfig {
-            name: RegionName::parse("directory").expect("valid name"),
+            name: directory_shard(),
+            region: primaries[0].region.clone(),
+            accepting: false,
+            weight: 1,
             primaries,
             replicas,
         },
@@ -156,6 +184,7 @@ fn directory_config(
             .unwrap_or(DEFAULT_DIRECTORY_CACHE_CAPACITY),
         placement: dir.placement.unwrap_or(Placement::Reject),
         countries,
+        within_region,
     })
 }
 

@@ -150,7 +150,7 @@ mod tests {
             info: Arc::new(EndpointInfo {
                 index: 0,
                 name: "p".into(),
-                shard: crate::types::RegionName::parse("eu").unwrap(),
+                shard: crate::types::ShardId::parse("eu").unwrap(),
                 region: crate::types::RegionName::parse("eu").unwrap(),
                 configured: Configured::PrimaryCandidate,
                 pg: tokio_postgres::Config::new(),

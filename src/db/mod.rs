@@ -2,6 +2,7 @@
 //! snapshot), acquire with a bounded wait, and the error type for everything that can go wrong
 //! between homeport and a PostgreSQL server.
 
+pub mod migrate;
 pub mod tls;
 
 use std::time::Duration;
@@ -151,7 +152,7 @@ impl Pools {
     }
 
     /// At most one row of a small internal query with text parameters.
-    async fn query_row(
+    pub async fn query_row(
         &self,
         index: usize,
         sql: &str,

@@ -24,8 +24,8 @@ pub struct DirectoryInfo {
 }
 
 /// The name replicas of the directory's own cluster carry (`directory-replica-us`).
-pub fn shard_name() -> RegionName {
-    RegionName::parse("directory").expect("valid name")
+pub fn shard_name() -> crate::types::ShardId {
+    crate::config::directory_shard()
 }
 
 /// initdb, start, the app role, the directory database and its table.

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::residency::Policy;
-use crate::types::RegionName;
+use crate::types::{RegionName, ShardId};
 pub use directory::DirectoryInfo;
 pub use ports::pick_ports;
 pub use postgres::{PgTools, is_root};
 pub use sidecar::Managed;
-use sidecar::SidecarPlan;
+use sidecar::{ShardPlan, SidecarPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -71,6 +71,10 @@ pub struct DevArgs {
     /// What sidecars outside a resident shard's region do with its users' requests.
     #[arg(long, value_parser = ["forward", "redirect", "deny"])]
     pub residency_policy: Option<String>,
+    /// Shards (cells) per region, each with its own primary and a replica in every other
+    /// region; with 2 or more they are named <region>-1, <region>-2, ...
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub shards_per_region: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +99,8 @@ pub struct SandboxOptions {
     pub resident: Vec<RegionName>,
     /// `[residency] policy` of the sidecars (`None`: homeport's default, forward).
     pub residency_policy: Option<Policy>,
+    /// Shards (cells) per region: 1 names each after its region, more `<region>-1`, ...
+    pub shards_per_region: usize,
 }
 
 impl SandboxOptions {
@@ -118,8 +124,41 @@ impl SandboxOptions {
             upstream_pooler: false,
             resident: Vec::new(),
             residency_policy: None,
+            shards_per_region: 1,
         }
     }
+}
+
+/// One shard (cell) of a running sandbox.
+#[derive(Debug, Clone)]
+pub struct ShardInfo {
+    pub name: ShardId,
+    /// Where its primary is located.
+    pub region: RegionName,
+    pub primary_port: u16,
+    /// Its replicas, by the region they are located in.
+    pub replica_ports: BTreeMap<RegionName, u16>,
+}
+
+/// The shards of `regions`, in order: one per region named after it, or `per_region` named
+/// `<region>-1`, `<region>-2`, ...
+pub fn shard_names(regions: &[RegionName], per_region: usize) -> Vec<(ShardId, RegionName)> {
+    regions
+        .iter()
+        .flat_map(|r| {
+            (1..=per_region.max(1)).map(move |j| {
+                let name = if per_region <= 1 {
+                    r.to_string()
+                } else {
+                    format!("{r}-{j}")
+                };
+                (
+                    ShardId::parse(&name).expect("built from a region name"),
+                    r.clone(),
+                )
+            })
+        })
+        .collect()
 }
 
 /// One region of a running sandbox.
@@ -130,9 +169,9 @@ pub struct RegionInfo {
     pub pg_port: u16,
     /// The ops listener: `/healthz`, `/readyz`, `/metrics`.
     pub ops_port: u16,
-    /// Port of this region's shard primary.
+    /// Port of this region's (first) shard's primary.
     pub primary_port: u16,
-    /// Replicas of *this region's shard*, by the region they are located in.
+    /// Replicas of *this region's (first) shard*, by the region they are located in.
     pub replica_ports: BTreeMap<RegionName, u16>,
     pub redis_port: Option<u16>,
     pub config_path: PathBuf,
@@ -152,6 +191,8 @@ impl RegionInfo {
 pub struct Sandbox {
     pub dir: PathBuf,
     pub regions: Vec<RegionInfo>,
+    /// Every shard; a region's first shard is also described by its `RegionInfo`.
+    pub shards: Vec<ShardInfo>,
     /// The directory's servers (a cluster of its own when a shard is resident).
     pub directory: Option<DirectoryInfo>,
     pg: PgTools,
@@ -229,6 +270,7 @@ impl Sandbox {
         let mut sandbox = Sandbox {
             dir: dir.clone(),
             regions: Vec::new(),
+            shards: Vec::new(),
             directory: None,
             pg,
             servers: Vec::new(),
@@ -251,8 +293,9 @@ impl Sandbox {
         let pg = self.pg.clone();
         let pg_dir = self.dir.join("pg");
         let regions = self.options.regions.clone();
-        let ports = pick_ports(regions.len() * regions.len())?;
-        let primary_ports: Vec<u16> = ports[..regions.len()].to_vec();
+        let shards = shard_names(&regions, self.options.shards_per_region);
+        let ports = pick_ports(shards.len() * regions.len())?;
+        let primary_ports: Vec<u16> = ports[..shards.len()].to_vec();
         let first = regions[0].clone();
         let schema = self.options.schema.clone();
         // A resident shard's cluster must not carry the directory to other regions.
@@ -261,14 +304,15 @@ impl Sandbox {
 
         // Primaries, in parallel: initdb, configure, start, roles, databases, schema.
         let results: Vec<Result<(), DevError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = regions
+            let handles: Vec<_> = shards
                 .iter()
                 .zip(&primary_ports)
-                .map(|(region, &port)| {
+                .enumerate()
+                .map(|(i, ((shard, _), &port))| {
                     let (pg, pg_dir, schema) = (&pg, &pg_dir, &schema);
-                    let with_directory = *region == first && !own_directory;
+                    let with_directory = i == 0 && !own_directory;
                     s.spawn(move || {
-                        setup_primary(pg, pg_dir, region, port, with_directory, schema.as_deref())
+                        setup_primary(pg, pg_dir, shard, port, with_directory, schema.as_deref())
                     })
                 })
                 .collect();
@@ -280,8 +324,8 @@ impl Sandbox {
                 })
                 .collect()
         });
-        for (region, _) in regions.iter().zip(&primary_ports) {
-            self.servers.push(pg_dir.join(format!("{region}-primary")));
+        for (shard, _) in &shards {
+            self.servers.push(pg_dir.join(format!("{shard}-primary")));
         }
         results.into_iter().collect::<Result<Vec<_>, _>>()?;
         if own_directory {
@@ -292,12 +336,12 @@ impl Sandbox {
         // Replicas: one of every shard in every other region, except of resident shards; and of
         // the directory's own cluster, when it has one.
         let mut replica_jobs = Vec::new();
-        let mut next_port = regions.len();
-        for (si, shard) in regions.iter().enumerate() {
-            if self.options.resident.contains(shard) {
+        let mut next_port = shards.len();
+        for (si, (shard, home)) in shards.iter().enumerate() {
+            if self.options.resident.contains(home) {
                 continue;
             }
-            for located in regions.iter().filter(|r| *r != shard) {
+            for located in regions.iter().filter(|r| *r != home) {
                 replica_jobs.push((si, shard.clone(), located.clone(), ports[next_port]));
                 next_port += 1;
             }
@@ -313,7 +357,7 @@ impl Sandbox {
             Vec::new()
         };
         let dir_shard = directory::shard_name();
-        let all_jobs: Vec<(RegionName, RegionName, u16, u16)> = replica_jobs
+        let all_jobs: Vec<(ShardId, RegionName, u16, u16)> = replica_jobs
             .iter()
             .map(|(si, shard, located, port)| {
                 (shard.clone(), located.clone(), primary_ports[*si], *port)
@@ -388,12 +432,25 @@ impl Sandbox {
         } else {
             None
         };
+        for (si, (name, region)) in shards.iter().enumerate() {
+            self.shards.push(ShardInfo {
+                name: name.clone(),
+                region: region.clone(),
+                primary_port: primary_ports[si],
+                replica_ports: replica_jobs
+                    .iter()
+                    .filter(|(i, ..)| *i == si)
+                    .map(|(_, _, located, port)| (located.clone(), *port))
+                    .collect(),
+            });
+        }
         for (k, region) in regions.iter().enumerate() {
-            let replica_ports = replica_jobs
+            let first_shard = self
+                .shards
                 .iter()
-                .filter(|(si, ..)| *si == k)
-                .map(|(_, _, located, port)| (located.clone(), *port))
-                .collect();
+                .find(|s| &s.region == region)
+                .expect("every region has a shard")
+                .clone();
             let region_dir = self.dir.join(region.as_str());
             std::fs::create_dir_all(&region_dir).map_err(|e| DevError::Setup(e.to_string()))?;
             let redis_port = match &redis_bin {
@@ -410,8 +467,8 @@ impl Sandbox {
                 http_port: sidecar_ports[k].0,
                 pg_port: sidecar_ports[k].1,
                 ops_port: sidecar_ports[k].2,
-                primary_port: primary_ports[k],
-                replica_ports,
+                primary_port: first_shard.primary_port,
+                replica_ports: first_shard.replica_ports,
                 redis_port,
                 config_path: region_dir.join("homeport.toml"),
             });
@@ -445,19 +502,18 @@ impl Sandbox {
             pg_port: region.pg_port,
             ops_port: region.ops_port,
             shards: self
-                .regions
+                .shards
                 .iter()
-                .map(|r| {
-                    let replicas = r
+                .map(|sh| ShardPlan {
+                    name: sh.name.to_string(),
+                    region: sh.region.to_string(),
+                    primary: pg_url(via(sh.primary_port), APP_DB),
+                    replicas: sh
                         .replica_ports
                         .iter()
                         .map(|(loc, port)| (loc.to_string(), pg_url(via(*port), APP_DB)))
-                        .collect();
-                    (
-                        r.name.to_string(),
-                        pg_url(via(r.primary_port), APP_DB),
-                        replicas,
-                    )
+                        .collect(),
+                    resident: self.options.resident.contains(&sh.region),
                 })
                 .collect(),
             directory_primary: (
@@ -468,12 +524,6 @@ impl Sandbox {
                 .replica_ports
                 .iter()
                 .map(|(loc, port)| (loc.to_string(), pg_url(via(*port), DIRECTORY_DB)))
-                .collect(),
-            resident: self
-                .options
-                .resident
-                .iter()
-                .map(|r| r.to_string())
                 .collect(),
             residency_policy: self.options.residency_policy.map(Policy::as_str),
             public_urls: self
@@ -501,10 +551,10 @@ impl Sandbox {
         };
         let links = link::Links::new().map_err(|e| DevError::Setup(format!("links: {e}")))?;
         let servers: Vec<(RegionName, u16)> = self
-            .regions
+            .shards
             .iter()
             .flat_map(|r| {
-                std::iter::once((r.name.clone(), r.primary_port)).chain(
+                std::iter::once((r.region.clone(), r.primary_port)).chain(
                     r.replica_ports
                         .iter()
                         .map(|(loc, port)| (loc.clone(), *port)),
@@ -555,8 +605,8 @@ impl Sandbox {
     /// from its sidecar's point of view and from everyone else's.
     pub fn partition(&self, region: &str, cut: bool) {
         let located_in = |port: u16| {
-            self.regions.iter().any(|r| {
-                (r.name.as_str() == region && r.primary_port == port)
+            self.shards.iter().any(|r| {
+                (r.region.as_str() == region && r.primary_port == port)
                     || r.replica_ports
                         .iter()
                         .any(|(loc, p)| loc.as_str() == region && *p == port)
@@ -589,7 +639,7 @@ impl Sandbox {
         pooler::write_users(&dir)?;
         self.pg.hand_over(&dir)?;
         let servers: Vec<(String, u16)> = self
-            .regions
+            .shards
             .iter()
             .flat_map(|r| {
                 std::iter::once((format!("{}-primary", r.name), r.primary_port)).chain(
@@ -801,11 +851,6 @@ impl Sandbox {
             .regions
             .iter()
             .map(|r| {
-                let replicas: serde_json::Map<String, serde_json::Value> = r
-                    .replica_ports
-                    .iter()
-                    .map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB).into()))
-                    .collect();
                 json!({
                     "name": r.name,
                     "http": r.http_url(),
@@ -813,8 +858,20 @@ impl Sandbox {
                     "pg": format!("postgresql://app@127.0.0.1:{}/app", r.pg_port),
                     "config": r.config_path,
                     "primary": pg_url(r.primary_port, APP_DB),
-                    "replicas": replicas,
+                    "replicas": app_urls(&r.replica_ports),
                     "redis": r.redis_port.map(|p| format!("redis://127.0.0.1:{p}")),
+                })
+            })
+            .collect();
+        let shards: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "region": s.region,
+                    "primary": pg_url(s.primary_port, APP_DB),
+                    "replicas": app_urls(&s.replica_ports),
                 })
             })
             .collect();
@@ -826,6 +883,7 @@ impl Sandbox {
             .collect();
         json!({
             "regions": regions,
+            "shards": shards,
             "directory": {
                 "primary": pg_url(directory.primary_port, DIRECTORY_DB),
                 "region": directory.region,
@@ -872,21 +930,29 @@ impl Drop for Sandbox {
     }
 }
 
+/// Replica ports by region as app-database URLs, for endpoints.json.
+fn app_urls(ports: &BTreeMap<RegionName, u16>) -> serde_json::Map<String, serde_json::Value> {
+    ports
+        .iter()
+        .map(|(loc, port)| (loc.to_string(), pg_url(*port, APP_DB).into()))
+        .collect()
+}
+
 fn setup_primary(
     pg: &PgTools,
     pg_dir: &Path,
-    region: &RegionName,
+    shard: &ShardId,
     port: u16,
     with_directory: bool,
     schema: Option<&Path>,
 ) -> Result<(), DevError> {
-    let data = pg_dir.join(format!("{region}-primary"));
+    let data = pg_dir.join(format!("{shard}-primary"));
     pg.initdb(&data)?;
     append(
         &data.join("postgresql.conf"),
         &postgres::server_conf(port, pg),
     )?;
-    pg.start(&data, &pg_dir.join(format!("{region}-primary.log")))?;
+    pg.start(&data, &pg_dir.join(format!("{shard}-primary.log")))?;
     pg.psql(
         port,
         "postgres",
@@ -920,7 +986,7 @@ fn setup_primary(
 fn setup_replica(
     pg: &PgTools,
     pg_dir: &Path,
-    shard: &RegionName,
+    shard: &ShardId,
     located: &RegionName,
     primary_port: u16,
     port: u16,
@@ -1051,6 +1117,7 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         upstream_pooler: args.upstream_pooler,
         resident,
         residency_policy,
+        shards_per_region: usize::from(args.shards_per_region),
     };
     let started = Instant::now();
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))
@@ -1084,6 +1151,21 @@ pub async fn run_cli(args: DevArgs) -> Result<(), DevError> {
         }
         if sandbox.options.resident.contains(&r.name) {
             println!("  {:<8} resident in {}: no replica elsewhere", "", r.name);
+        }
+    }
+    if sandbox.shards.len() > sandbox.regions.len() {
+        for sh in &sandbox.shards {
+            println!(
+                "  shard {:<8} in {}: primary {}, replicas in {}",
+                sh.name.as_str(),
+                sh.region,
+                pg_url(sh.primary_port, APP_DB),
+                sh.replica_ports
+                    .keys()
+                    .map(RegionName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     let d = sandbox.directory();

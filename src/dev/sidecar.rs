@@ -108,8 +108,16 @@ pub fn spawn_redis(bin: &Path, port: u16, dir: &Path) -> Result<Managed, DevErro
     )
 }
 
-/// A shard as the generated config names it: (shard, primary URL, [(replica region, URL)]).
-pub type ShardPlan = (String, String, Vec<(String, String)>);
+/// A shard as the generated config names it.
+pub struct ShardPlan {
+    pub name: String,
+    pub region: String,
+    pub primary: String,
+    /// (region the replica is located in, URL).
+    pub replicas: Vec<(String, String)>,
+    /// Resident in its own region (`residency = ["<region>"]`).
+    pub resident: bool,
+}
 
 /// Everything needed to write one region's sidecar config.
 pub struct SidecarPlan<'a> {
@@ -121,8 +129,6 @@ pub struct SidecarPlan<'a> {
     pub directory_primary: (String, String),
     pub directory_replicas: Vec<(String, String)>,
     pub redis: Option<u16>,
-    /// Shards resident in their own region (`residency = ["<shard>"]`).
-    pub resident: Vec<String>,
     /// `[residency] policy`, when not homeport's default.
     pub residency_policy: Option<&'static str>,
     /// Every region's public URL: in the sandbox, its sidecar's HTTP address.
@@ -183,21 +189,26 @@ pub fn render_config(p: &SidecarPlan) -> String {
         s,
         "[probe]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 2\nrise = 1\n"
     );
-    for (shard, primary, replicas) in &p.shards {
-        let primary = if p.probe_urls.contains_key(primary) {
-            p.endpoint(primary, shard)
+    for shard in &p.shards {
+        let (name, region) = (&shard.name, &shard.region);
+        let primary = if p.probe_urls.contains_key(&shard.primary) {
+            p.endpoint(&shard.primary, region)
         } else {
-            format!("\"{primary}\"")
+            format!("\"{}\"", shard.primary)
         };
-        let _ = writeln!(s, "[shards.{shard}]\nprimary = [{primary}]\nreplicas = [");
-        for (region, url) in replicas {
-            let _ = writeln!(s, "  {},", p.endpoint(url, region));
+        let _ = writeln!(s, "[shards.{name}]");
+        if name != region {
+            let _ = writeln!(s, "region = \"{region}\"   # a cell of region {region}");
+        }
+        let _ = writeln!(s, "primary = [{primary}]\nreplicas = [");
+        for (located, url) in &shard.replicas {
+            let _ = writeln!(s, "  {},", p.endpoint(url, located));
         }
         let _ = writeln!(s, "]");
-        if p.resident.contains(shard) {
+        if shard.resident {
             let _ = writeln!(
                 s,
-                "residency = [\"{shard}\"]   # its data is stored in {shard} only"
+                "residency = [\"{region}\"]   # its data is stored in {region} only"
             );
         }
         let _ = writeln!(s);

@@ -1,4 +1,4 @@
-//! The in-process directory cache: user -> home region with a TTL and a size bound. A plain mutex
+//! The in-process directory cache: user -> home shard with a TTL and a size bound. A plain mutex
 //! around a map is enough here: it is never held across an `.await`, and each operation is a
 //! hash lookup.
 
@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::types::{RegionName, UserId};
+use crate::types::{ShardId, UserId};
 
 pub struct TtlCache {
     ttl: Duration,
     capacity: usize,
-    map: Mutex<HashMap<UserId, (RegionName, Instant)>>,
+    map: Mutex<HashMap<UserId, (ShardId, Instant)>>,
 }
 
 impl TtlCache {
@@ -23,14 +23,14 @@ impl TtlCache {
         }
     }
 
-    pub fn get(&self, user: &UserId, now: Instant) -> Option<RegionName> {
+    pub fn get(&self, user: &UserId, now: Instant) -> Option<ShardId> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(user)
             .filter(|(_, expires)| *expires > now)
             .map(|(r, _)| r.clone())
     }
 
-    pub fn insert(&self, user: UserId, region: RegionName, now: Instant) {
+    pub fn insert(&self, user: UserId, region: ShardId, now: Instant) {
         if self.ttl.is_zero() {
             return;
         }
@@ -64,8 +64,8 @@ mod tests {
     fn u(s: &str) -> UserId {
         UserId::parse(s).unwrap()
     }
-    fn r(s: &str) -> RegionName {
-        RegionName::parse(s).unwrap()
+    fn r(s: &str) -> ShardId {
+        ShardId::parse(s).unwrap()
     }
 
     #[test]

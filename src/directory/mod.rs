@@ -1,23 +1,66 @@
-//! The directory: user -> home region. Sources in order: a verified JWT claim, the in-process
-//! cache, the regional Redis cache, the directory table on the nearest healthy copy, the
-//! directory primary (only for users the nearest copy does not know yet, and only if it is
-//! healthy, so a partition never adds a hang), and last the placement policy for unknown users.
+//! The directory: user -> home shard, and so home region (the shard's region). Sources in
+//! order: a verified JWT claim (shard, or a region with a single shard), the in-process cache,
+//! the regional Redis cache, the directory table on the nearest healthy copy, the directory
+//! primary (only for users the nearest copy does not know yet, and only if it is healthy, so a
+//! partition never adds a hang), and last the placement policy for unknown users.
 
 mod cache;
+mod place;
 mod placement;
+mod table;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, Placement, PrimaryReads};
+use tokio::sync::OnceCell;
+
+use crate::config::{Config, Placement, PrimaryReads, WithinRegion, directory_shard};
 use crate::db::{DbError, Pools};
 use crate::metrics::DirectoryMetrics;
 use crate::routing;
 use crate::topology::Topology;
-use crate::types::{RegionName, UserId};
+use crate::types::{RegionName, ShardId, UserId};
 
 pub use cache::TtlCache;
-pub use placement::{allowed_regions, country_code, rendezvous};
+pub use placement::{Cell, allowed_regions, country_code, rendezvous};
+pub use table::ddl as table_ddl;
+
+/// Where a user lives: their shard (cell) and the region its primary is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    pub shard: ShardId,
+    pub region: RegionName,
+}
+
+impl std::fmt::Display for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} (region {})", self.shard, self.region)
+    }
+}
+
+/// What a verified token says about its user's home and country.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HomeClaims<'a> {
+    pub region: Option<&'a str>,
+    pub shard: Option<&'a str>,
+    pub country: Option<&'a str>,
+}
+
+/// What `PUT /v1/users/{id}/home` asks for: a region, a shard, a country, or a combination.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlaceRequest<'a> {
+    pub region: Option<&'a str>,
+    pub shard: Option<&'a str>,
+    pub country: Option<&'a str>,
+}
+
+/// A placement decided up to the region (a shard of it is picked by `within_region`) or to
+/// the shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Region(RegionName),
+    Shard(Home),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
@@ -27,10 +70,26 @@ pub enum DirectoryError {
     UnknownUser(UserId),
     #[error("region {0} is not a region of this deployment")]
     UnknownRegion(String),
+    #[error("shard {0} is not a shard of this deployment")]
+    UnknownShard(String),
     #[error(
-        "user {user} already lives in {existing}; moving a user between regions is not supported"
+        "user {user} already lives in {existing}; moving a user between shards is not supported"
     )]
-    AlreadyPlaced { user: UserId, existing: RegionName },
+    AlreadyPlaced { user: UserId, existing: Home },
+    #[error("shard {0} is closed to new users (accepting = false)")]
+    ShardClosed(ShardId),
+    #[error("no shard of region {0} accepts new users")]
+    RegionClosed(RegionName),
+    #[error("shard {shard} is in region {actual}, not in {named}")]
+    ShardOutsideRegion {
+        shard: ShardId,
+        actual: RegionName,
+        named: String,
+    },
+    #[error(
+        "the directory row of user {0} names no shard and its region has several; fill in its shard column"
+    )]
+    AmbiguousRow(UserId),
     #[error(
         "country {country} does not allow home region {region}; allowed: {}",
         allowed.iter().map(RegionName::as_str).collect::<Vec<_>>().join(", ")
@@ -42,7 +101,7 @@ pub enum DirectoryError {
     },
     #[error("{0}")]
     BadCountry(String),
-    #[error("give home_region, country, or both")]
+    #[error("give home_region, shard or country")]
     NothingToPlaceBy,
     #[error("the directory is unreachable: {0}")]
     Unavailable(String),
@@ -80,11 +139,16 @@ pub enum PlaceOutcome {
 
 pub struct Directory {
     local: RegionName,
-    shards: Vec<RegionName>,
+    cells: Vec<Cell>,
+    /// The regions that own a shard, sorted: where users can be homed.
+    regions: Vec<RegionName>,
     placement: Placement,
+    within_region: WithinRegion,
     countries: std::collections::BTreeMap<String, Vec<RegionName>>,
-    select_sql: String,
-    insert_sql: String,
+    sql: table::Statements,
+    migrations: Vec<(i32, String)>,
+    /// Set once this sidecar has migrated the directory primary (before its first placement).
+    migrated: OnceCell<()>,
     cache: TtlCache,
     redis: Option<std::sync::Arc<crate::kv::Kv>>,
     redis_ttl: std::time::Duration,
@@ -103,16 +167,23 @@ impl Directory {
         let table = &config.directory.table;
         Directory {
             local: config.region.clone(),
-            shards: config.shards.iter().map(|s| s.name.clone()).collect(),
+            cells: config
+                .shards
+                .iter()
+                .map(|s| Cell {
+                    name: s.name.clone(),
+                    region: s.region.clone(),
+                    accepting: s.accepting,
+                    weight: s.weight,
+                })
+                .collect(),
+            regions: config.home_regions(),
             placement: config.directory.placement,
+            within_region: config.directory.within_region,
             countries: config.directory.countries.clone(),
-            select_sql: format!("SELECT home_region FROM {table} WHERE user_id = $1"),
-            insert_sql: format!(
-                "WITH ins AS (INSERT INTO {table} (user_id, home_region) VALUES ($1, $2) \
-                 ON CONFLICT (user_id) DO NOTHING RETURNING home_region) \
-                 SELECT home_region, true FROM ins UNION ALL \
-                 SELECT home_region, false FROM {table} WHERE user_id = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
-            ),
+            sql: table::Statements::new(table),
+            migrations: table::migrations(table),
+            migrated: OnceCell::new(),
             cache: TtlCache::new(config.directory.cache_ttl, config.directory.cache_capacity),
             redis: kv,
             redis_ttl: config.directory.cache_ttl,
@@ -122,173 +193,191 @@ impl Directory {
         }
     }
 
-    pub fn is_known_region(&self, region: &str) -> Option<RegionName> {
-        self.shards.iter().find(|s| s.as_str() == region).cloned()
+    /// The home of a user of shard `name`, if it is a configured shard.
+    pub fn home(&self, name: &str) -> Option<Home> {
+        self.cells
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .map(|c| Home {
+                shard: c.name.clone(),
+                region: c.region.clone(),
+            })
     }
 
-    /// The user's home region. `claim` is the verified JWT region claim, if any.
+    fn known_shard(&self, name: &str) -> Result<Home, DirectoryError> {
+        self.home(name)
+            .ok_or_else(|| DirectoryError::UnknownShard(name.to_string()))
+    }
+
+    fn known_region(&self, region: &str) -> Result<RegionName, DirectoryError> {
+        self.regions
+            .iter()
+            .find(|r| r.as_str() == region)
+            .cloned()
+            .ok_or_else(|| DirectoryError::UnknownRegion(region.to_string()))
+    }
+
+    /// The user's home: from the token's claims, else looked up, else placed by policy.
     pub async fn home_of(
         &self,
         user: &UserId,
-        claim: Option<&str>,
-    ) -> Result<(RegionName, Source), DirectoryError> {
-        self.home_of_from(user, claim, None).await
-    }
-
-    /// [`Directory::home_of`] for a user whose country is known (a verified token's country
-    /// claim): placement of an unknown user then picks only among the country's regions.
-    pub async fn home_of_from(
-        &self,
-        user: &UserId,
-        claim: Option<&str>,
-        country: Option<&str>,
-    ) -> Result<(RegionName, Source), DirectoryError> {
-        let (region, source) = self.lookup(user, claim, country).await?;
+        claims: &HomeClaims<'_>,
+    ) -> Result<(Home, Source), DirectoryError> {
+        let (home, source) = self.lookup(user, claims).await?;
         self.metrics.lookup(source.label());
-        Ok((region, source))
+        Ok((home, source))
     }
 
-    /// The home region a placement request asks for: `region` if the country (when given)
-    /// allows it, else a region the country allows, picked by the placement policy (`hash`:
-    /// rendezvous over them; otherwise this region if allowed, else rendezvous).
-    pub fn choose_home(
-        &self,
-        user: &UserId,
-        region: Option<&str>,
-        country: Option<&str>,
-    ) -> Result<RegionName, DirectoryError> {
-        let country = country
-            .map(country_code)
-            .transpose()
-            .map_err(DirectoryError::BadCountry)?;
-        let allowed = allowed_regions(&self.countries, country.as_deref(), &self.shards);
-        match (region, country) {
-            (None, None) => Err(DirectoryError::NothingToPlaceBy),
-            (Some(r), country) => {
-                let region = self.known(r)?;
-                match country {
-                    Some(country) if !allowed.contains(&region) => {
-                        Err(DirectoryError::NotAllowed {
-                            country,
-                            region,
-                            allowed: allowed.to_vec(),
+    /// The home the claims settle on their own: a shard claim (whose region must match a region
+    /// claim given with it), or a region claim for a region with a single shard. A region with
+    /// several shards needs the directory to say which.
+    fn home_in_claims(&self, claims: &HomeClaims<'_>) -> Result<Option<Home>, DirectoryError> {
+        match (claims.shard, claims.region) {
+            (Some(shard), region) => {
+                let home = self.known_shard(shard)?;
+                match region {
+                    Some(r) if r != home.region.as_str() => {
+                        Err(DirectoryError::ShardOutsideRegion {
+                            shard: home.shard,
+                            actual: home.region,
+                            named: r.to_string(),
                         })
                     }
-                    _ => Ok(region),
+                    _ => Ok(Some(home)),
                 }
             }
-            (None, Some(_)) => {
-                let policy = match self.placement {
-                    Placement::Hash => Placement::Hash,
-                    _ => Placement::Local,
-                };
-                Ok(
-                    placement::choose(policy, user.as_str(), &self.local, allowed)
-                        .expect("hash and local always choose"),
-                )
+            (None, Some(region)) => {
+                let region = self.known_region(region)?;
+                let mut cells = self.cells.iter().filter(|c| c.region == region);
+                Ok(match (cells.next(), cells.next()) {
+                    (Some(only), None) => self.home(only.name.as_str()),
+                    _ => None,
+                })
             }
+            (None, None) => Ok(None),
         }
     }
 
     async fn lookup(
         &self,
         user: &UserId,
-        claim: Option<&str>,
-        country: Option<&str>,
-    ) -> Result<(RegionName, Source), DirectoryError> {
-        if let Some(claim) = claim {
-            let region = self
-                .is_known_region(claim)
-                .ok_or_else(|| DirectoryError::UnknownRegion(claim.to_string()))?;
-            return Ok((region, Source::Claim));
+        claims: &HomeClaims<'_>,
+    ) -> Result<(Home, Source), DirectoryError> {
+        if let Some(home) = self.home_in_claims(claims)? {
+            return Ok((home, Source::Claim));
         }
         let now = Instant::now();
-        if let Some(region) = self.cache.get(user, now) {
-            return Ok((region, Source::Cache));
+        if let Some(home) = self
+            .cache
+            .get(user, now)
+            .and_then(|s| self.home(s.as_str()))
+        {
+            return Ok((home, Source::Cache));
         }
         if let Some(redis) = &self.redis
-            && let Some(region) = redis
+            && let Some(home) = redis
                 .get(&redis_key(user))
                 .await
-                .and_then(|r| self.is_known_region(&r))
+                .and_then(|s| self.home(&s))
         {
-            self.cache.insert(user.clone(), region.clone(), now);
-            return Ok((region, Source::Redis));
+            self.cache.insert(user.clone(), home.shard.clone(), now);
+            return Ok((home, Source::Redis));
         }
         match self.read_table(user).await? {
-            Some(region) => {
-                self.remember(user, &region).await;
-                Ok((region, Source::Table))
+            Some(home) => {
+                self.remember(user, &home).await;
+                Ok((home, Source::Table))
             }
-            None => self
-                .place_unknown(user, country)
-                .map(|r| (r, Source::Placement)),
+            None => {
+                let claimed = claims.region.map(|r| self.known_region(r)).transpose()?;
+                self.place_unknown(user, claims.country, claimed.as_ref())
+                    .map(|h| (h, Source::Placement))
+            }
         }
     }
 
-    /// The placement policy for a user the directory does not know, among the regions the
-    /// user's country allows.
-    fn place_unknown(
-        &self,
-        user: &UserId,
-        country: Option<&str>,
-    ) -> Result<RegionName, DirectoryError> {
-        let country = country.and_then(|c| country_code(c).ok());
-        let allowed = allowed_regions(&self.countries, country.as_deref(), &self.shards);
-        placement::choose(self.placement, user.as_str(), &self.local, allowed)
-            .ok_or_else(|| DirectoryError::UnknownUser(user.clone()))
-    }
-
-    async fn remember(&self, user: &UserId, region: &RegionName) {
+    async fn remember(&self, user: &UserId, home: &Home) {
         self.cache
-            .insert(user.clone(), region.clone(), Instant::now());
+            .insert(user.clone(), home.shard.clone(), Instant::now());
         if let Some(redis) = &self.redis {
             redis
-                .set_ex(&redis_key(user), region.as_str(), self.redis_ttl)
+                .set_ex(&redis_key(user), home.shard.as_str(), self.redis_ttl)
                 .await;
         }
     }
 
     /// Reads the table from the nearest healthy copy; on "not found" there, asks the primary too
     /// (a placement made moments ago in another region may not have replicated yet).
-    async fn read_table(&self, user: &UserId) -> Result<Option<RegionName>, DirectoryError> {
+    async fn read_table(&self, user: &UserId) -> Result<Option<Home>, DirectoryError> {
         let snapshot = self.topology.snapshot();
-        let shard = RegionName::parse("directory").expect("valid name");
+        let shard = directory_shard();
         let candidates =
             routing::read_candidates(&snapshot, &shard, &self.local, PrimaryReads::LastResort)
                 .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
         let mut last_error = None;
         for c in &candidates {
-            match self
-                .while_up(
-                    c.index,
-                    self.pools
-                        .query_opt_text(c.index, &self.select_sql, &[user.as_str()]),
-                )
-                .await
-            {
-                Ok(Some(region)) => return self.known(&region).map(Some),
+            match self.select(c.index, user).await {
+                Ok(Some(home)) => return Ok(Some(home)),
                 Ok(None) if c.target == routing::Target::Primary => return Ok(None),
                 Ok(None) => break,
-                Err(e) => last_error = Some(e),
+                Err(DirectoryError::Db(e)) => last_error = Some(e),
+                Err(other) => return Err(other),
             }
         }
         if let Ok(primary) = routing::write_candidate(&snapshot, &shard) {
-            match self
-                .while_up(
-                    primary.index,
-                    self.pools
-                        .query_opt_text(primary.index, &self.select_sql, &[user.as_str()]),
-                )
-                .await
-            {
-                Ok(found) => return found.map(|r| self.known(&r)).transpose(),
-                Err(e) => last_error = Some(e),
+            match self.select(primary.index, user).await {
+                Err(DirectoryError::Db(e)) => last_error = Some(e),
+                found => return found,
             }
         }
         match last_error {
             Some(e) => Err(DirectoryError::Db(e)),
             None => Ok(None),
+        }
+    }
+
+    /// The user's row on endpoint `index`. A copy whose table predates the `shard` column (the
+    /// migration runs on the primary with the first placement, and replicates from there) is
+    /// read without it.
+    async fn select(&self, index: usize, user: &UserId) -> Result<Option<Home>, DirectoryError> {
+        let params = [user.as_str()];
+        let row = match self
+            .while_up(
+                index,
+                self.pools.query_row(index, &self.sql.select, &params),
+            )
+            .await
+        {
+            Err(e) if e.sqlstate() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) => {
+                self.while_up(
+                    index,
+                    self.pools
+                        .query_row(index, &self.sql.select_legacy, &params),
+                )
+                .await?
+            }
+            other => other?,
+        };
+        row.map(|r| self.home_from_row(user, r.get(0), r.get(1)))
+            .transpose()
+    }
+
+    /// A directory row's home: its shard, or for a row written before cells, the region's
+    /// default shard.
+    fn home_from_row(
+        &self,
+        user: &UserId,
+        region: String,
+        shard: Option<String>,
+    ) -> Result<Home, DirectoryError> {
+        match shard {
+            Some(shard) => self.known_shard(&shard),
+            None => {
+                let region = self.known_region(&region)?;
+                placement::legacy_shard(&region, &self.cells)
+                    .and_then(|c| self.home(c.name.as_str()))
+                    .ok_or_else(|| DirectoryError::AmbiguousRow(user.clone()))
+            }
         }
     }
 
@@ -311,61 +400,124 @@ impl Directory {
             }
         }
     }
-
-    fn known(&self, region: &str) -> Result<RegionName, DirectoryError> {
-        self.is_known_region(region)
-            .ok_or_else(|| DirectoryError::UnknownRegion(region.to_string()))
-    }
-
-    /// Places (signs up) a user. Idempotent for the same region; a different region is refused,
-    /// because moving a user means moving their data.
-    pub async fn place(
-        &self,
-        user: &UserId,
-        region: &RegionName,
-    ) -> Result<PlaceOutcome, DirectoryError> {
-        let snapshot = self.topology.snapshot();
-        let shard = RegionName::parse("directory").expect("valid name");
-        let primary = routing::write_candidate(&snapshot, &shard)
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
-        let row = self
-            .pools
-            .query_one_text_bool(
-                primary.index,
-                &self.insert_sql,
-                &[user.as_str(), region.as_str()],
-            )
-            .await?;
-        let (existing, created) = row;
-        let existing = self.known(&existing)?;
-        if &existing != region {
-            return Err(DirectoryError::AlreadyPlaced {
-                user: user.clone(),
-                existing,
-            });
-        }
-        self.remember(user, region).await;
-        Ok(if created {
-            PlaceOutcome::Created
-        } else {
-            PlaceOutcome::Unchanged
-        })
-    }
 }
 
-/// The directory table, for operators and for `homeport dev`.
-pub fn table_ddl(table: &str) -> String {
-    let schema = table.split('.').next().unwrap_or("homeport");
-    format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};\n\
-         CREATE TABLE IF NOT EXISTS {table} (\n  \
-           user_id text PRIMARY KEY,\n  \
-           home_region text NOT NULL,\n  \
-           created_at timestamptz NOT NULL DEFAULT now()\n);\n"
-    )
-}
-
-/// The regional Redis key caching a user's home region.
+/// The regional Redis key caching a user's home shard.
 fn redis_key(user: &UserId) -> String {
     format!("homeport:dir:{}", user.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory over the example config with a second eu cell (`eu-2`) and a closed third
+    /// (`eu-3`); nothing here connects to a server.
+    fn directory() -> Directory {
+        let text = include_str!("../../config/eu.toml")
+            .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "")
+            .replace(
+                "[shards.us]\n",
+                "[shards.eu-2]\nregion = \"eu\"\nprimary = [\"postgresql://eu2.internal:5432\"]\n\n\
+                 [shards.eu-3]\nregion = \"eu\"\naccepting = false\nprimary = [\"postgresql://eu3.internal:5432\"]\n\n\
+                 [shards.us]\n",
+            );
+        let config = Config::parse(&text).unwrap();
+        let topology = Arc::new(Topology::from_config(&config));
+        let pools = Arc::new(Pools::new(
+            &topology.snapshot(),
+            &config.postgres,
+            &topology.tls,
+        ));
+        Directory::new(&config, topology, pools, None)
+    }
+
+    fn home(shard: &str, region: &str) -> Home {
+        Home {
+            shard: ShardId::parse(shard).unwrap(),
+            region: RegionName::parse(region).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_settle_the_home_only_when_they_name_one_shard() {
+        let d = directory();
+        let claims = |region, shard| HomeClaims {
+            region,
+            shard,
+            country: None,
+        };
+        let got = |c| d.home_in_claims(&c).map_err(|e| e.to_string());
+        assert_eq!(
+            got(claims(None, Some("eu-2"))),
+            Ok(Some(home("eu-2", "eu")))
+        );
+        assert_eq!(
+            got(claims(Some("eu"), Some("eu-2"))),
+            Ok(Some(home("eu-2", "eu")))
+        );
+        assert!(
+            got(claims(Some("us"), Some("eu-2"))).is_err(),
+            "claims disagree"
+        );
+        assert!(got(claims(None, Some("eu-9"))).is_err(), "unknown shard");
+        // us has one shard: its region claim is enough; eu has three: the directory decides.
+        assert_eq!(got(claims(Some("us"), None)), Ok(Some(home("us", "us"))));
+        assert_eq!(got(claims(Some("eu"), None)), Ok(None));
+        assert!(got(claims(Some("ap"), None)).is_err(), "unknown region");
+    }
+
+    #[tokio::test]
+    async fn placement_targets_a_region_or_an_open_shard_of_it() {
+        let d = directory();
+        let user = UserId::parse("u1").unwrap();
+        let target = |region, shard| {
+            d.target(
+                &user,
+                &PlaceRequest {
+                    region,
+                    shard,
+                    country: None,
+                },
+            )
+        };
+        assert_eq!(
+            target(Some("eu"), None).unwrap(),
+            Target::Region(RegionName::parse("eu").unwrap())
+        );
+        assert_eq!(
+            target(None, Some("eu-2")).unwrap(),
+            Target::Shard(home("eu-2", "eu"))
+        );
+        assert!(matches!(
+            target(None, Some("eu-3")),
+            Err(DirectoryError::ShardClosed(_))
+        ));
+        assert!(matches!(
+            target(Some("us"), Some("eu-2")),
+            Err(DirectoryError::ShardOutsideRegion { .. })
+        ));
+        assert!(matches!(
+            target(None, None),
+            Err(DirectoryError::NothingToPlaceBy)
+        ));
+    }
+
+    #[tokio::test]
+    async fn rows_map_to_shards_and_old_rows_to_the_regions_default_shard() {
+        let d = directory();
+        let user = UserId::parse("u1").unwrap();
+        let row = |region: &str, shard: Option<&str>| {
+            d.home_from_row(&user, region.into(), shard.map(str::to_string))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(row("eu", Some("eu-2")), Ok(home("eu-2", "eu")));
+        assert_eq!(
+            row("eu", None),
+            Ok(home("eu", "eu")),
+            "the shard named after eu"
+        );
+        assert_eq!(row("us", None), Ok(home("us", "us")));
+        assert!(row("eu", Some("gone")).is_err());
+    }
 }

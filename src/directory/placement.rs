@@ -2,12 +2,72 @@
 //! over the shards. Every sidecar computes the same answer with no coordination, and adding a
 //! region moves only the users that the new region wins. Placement by country narrows the
 //! regions first: `[placement.countries]` lists the home regions a country allows, and every
-//! policy picks only among those.
+//! policy picks only among those. Inside the chosen region, one of its accepting shards (cells)
+//! is picked by weighted rendezvous hashing or by the fewest users.
 
 use std::collections::BTreeMap;
 
 use crate::config::Placement;
-use crate::types::RegionName;
+use crate::types::{RegionName, ShardId};
+
+/// A shard as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    pub name: ShardId,
+    pub region: RegionName,
+    /// Closed shards (`accepting = false`) keep their users but get no new ones.
+    pub accepting: bool,
+    pub weight: u32,
+}
+
+/// The shards of `region` that take new users, in config order.
+pub fn open_cells<'a>(cells: &'a [Cell], region: &RegionName) -> Vec<&'a Cell> {
+    cells
+        .iter()
+        .filter(|c| &c.region == region && c.accepting)
+        .collect()
+}
+
+/// The cell `user` goes to by weighted rendezvous hashing: each cell scores
+/// `-weight / ln(u)` with `u` in (0, 1) from the hash of (user, cell), the highest wins. Equal
+/// weights give plain rendezvous order; a cell wins about `weight / sum of weights` of the users,
+/// and adding a cell moves only users to it. `None` when `open` is empty.
+pub fn pick_by_hash<'a>(user: &str, open: &[&'a Cell]) -> Option<&'a Cell> {
+    let score = |c: &Cell| {
+        let h = fnv1a(&[user.as_bytes(), c.name.as_str().as_bytes()]);
+        // 53 bits into (0, 1): never 0 (ln 0) and never 1 (division by ln 1 = 0).
+        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        -f64::from(c.weight) / u.ln()
+    };
+    open.iter()
+        .copied()
+        .max_by(|a, b| score(a).total_cmp(&score(b)).then(b.name.cmp(&a.name)))
+}
+
+/// The cell with the fewest users (`counts`, missing = 0); ties go to the first in config order.
+pub fn pick_least_users<'a>(
+    open: &[&'a Cell],
+    counts: &BTreeMap<ShardId, u64>,
+) -> Option<&'a Cell> {
+    open.iter()
+        .copied()
+        .min_by_key(|c| counts.get(&c.name).copied().unwrap_or(0))
+}
+
+/// The shard of a directory row written before the directory had a shard column: the region's
+/// shard named after it, else the region's only shard. `None` when neither exists (the region
+/// was split into cells without filling in the column of its old rows).
+pub fn legacy_shard<'a>(region: &RegionName, cells: &'a [Cell]) -> Option<&'a Cell> {
+    let mut in_region = cells.iter().filter(|c| &c.region == region);
+    let named = cells
+        .iter()
+        .find(|c| &c.region == region && c.name.as_str() == region.as_str());
+    match (named, in_region.next(), in_region.next()) {
+        (Some(c), _, _) => Some(c),
+        (None, Some(only), None) => Some(only),
+        _ => None,
+    }
+}
 
 /// A country as homeport keeps it: an ISO 3166-1 alpha-2 code, upper-cased (`de` -> `DE`).
 pub fn country_code(s: &str) -> Result<String, String> {
@@ -77,6 +137,117 @@ pub fn rendezvous<'a>(user: &str, shards: &'a [RegionName]) -> &'a RegionName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cell(name: &str, region: &str, weight: u32) -> Cell {
+        Cell {
+            name: ShardId::parse(name).unwrap(),
+            region: RegionName::parse(region).unwrap(),
+            accepting: true,
+            weight,
+        }
+    }
+
+    fn share_of_first(cells: &[Cell], users: usize) -> usize {
+        let open: Vec<&Cell> = cells.iter().collect();
+        (0..users)
+            .filter(|i| pick_by_hash(&format!("user-{i}"), &open).unwrap() == &cells[0])
+            .count()
+    }
+
+    #[test]
+    fn cells_by_hash_are_stable_and_spread() {
+        let cells = [cell("eu-1", "eu", 1), cell("eu-2", "eu", 1)];
+        let open: Vec<&Cell> = cells.iter().collect();
+        for i in 0..100 {
+            let user = format!("user-{i}");
+            assert_eq!(pick_by_hash(&user, &open), pick_by_hash(&user, &open));
+        }
+        let first = share_of_first(&cells, 2000);
+        assert!((850..1150).contains(&first), "eu-1 got {first} of 2000");
+        assert_eq!(pick_by_hash("u", &[]), None);
+    }
+
+    #[test]
+    fn weights_set_each_cells_share() {
+        let cells = [cell("eu-1", "eu", 1), cell("eu-2", "eu", 3)];
+        let first = share_of_first(&cells, 4000);
+        assert!(
+            (800..1200).contains(&first),
+            "eu-1 (weight 1 of 4) got {first} of 4000"
+        );
+    }
+
+    #[test]
+    fn adding_a_cell_only_moves_users_to_it() {
+        let two = [cell("eu-1", "eu", 1), cell("eu-2", "eu", 1)];
+        let three = [
+            cell("eu-1", "eu", 1),
+            cell("eu-2", "eu", 1),
+            cell("eu-3", "eu", 1),
+        ];
+        let (open2, open3): (Vec<&Cell>, Vec<&Cell>) =
+            (two.iter().collect(), three.iter().collect());
+        for i in 0..1000 {
+            let user = format!("user-{i}");
+            let after = pick_by_hash(&user, &open3).unwrap();
+            if after.name.as_str() != "eu-3" {
+                assert_eq!(after.name, pick_by_hash(&user, &open2).unwrap().name);
+            }
+        }
+    }
+
+    #[test]
+    fn closed_cells_and_other_regions_take_no_new_users() {
+        let mut cells = vec![
+            cell("eu-1", "eu", 1),
+            cell("eu-2", "eu", 1),
+            cell("us", "us", 1),
+        ];
+        cells[0].accepting = false;
+        let eu = RegionName::parse("eu").unwrap();
+        let open = open_cells(&cells, &eu);
+        assert_eq!(open, vec![&cells[1]]);
+        for i in 0..50 {
+            assert_eq!(pick_by_hash(&format!("user-{i}"), &open), Some(&cells[1]));
+        }
+        cells[1].accepting = false;
+        assert!(open_cells(&cells, &eu).is_empty());
+    }
+
+    #[test]
+    fn least_users_fills_the_emptiest_cell() {
+        let cells = [
+            cell("eu-1", "eu", 1),
+            cell("eu-2", "eu", 1),
+            cell("eu-3", "eu", 1),
+        ];
+        let open: Vec<&Cell> = cells.iter().collect();
+        let counts = BTreeMap::from([(cells[0].name.clone(), 10), (cells[1].name.clone(), 3)]);
+        assert_eq!(pick_least_users(&open, &counts), Some(&cells[2]));
+        let counts = BTreeMap::from([
+            (cells[0].name.clone(), 10),
+            (cells[1].name.clone(), 3),
+            (cells[2].name.clone(), 3),
+        ]);
+        assert_eq!(pick_least_users(&open, &counts), Some(&cells[1]));
+    }
+
+    #[test]
+    fn rows_without_a_shard_belong_to_the_regions_default_shard() {
+        let eu = RegionName::parse("eu").unwrap();
+        let single = [cell("eu", "eu", 1), cell("us", "us", 1)];
+        assert_eq!(legacy_shard(&eu, &single), Some(&single[0]));
+        let renamed = [cell("eu-main", "eu", 1)];
+        assert_eq!(legacy_shard(&eu, &renamed), Some(&renamed[0]));
+        let split = [cell("eu", "eu", 1), cell("eu-2", "eu", 1)];
+        assert_eq!(legacy_shard(&eu, &split), Some(&split[0]));
+        let ambiguous = [cell("eu-1", "eu", 1), cell("eu-2", "eu", 1)];
+        assert_eq!(legacy_shard(&eu, &ambiguous), None);
+        assert_eq!(
+            legacy_shard(&RegionName::parse("ap").unwrap(), &single),
+            None
+        );
+    }
 
     fn regions(names: &[&str]) -> Vec<RegionName> {
         names

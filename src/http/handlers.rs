@@ -65,11 +65,13 @@ pub struct TransactionBody {
     pub intent: IntentField,
 }
 
-/// `PUT /v1/users/{id}/home`: a home region, a country (ISO 3166-1 alpha-2), or both.
+/// `PUT /v1/users/{id}/home`: a home region, a shard, a country (ISO 3166-1 alpha-2), or a
+/// combination that agrees.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlaceBody {
     home_region: Option<String>,
+    shard: Option<String>,
     country: Option<String>,
 }
 
@@ -87,7 +89,7 @@ pub struct Outcome {
 /// Applies the home shard's residency: `Err` for redirect and deny, and notes a forward.
 fn residency_gate(
     app: &App,
-    home: &crate::types::RegionName,
+    home: &crate::types::ShardId,
     outcome: &mut Outcome,
 ) -> Result<(), Problem> {
     use crate::residency::Decision;
@@ -137,7 +139,8 @@ pub async fn query(
     let intent = effective.intent;
     outcome.intent = intent;
     let home = home_of(app, &identity).await?;
-    outcome.home = Some(home.clone());
+    outcome.home = Some(home.region);
+    let home = home.shard;
     residency_gate(app, &home, outcome)?;
     let candidates = app.candidates(&home, effective.candidates_for())?;
     let max_staleness = max_staleness(headers)?.filter(|_| intent == Intent::Read);
@@ -272,7 +275,8 @@ pub async fn transaction(
     let intent = effective.intent;
     outcome.intent = intent;
     let home = home_of(app, &identity).await?;
-    outcome.home = Some(home.clone());
+    outcome.home = Some(home.region);
+    let home = home.shard;
     residency_gate(app, &home, outcome)?;
     let candidates = app.candidates(&home, effective.candidates_for())?;
     let token_in = request_token(app, headers)?;
@@ -375,7 +379,7 @@ fn transaction_reply(
     app: &App,
     results: Vec<QueryResult>,
     token_in: Option<Token>,
-    home: &crate::types::RegionName,
+    home: &crate::types::ShardId,
     served: &Served,
     lsn: Option<crate::types::Lsn>,
 ) -> Reply {
@@ -540,7 +544,7 @@ fn request_token(app: &App, headers: &HeaderMap) -> Result<Option<Token>, Proble
 pub(super) fn response_token(
     app: &App,
     incoming: Option<Token>,
-    home: &crate::types::RegionName,
+    home: &crate::types::ShardId,
     served: &Served,
     lsn: Option<crate::types::Lsn>,
 ) -> Option<String> {
@@ -697,17 +701,15 @@ pub async fn get_home(
 ) -> Result<Reply, Problem> {
     let user = path_user(raw_id)?;
     let claims = check_self(app, headers, &user)?;
-    let (region, source) = app
-        .directory
-        .home_of_from(&user, claims.region.as_deref(), claims.country.as_deref())
-        .await?;
-    outcome.home = Some(region.clone());
+    let (home, source) = app.directory.home_of(&user, &claims.home_claims()).await?;
+    outcome.home = Some(home.region.clone());
     Ok(Reply::json(
         StatusCode::OK,
         json!({
             "user": user.as_str(),
-            "home_region": region.as_str(),
-            "home_url": app.config.residency.public_url(&region),
+            "home_region": home.region.as_str(),
+            "shard": home.shard.as_str(),
+            "home_url": app.config.residency.public_url(&home.region),
             "source": format!("{source:?}").to_lowercase(),
         }),
     ))
@@ -737,11 +739,13 @@ pub async fn put_home(
         }
         (claimed, asked) => claimed.or(asked),
     };
-    let region = app
-        .directory
-        .choose_home(&user, p.home_region.as_deref(), country.as_deref())?;
-    let placed = app.directory.place(&user, &region).await?;
-    outcome.home = Some(region.clone());
+    let request = crate::directory::PlaceRequest {
+        region: p.home_region.as_deref(),
+        shard: p.shard.as_deref(),
+        country: country.as_deref(),
+    };
+    let (home, placed) = app.directory.place(&user, &request).await?;
+    outcome.home = Some(home.region.clone());
     let status = match placed {
         PlaceOutcome::Created => StatusCode::CREATED,
         PlaceOutcome::Unchanged => StatusCode::OK,
@@ -750,8 +754,9 @@ pub async fn put_home(
         status,
         json!({
             "user": user.as_str(),
-            "home_region": region.as_str(),
-            "home_url": app.config.residency.public_url(&region),
+            "home_region": home.region.as_str(),
+            "shard": home.shard.as_str(),
+            "home_url": app.config.residency.public_url(&home.region),
         }),
     ))
 }
@@ -767,7 +772,18 @@ fn path_user(raw: &str) -> Result<UserId, Problem> {
 #[derive(Default)]
 struct Claims {
     region: Option<String>,
+    shard: Option<String>,
     country: Option<String>,
+}
+
+impl Claims {
+    fn home_claims(&self) -> crate::directory::HomeClaims<'_> {
+        crate::directory::HomeClaims {
+            region: self.region.as_deref(),
+            shard: self.shard.as_deref(),
+            country: self.country.as_deref(),
+        }
+    }
 }
 
 /// The path names the user. Trusted-header mode trusts the pod (a signup flow places users
@@ -788,6 +804,7 @@ fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Claims, P
             }
             Ok(Claims {
                 region: identity.region_claim,
+                shard: identity.shard_claim,
                 country: identity
                     .country_claim
                     .and_then(|c| crate::directory::country_code(&c).ok()),
@@ -796,16 +813,13 @@ fn check_self(app: &App, headers: &HeaderMap, user: &UserId) -> Result<Claims, P
     }
 }
 
-async fn home_of(app: &App, identity: &Identity) -> Result<crate::types::RegionName, Problem> {
-    Ok(app
-        .directory
-        .home_of_from(
-            &identity.user,
-            identity.region_claim.as_deref(),
-            identity.country_claim.as_deref(),
-        )
-        .await?
-        .0)
+async fn home_of(app: &App, identity: &Identity) -> Result<crate::directory::Home, Problem> {
+    let claims = crate::directory::HomeClaims {
+        region: identity.region_claim.as_deref(),
+        shard: identity.shard_claim.as_deref(),
+        country: identity.country_claim.as_deref(),
+    };
+    Ok(app.directory.home_of(&identity.user, &claims).await?.0)
 }
 
 pub(super) fn serve_problem(e: ServeError) -> Problem {

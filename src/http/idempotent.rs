@@ -27,7 +27,7 @@ use crate::db::DbError;
 use crate::idempotency::{Key, Refusal, cache, store};
 use crate::metrics;
 use crate::routing::Candidate;
-use crate::types::{Intent, RegionName, UserId};
+use crate::types::{Intent, ShardId, UserId};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -82,7 +82,7 @@ pub struct Request<'a> {
     pub key: Key,
     pub fingerprint: Vec<u8>,
     pub user: &'a UserId,
-    pub home: &'a RegionName,
+    pub home: &'a ShardId,
     pub statements: Vec<Stmt<'a>>,
     pub shape: Shape,
     pub token_in: Option<Token>,

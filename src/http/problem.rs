@@ -201,6 +201,30 @@ impl From<DirectoryError> for Problem {
                 "Unknown region",
                 e.to_string(),
             ),
+            DirectoryError::UnknownShard(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-shard",
+                "Unknown shard",
+                e.to_string(),
+            ),
+            DirectoryError::ShardOutsideRegion { .. } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "shard-not-in-region",
+                "Shard and region disagree",
+                e.to_string(),
+            ),
+            DirectoryError::ShardClosed(_) | DirectoryError::RegionClosed(_) => Problem::new(
+                StatusCode::CONFLICT,
+                "shard-closed",
+                "Closed to new users",
+                e.to_string(),
+            ),
+            DirectoryError::AmbiguousRow(_) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "directory-row-without-shard",
+                "Directory row names no shard",
+                e.to_string(),
+            ),
             DirectoryError::AlreadyPlaced { .. } => Problem::new(
                 StatusCode::CONFLICT,
                 "already-placed",

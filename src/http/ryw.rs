@@ -15,7 +15,7 @@ use crate::consistency::plan::{Need, Outcome, ReadPlan, Wait};
 use crate::consistency::sql::replayed;
 use crate::db::DbError;
 use crate::routing::{Candidate, RouteError};
-use crate::types::{RegionName, UserId};
+use crate::types::UserId;
 
 pub struct RywRead {
     pub result: QueryResult,
@@ -104,7 +104,7 @@ where
     Err(match last_error {
         Some(e) => e.into(),
         None => ServeError::Route(RouteError::NoCopy(
-            RegionName::parse("none").expect("valid"),
+            crate::types::ShardId::parse("none").expect("valid"),
         )),
     })
 }

@@ -205,35 +205,12 @@ pub async fn migrate_to(
     client: &mut tokio_postgres::Client,
     version: i32,
 ) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('homeport.migrations', 7401));
-         CREATE SCHEMA IF NOT EXISTS homeport;
-         CREATE TABLE IF NOT EXISTS homeport.migrations (
-             component text NOT NULL, version integer NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (component, version))",
-    )
-    .await?;
-    let done: Option<i32> = tx
-        .query_one(
-            "SELECT max(version) FROM homeport.migrations WHERE component = 'idempotency'",
-            &[],
-        )
-        .await?
-        .get(0);
-    let missing = MIGRATIONS
+    let steps: Vec<(i32, &str)> = MIGRATIONS
         .iter()
-        .filter(|(v, _)| *v > done.unwrap_or(0) && *v <= version);
-    for (version, sql) in missing {
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO homeport.migrations (component, version) VALUES ('idempotency', $1)",
-            &[version],
-        )
-        .await?;
-        tracing::info!(version, "idempotency schema migrated");
-    }
-    tx.commit().await
+        .copied()
+        .filter(|(v, _)| *v <= version)
+        .collect();
+    crate::db::migrate::migrate(client, "idempotency", &steps).await
 }
 
 /// Remembers, per endpoint, that its schema is current, so migration runs once per sidecar.
@@ -282,8 +259,8 @@ pub async fn cleanup(
     }
 }
 
-/// Cleans expired records on the primary of this sidecar's own region's shard, every
-/// `cleanup_interval` (each region cleans its own shard; the batches skip locked rows, so several
+/// Cleans expired records on the primaries of this sidecar's own region's shards (cells), every
+/// `cleanup_interval` (each region cleans its own shards; the batches skip locked rows, so several
 /// sidecars of one region never wait on each other). Runs until aborted.
 pub fn spawn_cleanup(app: std::sync::Arc<crate::app::App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -292,27 +269,38 @@ pub fn spawn_cleanup(app: std::sync::Arc<crate::app::App>) -> tokio::task::JoinH
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let Ok(candidates) = app.candidates(&app.config.region, crate::types::Intent::Write)
-            else {
-                continue;
-            };
-            let Some(primary) = candidates.first() else {
-                continue;
-            };
-            // Only a primary that has the schema (some request used a key) has rows to clean.
-            if !app.idempotency_schema.is_ready(primary.index) {
-                continue;
-            }
-            let Ok(client) = app.pools.get(primary.index).await else {
-                continue;
-            };
-            match cleanup(&client, config.cleanup_batch).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "expired idempotency records removed"),
-                Err(e) => tracing::warn!(error = %e, "idempotency cleanup failed"),
+            let local = app
+                .config
+                .shards
+                .iter()
+                .filter(|s| s.region == app.config.region);
+            for shard in local {
+                clean_shard(&app, &shard.name, config.cleanup_batch).await;
             }
         }
     })
+}
+
+/// One cleanup pass on `shard`'s primary, if it is reachable and has the schema.
+async fn clean_shard(app: &crate::app::App, shard: &crate::types::ShardId, batch: u32) {
+    let Ok(candidates) = app.candidates(shard, crate::types::Intent::Write) else {
+        return;
+    };
+    let Some(primary) = candidates.first() else {
+        return;
+    };
+    // Only a primary that has the schema (some request used a key) has rows to clean.
+    if !app.idempotency_schema.is_ready(primary.index) {
+        return;
+    }
+    let Ok(client) = app.pools.get(primary.index).await else {
+        return;
+    };
+    match cleanup(&client, batch).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, %shard, "expired idempotency records removed"),
+        Err(e) => tracing::warn!(error = %e, %shard, "idempotency cleanup failed"),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::pool::Lease;
 use crate::routing::Target;
 use crate::sql::SessionState;
-use crate::types::{Intent, RegionName, UserId};
+use crate::types::{Intent, ShardId, UserId};
 
 /// The transaction status of a ReadyForQuery message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub(super) struct Attached {
     /// Where the connection was chosen for: a replica or the primary.
     pub(super) target: Target,
     pub(super) intent: Intent,
-    pub(super) shard: RegionName,
+    pub(super) shard: ShardId,
     pub(super) user: UserId,
     /// Set once a statement left session state on the server: the session keeps this
     /// connection until it ends.

@@ -33,7 +33,7 @@ impl Session {
     /// Returns the last reason when no copy can serve.
     pub(super) async fn acquire_read(
         &mut self,
-        home: &crate::types::RegionName,
+        home: &crate::types::ShardId,
         candidates: Vec<Candidate>,
     ) -> Result<(Lease, Candidate), ClientError> {
         let position = self.token.shards.get(home).copied();
@@ -93,7 +93,7 @@ impl Session {
     /// The first candidate whose pool lends a connection.
     pub(super) async fn acquire_first(
         &mut self,
-        home: &crate::types::RegionName,
+        home: &crate::types::ShardId,
         candidates: &[Candidate],
     ) -> Result<(Lease, Candidate), ClientError> {
         let mut last = "no copy qualifies".to_string();
@@ -185,7 +185,7 @@ impl Session {
     }
 }
 
-fn unreachable(home: &crate::types::RegionName, last: String) -> ClientError {
+fn unreachable(home: &crate::types::ShardId, last: String) -> ClientError {
     ClientError::unreachable(format!("no server for shard {home} is reachable: {last}"))
 }
 

@@ -85,7 +85,7 @@ pub struct Session {
     pub(super) txn_user: Option<UserId>,
     /// The server connection the session holds now, with its transaction status and pin.
     pub(super) server: Option<Attached>,
-    home_cache: Option<(UserId, crate::types::RegionName)>,
+    home_cache: Option<(UserId, crate::types::ShardId)>,
     /// The current transaction (or statement) failed, for the metrics.
     pub(super) txn_failed: bool,
     /// The server is skipping messages after an error until the next Sync.
@@ -729,7 +729,13 @@ impl Session {
             return None;
         }
         let (user, shard) = (user.clone(), attached.shard.clone());
-        let (home, _) = self.app.directory.home_of(&user, None).await.ok()?;
+        let (home, _) = self
+            .app
+            .directory
+            .home_of(&user, &Default::default())
+            .await
+            .ok()?;
+        let home = home.shard;
         (home != shard).then(|| {
             format!("homeport: user {user} lives in shard {home}, but this transaction runs on shard {shard}; a transaction runs wholly on one shard")
         })
@@ -772,9 +778,9 @@ impl Session {
             None => self
                 .app
                 .directory
-                .home_of(&user, None)
+                .home_of(&user, &Default::default())
                 .await
-                .map(|(h, _)| h)
+                .map(|(h, _)| h.shard)
                 .map_err(|e| match e {
                     crate::directory::DirectoryError::UnknownUser(_) => {
                         ClientError::no_user(e.to_string())

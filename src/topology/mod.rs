@@ -48,7 +48,7 @@ impl EndpointView {
             info: Arc::new(EndpointInfo {
                 index,
                 name: format!("e{index}"),
-                shard: RegionName::parse("eu").expect("valid"),
+                shard: crate::types::ShardId::parse("eu").expect("valid"),
                 region: RegionName::parse("us").expect("valid"),
                 configured: Configured::Replica,
                 pg: tokio_postgres::Config::new(),

@@ -103,7 +103,7 @@ mod tests {
                     info: Arc::new(EndpointInfo {
                         index,
                         name: format!("{shard}-{region}-{index}"),
-                        shard: RegionName::parse(shard).unwrap(),
+                        shard: ShardId::parse(shard).unwrap(),
                         region: RegionName::parse(region).unwrap(),
                         configured: if *role == Role::Primary {
                             Configured::PrimaryCandidate
@@ -190,7 +190,7 @@ mod tests {
                 Unreachable,
             ),
         ];
-        let shards = [name("eu"), name("us")];
+        let shards = [ShardId::parse("eu").unwrap(), ShardId::parse("us").unwrap()];
         for (what, rows, draining, want) in cases {
             let got = readiness(&snapshot(&rows), &name("us"), &shards, draining);
             assert_eq!(got, want, "{what}");
@@ -207,7 +207,7 @@ mod tests {
             ("us", "us", P, true, true),
             ("us", "ap", R, true, false),
         ];
-        let shards = [name("eu"), name("us")];
+        let shards = [ShardId::parse("eu").unwrap(), ShardId::parse("us").unwrap()];
         let got = readiness(&snapshot(&rows), &name("ap"), &shards, false);
         assert_eq!(got, Readiness::ReadyThroughPrimaries);
         assert!(got.is_ready());
@@ -225,13 +225,23 @@ mod tests {
         use Role::{Primary as P, Replica as R};
         let rows: [Row; 2] = [("eu", "eu", P, true, true), ("eu", "us", R, false, false)];
         assert_eq!(
-            readiness(&snapshot(&rows), &name("eu"), &[name("eu")], false),
+            readiness(
+                &snapshot(&rows),
+                &name("eu"),
+                &[ShardId::parse("eu").unwrap()],
+                false
+            ),
             Readiness::Starting
         );
         // A failed first probe counts as an outcome: a cut link does not hold readiness back.
         let rows: [Row; 2] = [("eu", "eu", P, true, true), ("eu", "us", R, true, false)];
         assert_eq!(
-            readiness(&snapshot(&rows), &name("eu"), &[name("eu")], false),
+            readiness(
+                &snapshot(&rows),
+                &name("eu"),
+                &[ShardId::parse("eu").unwrap()],
+                false
+            ),
             Readiness::Ready
         );
     }

@@ -133,8 +133,20 @@ impl Env {
 
 /// Waits until a replica has replayed everything its primary had written when called.
 pub async fn wait_caught_up(env: &Env, shard: &str, located: &str) {
-    let primary = env.direct(env.primary_port(shard)).await;
-    let replica = env.direct(env.replica_port(shard, located)).await;
+    wait_caught_up_port(env.primary_port(shard), env.replica_port(shard, located)).await
+}
+
+/// [`wait_caught_up`] for a primary and a replica named by port (e.g. of a cell).
+pub async fn wait_caught_up_port(primary_port: u16, replica_port: u16) {
+    let connect = |port| async move {
+        let (c, conn) = tokio_postgres::connect(&superuser_url(port, "app"), tokio_postgres::NoTls)
+            .await
+            .expect("direct connection");
+        tokio::spawn(conn);
+        c
+    };
+    let primary = connect(primary_port).await;
+    let replica = connect(replica_port).await;
     let target: String = primary
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -153,7 +165,7 @@ pub async fn wait_caught_up(env: &Env, shard: &str, located: &str) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("replica of {shard} in {located} did not catch up");
+    panic!("the replica on port {replica_port} did not catch up");
 }
 
 /// The sandbox's consistency-token keys, to decode the tokens homeport hands out.

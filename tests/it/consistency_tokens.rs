@@ -32,7 +32,7 @@ async fn writes_return_a_token_that_covers_the_write() {
         .expect("a write returns a token")
         .to_string();
     let token = Token::decode(&text, &keys).expect("the token verifies with the sandbox key");
-    let eu = homeport::types::RegionName::parse("eu").unwrap();
+    let eu = homeport::types::ShardId::parse("eu").unwrap();
     let position = token.shards[&eu];
 
     // The position covers the write: once the delayed replica has replayed it, the row is there.

@@ -50,7 +50,7 @@ async fn hostile_json_and_tokens_get_clear_errors() {
     let token = w.header("consistency-token").unwrap().to_string();
     let keys = token_keys(&env);
     let decoded = Token::decode(&token, &keys).unwrap();
-    let eu = homeport::types::RegionName::parse("eu").unwrap();
+    let eu = homeport::types::ShardId::parse("eu").unwrap();
     let read = || r#"{"sql":"SELECT count(*) FROM notes WHERE user_id = 'mal'"}"#.to_string();
 
     // Replayed (an old, valid token): served, and sees its write.
@@ -70,7 +70,7 @@ async fn hostile_json_and_tokens_get_clear_errors() {
     );
     // For another shard only: nothing to wait for on this user's shard; served normally.
     let mut other_shard = Token::default();
-    let us = homeport::types::RegionName::parse("us").unwrap();
+    let us = homeport::types::ShardId::parse("us").unwrap();
     other_shard.record(us, decoded.shards[&eu], decoded.issued_at_ms);
     let r = raw(read(), Some(other_shard.encode(&keys))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);

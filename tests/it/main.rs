@@ -10,6 +10,7 @@
 mod common;
 
 mod alerts_e2e;
+mod cells;
 mod consistency_checker;
 mod consistency_tokens;
 mod fleet;

@@ -304,7 +304,7 @@ async fn a_promoted_replica_takes_over_writes_without_a_restart() {
     // New writes carry tokens of the new timeline, which verify and serve.
     let new_token = first_write.header("consistency-token").unwrap();
     let keys = common::token_keys(&env);
-    let eu = homeport::types::RegionName::parse("eu").unwrap();
+    let eu = homeport::types::ShardId::parse("eu").unwrap();
     let old = homeport::consistency::token::Token::decode(&old_token, &keys).unwrap();
     let new = homeport::consistency::token::Token::decode(new_token, &keys).unwrap();
     assert!(new.shards[&eu].timeline > old.shards[&eu].timeline);

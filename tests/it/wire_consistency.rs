@@ -44,8 +44,8 @@ async fn count(c: &Client, user: &str) -> i64 {
         .get(0)
 }
 
-fn eu() -> homeport::types::RegionName {
-    homeport::types::RegionName::parse("eu").unwrap()
+fn eu() -> homeport::types::ShardId {
+    homeport::types::ShardId::parse("eu").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
