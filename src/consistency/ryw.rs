@@ -199,6 +199,7 @@ mod tests {
                 configured: Configured::Replica,
                 pg: tokio_postgres::Config::new(),
                 probe_pg: tokio_postgres::Config::new(),
+                pooler: Default::default(),
             }),
             status: s,
         };
@@ -254,6 +255,7 @@ mod tests {
                 configured: Configured::PrimaryCandidate,
                 pg: tokio_postgres::Config::new(),
                 probe_pg: tokio_postgres::Config::new(),
+                pooler: Default::default(),
             }),
             status: status(7, 1, 500),
         };

@@ -71,6 +71,7 @@ mod tests {
                 configured: Configured::Replica,
                 pg: tokio_postgres::Config::new(),
                 probe_pg: tokio_postgres::Config::new(),
+                pooler: Default::default(),
             }),
             status: s,
         };

@@ -272,7 +272,8 @@ pub async fn transaction(
             config.max_wait,
             |client, endpoint, deadline| async move {
                 if let Some(deadline) = deadline
-                    && !super::ryw::wait_replayed(&client, &endpoint, &required, deadline).await?
+                    && !super::ryw::wait_replayed(&client, app, &endpoint, &required, deadline)
+                        .await?
                 {
                     return Ok(None);
                 }
@@ -409,6 +410,7 @@ async fn run_one_on(
         .start()
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
+    exec.in_transaction();
     let r = execute::run(&tx, exec, sql, params, command).await?;
     tx.commit()
         .await
@@ -426,23 +428,32 @@ async fn run_capturing_position(
     params: &[Value],
     command: &str,
 ) -> Result<(QueryResult, Option<crate::types::Lsn>), DbError> {
-    let endpoint = exec.endpoint.as_str();
-    let stmt = client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
-    let lsn_stmt = client
-        .prepare_cached("SELECT pg_current_wal_lsn()::text")
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let stmt = execute::prepare(client, exec, sql).await?;
+    let lsn_stmt = position_statement(client, exec).await?;
     let (result, lsn) = tokio::join!(
         execute::run_prepared(client, exec, &stmt, params, command),
-        client.query_one(&lsn_stmt, &[])
+        lsn_stmt.query_opt(client, &[])
     );
     let lsn = lsn
         .ok()
+        .flatten()
         .and_then(|row| row.get::<_, String>(0).parse().ok());
     Ok((result?, lsn))
+}
+
+/// `pg_current_wal_lsn()`: the primary's insert position, at or past every commit it has
+/// acknowledged. Behind a transaction-mode pooler it may run on another backend than the write
+/// it follows; the position is the server's, so it still covers that write.
+pub(super) const POSITION_SQL: &str = "SELECT pg_current_wal_lsn()::text";
+
+/// [`POSITION_SQL`], ready to run on `client` right behind a write.
+pub(super) async fn position_statement<'a>(
+    client: &deadpool_postgres::Object,
+    exec: &Exec,
+) -> Result<crate::db::statement::Own<'a>, DbError> {
+    crate::db::statement::Own::prepare(client, exec.unnamed(), POSITION_SQL, &[])
+        .await
+        .map_err(|e| DbError::from_pg(&exec.endpoint, e))
 }
 
 pub const MAX_STALENESS: &str = "homeport-max-staleness-ms";
@@ -569,6 +580,7 @@ async fn run_transaction_on(
         .start()
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
+    exec.in_transaction();
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, c)) in statements.iter().zip(classes).enumerate() {
         let r = execute::run(&tx, exec, &s.sql, &s.params, &c.command)
@@ -628,11 +640,9 @@ async fn run_write_transaction_capturing(
     let guard = TxGuard(Some(client));
     let c = guard.client();
     let pg = |e| DbError::from_pg(endpoint, e);
-    let lsn_stmt = c
-        .prepare_cached("SELECT pg_current_wal_lsn()::text")
-        .await
-        .map_err(pg)?;
+    let lsn_stmt = position_statement(c, &exec).await?;
     c.batch_execute("BEGIN").await.map_err(pg)?;
+    exec.in_transaction();
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, cl)) in statements.iter().zip(classes).enumerate() {
         match execute::run(c, &exec, &s.sql, &s.params, &cl.command).await {
@@ -644,11 +654,12 @@ async fn run_write_transaction_capturing(
             }
         }
     }
-    let (commit, lsn) = tokio::join!(c.batch_execute("COMMIT"), c.query_one(&lsn_stmt, &[]));
+    let (commit, lsn) = tokio::join!(c.batch_execute("COMMIT"), lsn_stmt.query_opt(c, &[]));
     commit.map_err(pg)?;
     guard.finish();
     let lsn = lsn
         .ok()
+        .flatten()
         .and_then(|row| row.get::<_, String>(0).parse().ok());
     Ok((results, lsn))
 }

@@ -12,14 +12,15 @@ use serde_json::Value;
 
 use super::execute::{self, Exec, QueryResult};
 use super::handlers::{
-    CONSISTENCY_TOKEN, Outcome, StatementFailed, TxGuard, response_token, serve_problem,
-    trim_statement_cache,
+    CONSISTENCY_TOKEN, Outcome, POSITION_SQL, StatementFailed, TxGuard, response_token,
+    serve_problem, trim_statement_cache,
 };
 use super::problem::Problem;
 use super::{Reply, SERVED_BY};
 use crate::app::{App, Served};
 use crate::consistency::token::Token;
 use crate::db::DbError;
+use crate::db::statement::Own;
 use crate::idempotency::{Key, Refusal, cache, store};
 use crate::metrics;
 use crate::routing::Candidate;
@@ -27,7 +28,6 @@ use crate::types::{Intent, RegionName, UserId};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const REPLAYED: &str = "idempotent-replayed";
-const POSITION_SQL: &str = "SELECT pg_current_wal_lsn()::text";
 
 /// One statement of the write.
 pub struct Stmt<'a> {
@@ -198,12 +198,13 @@ async fn keyed_transaction(
     let exec = Exec::new(app, &client, endpoint, None);
     let guard = TxGuard(Some(client));
     let c = guard.client();
-    // Prepared once per connection, all in one round trip.
+    // Prepared once per connection, all in one round trip (or sent unnamed behind a pooler).
+    let unnamed = exec.unnamed();
     let (claim, record, lookup, lsn_stmt) = tokio::try_join!(
-        c.prepare_cached(store::CLAIM_SQL),
-        c.prepare_cached(store::RECORD_SQL),
-        c.prepare_cached(store::LOOKUP_SQL),
-        c.prepare_cached(POSITION_SQL),
+        Own::prepare(c, unnamed, store::CLAIM_SQL, store::CLAIM_TYPES),
+        Own::prepare(c, unnamed, store::RECORD_SQL, store::RECORD_TYPES),
+        Own::prepare(c, unnamed, store::LOOKUP_SQL, store::LOOKUP_TYPES),
+        Own::prepare(c, unnamed, POSITION_SQL, &[]),
     )
     .map_err(pg)?;
     let ttl = app.config.idempotency.ttl.as_secs_f64();
@@ -211,9 +212,10 @@ async fn keyed_transaction(
     let first = &req.statements[0];
     let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
         [&user, &key, &req.fingerprint, &"completed", &ttl];
+    exec.in_transaction();
     let (begin, claimed, first_result) = tokio::join!(
         c.batch_execute("BEGIN"),
-        c.execute(&claim, &claim_params),
+        claim.query(c, &claim_params),
         execute::run(c, &exec, first.sql, first.params, first.command),
     );
     begin.map_err(pg)?;
@@ -260,9 +262,9 @@ async fn keyed_transaction(
     let record_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
         [&user, &key, &req.fingerprint, &200i16, &body, &ttl];
     let (recorded, commit, lsn) = tokio::join!(
-        c.execute(&record, &record_params),
+        record.query(c, &record_params),
         c.batch_execute("COMMIT"),
-        c.query_one(&lsn_stmt, &[]),
+        lsn_stmt.query_opt(c, &[]),
     );
     recorded.map_err(pg)?;
     commit.map_err(pg)?;
@@ -270,6 +272,7 @@ async fn keyed_transaction(
     metrics::idempotency("new", "http");
     let lsn = lsn
         .ok()
+        .flatten()
         .and_then(|row| row.get::<_, String>(0).parse().ok());
     let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
     Ok(Done {
@@ -290,15 +293,15 @@ async fn replay(
     c: &deadpool_postgres::Object,
     endpoint: &str,
     served: Served,
-    (lookup, lsn_stmt): (&tokio_postgres::Statement, &tokio_postgres::Statement),
+    (lookup, lsn_stmt): (&Own<'_>, &Own<'_>),
 ) -> Result<Done, Problem> {
     let pg = |e| Problem::from(DbError::from_pg(endpoint, e));
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &key];
     let (rollback, row, lsn) = tokio::join!(
         c.batch_execute("ROLLBACK"),
-        c.query_opt(lookup, &lookup_params),
-        c.query_one(lsn_stmt, &[]),
+        lookup.query_opt(c, &lookup_params),
+        lsn_stmt.query_opt(c, &[]),
     );
     rollback.map_err(pg)?;
     let row = row.map_err(pg)?;
@@ -316,6 +319,7 @@ async fn replay(
     metrics::idempotency("replayed", "http");
     let lsn = lsn
         .ok()
+        .flatten()
         .and_then(|row| row.get::<_, String>(0).parse().ok());
     let token = response_token(app, req.token_in.clone(), req.home, &served, lsn);
     Ok(Done {

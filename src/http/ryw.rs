@@ -16,6 +16,7 @@ use crate::consistency::ryw::{
 };
 use crate::consistency::token::Position;
 use crate::db::DbError;
+use crate::db::statement::Own;
 use crate::routing::{Candidate, RouteError};
 use crate::types::RegionName;
 
@@ -131,21 +132,22 @@ where
 /// that are more than one statement, which then run after it answered yes.
 pub async fn wait_replayed(
     client: &deadpool_postgres::Object,
+    app: &App,
     endpoint: &str,
     required: &Position,
     deadline: Instant,
 ) -> Result<bool, DbError> {
-    let check = client
-        .prepare_cached(CHECK_SQL)
+    let unnamed = app.pools.shapes_of(endpoint).is_some();
+    let check = Own::prepare(client, unnamed, CHECK_SQL, CHECK_TYPES)
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
     let lsn = required.lsn.to_string();
     loop {
-        let row = client
-            .query_one(&check, &[&lsn])
+        let row = check
+            .query_opt(client, &[&lsn])
             .await
             .map_err(|e| DbError::from_pg(endpoint, e))?;
-        if row.get::<_, Option<bool>>(0) == Some(true) {
+        if row.and_then(|r| r.get::<_, Option<bool>>(0)) == Some(true) {
             return Ok(true);
         }
         if Instant::now() + POLL > deadline {
@@ -155,7 +157,12 @@ pub async fn wait_replayed(
     }
 }
 
+/// Whether the replica has replayed a position. Behind a transaction-mode pooler the check and
+/// the read after it may run on two backends of the replica; replay is server-wide and only
+/// moves forward, and the pooler sends the read only after the check's transaction ended, so a
+/// yes still holds when the read takes its snapshot.
 const CHECK_SQL: &str = "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn";
+const CHECK_TYPES: &[tokio_postgres::types::Type] = &[tokio_postgres::types::Type::TEXT];
 
 /// The pipelined check-then-read until `deadline`; `None` if the replica never got there.
 async fn wait_and_read(
@@ -168,23 +175,19 @@ async fn wait_and_read(
     deadline: Instant,
 ) -> Result<Option<QueryResult>, DbError> {
     let endpoint = exec.endpoint.as_str();
-    let check = client
-        .prepare_cached(CHECK_SQL)
+    let check = Own::prepare(client, exec.unnamed(), CHECK_SQL, CHECK_TYPES)
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
-    let stmt = client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let stmt = execute::prepare(client, exec, sql).await?;
     let lsn = required.lsn.to_string();
     let check_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&lsn];
     loop {
         let (replayed, result) = tokio::join!(
-            client.query_one(&check, &check_params),
+            check.query_opt(client, &check_params),
             execute::run_prepared(client, exec, &stmt, params, command)
         );
         let replayed = replayed.map_err(|e| DbError::from_pg(endpoint, e))?;
-        if replayed.get::<_, Option<bool>>(0) == Some(true) {
+        if replayed.and_then(|r| r.get::<_, Option<bool>>(0)) == Some(true) {
             return result.map(Some);
         }
         // Read too early: its result is dropped, and so is its share of the limits.

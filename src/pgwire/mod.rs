@@ -28,6 +28,7 @@ mod session;
 pub mod settings;
 mod startup;
 pub mod tls;
+mod txn_pooler;
 
 use std::sync::Arc;
 
