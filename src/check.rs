@@ -214,7 +214,10 @@ mod tests {
             out.contains("note: endpoints with probe_url but without pooler"),
             "{out}"
         );
-        let declared = pooled.replace(" }]", ", pooler = \"transaction\" }]");
+        let declared = pooled.replace(
+            "probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\" }]",
+            "probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\", pooler = \"transaction\" }]",
+        );
         assert!(!notes(&Config::parse(&declared).unwrap()).contains("pooler"));
         let unprobed = declared.replace(
             "probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\", ",

@@ -272,7 +272,7 @@ impl Pooler {
             "none" => Ok(Pooler::None),
             "transaction" => Ok(Pooler::Transaction),
             "session" => Err(
-                "a session-mode pooler keeps one server per connection: write \"none\" (the default)"
+                "a session-mode pooler keeps one server per connection: write \"none\" (the default); \"transaction\" is for transaction mode"
                     .into(),
             ),
             "statement" => Err(

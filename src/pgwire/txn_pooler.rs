@@ -26,7 +26,7 @@ use crate::sql::SessionState;
 #[derive(Debug, PartialEq)]
 enum Unnamed {
     Unknown,
-    ClientUnnamed,
+    ClientsOwn,
     Named(String),
 }
 
@@ -47,7 +47,7 @@ impl Session {
                     let name = Reader::new(&m.body, "parse").cstr()?;
                     if name.is_empty() {
                         m.write_to(&mut buf);
-                        held = Unnamed::ClientUnnamed;
+                        held = Unnamed::ClientsOwn;
                     } else {
                         Message::new(b'P', self.unnamed_parse_of(name)?).write_to(&mut buf);
                         held = Unnamed::Named(name.to_string());
@@ -118,7 +118,7 @@ impl Session {
         queue: &mut VecDeque<Expect>,
     ) -> Result<(), SessionError> {
         let wanted = if stmt.is_empty() {
-            Unnamed::ClientUnnamed
+            Unnamed::ClientsOwn
         } else {
             Unnamed::Named(stmt.to_string())
         };

@@ -238,7 +238,7 @@ fn is_read_only(code: &[&Token]) -> bool {
         }
         // What follows the options must be the explained statement; anything else is a syntax
         // error the primary may as well report.
-        if !code.get(i).is_some_and(|t| word(t).is_some()) {
+        if code.get(i).is_none_or(|t| word(t).is_none()) {
             return false;
         }
         if !analyze {
