@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh --list                              the targets
 #
 # Targets live in fuzz/fuzz_targets/, their properties in fuzz/src/lib.rs (shared with
-# tests/parsers_prop.rs, which replays fuzz/corpus/* and fuzz/regressions/* in `cargo test`).
+# tests/it/parsers_prop.rs, which replays fuzz/corpus/* and fuzz/regressions/* in `cargo test`).
 # Corpora in fuzz/corpus/<target>/ are committed: new inputs the fuzzer finds land there, so run
 # --cmin before committing them. Crashes land in fuzz/artifacts/<target>/; copy a crash you have
 # looked at to fuzz/regressions/<target>/ so it is replayed by `cargo test` from then on.

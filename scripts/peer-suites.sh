@@ -8,6 +8,7 @@
 #   SUITES=psycopg TARGETS="eu us" ./scripts/peer-suites.sh
 #   PSYCOPG_ARGS="tests/test_prepared.py" ./scripts/peer-suites.sh   # a subset while iterating
 #   HOMEPORT_BIN=path/to/homeport ...              # a build other than target/debug's
+#   OPTIMISTIC=on ./scripts/peer-suites.sh           # homeport targets with optimistic transactions
 #
 # The suites are not part of homeport: they are read from ../shared/peers beside the checkout
 # (PEERS overrides), see its README. Not part of CI (it takes a while); homeport's own tests
@@ -31,6 +32,7 @@ PSYCOPG_ARGS=${PSYCOPG_ARGS:-"tests/pq tests/test_connection.py tests/test_curso
 PSYCOPG_DIR=$PEERS/psycopg-3.3.4
 NODE_DIR=$PEERS/node-postgres-pg-8.23.0
 USER_ID=peer-suites
+OPTIMISTIC=${OPTIMISTIC:-}
 [ -d "$PSYCOPG_DIR/tests" ] && [ -d "$NODE_DIR/test" ] || {
     echo "peer-suites: no peer suites in $PEERS (see ../shared/peers/README.md)" >&2
     exit 2
@@ -80,6 +82,8 @@ eu_http=$(field "r['eu']['http']")
 primary_port=$(field "u.urlsplit(r['eu']['primary']).port")
 eu_port=$(field "u.urlsplit(r['eu']['pg']).port")
 us_port=$(field "u.urlsplit(r['us']['pg']).port")
+eu_ops=$(field "r['eu']['ops']")
+us_ops=$(field "r['us']['ops']")
 curl -sf -X PUT "$eu_http/v1/users/$USER_ID/home" -H 'content-type: application/json' \
     -d '{"home_region": "eu"}' >/dev/null
 bouncer_port=$((BASE_PORT + 50))
@@ -116,7 +120,41 @@ port_of() {
         eu) echo "$eu_port" ;; us) echo "$us_port" ;; esac
 }
 # homeport needs the user; PgBouncer 1.18 and the server need no options.
-options_of() { case $1 in eu | us) echo "-c homeport.user=$USER_ID" ;; *) echo "" ;; esac; }
+options_of() {
+    case $1 in
+        eu | us) echo "-c homeport.user=$USER_ID${OPTIMISTIC:+ -c homeport.optimistic_transactions=$OPTIMISTIC}" ;;
+        *) echo "" ;;
+    esac
+}
+# Pins (by reason) and optimistic transactions (by result) of a homeport target's sidecar, as
+# one line of `name{labels} value` pairs; the difference of two calls is what a suite caused.
+counters_of() {
+    local ops
+    case $1 in eu) ops=$eu_ops ;; us) ops=$us_ops ;; *) return 0 ;; esac
+    curl -sf "$ops/metrics" | grep -E '^homeport_(wire_pins|optimistic_transactions)_total' || true
+}
+counted() {
+    "$WORK/py/bin/python" - "$1" "$2" <<'PY'
+import sys
+def read(path):
+    out = {}
+    for line in open(path):
+        name, _, value = line.rpartition(" ")
+        out[name] = float(value)
+    return out
+before, after = read(sys.argv[1]), read(sys.argv[2])
+diff = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+print(", ".join(f"{k.replace('homeport_', '')} {v:.0f}" for k, v in sorted(diff.items())) or "none")
+PY
+}
+declare -A pins
+measure() {
+    local t=$1 s=$2
+    counters_of "$t" >"$OUT/counters-$s-$t.before"
+    "run_$s" "$t"
+    counters_of "$t" >"$OUT/counters-$s-$t.after"
+    case $t in eu | us) pins[$s-$t]=$(counted "$OUT/counters-$s-$t.before" "$OUT/counters-$s-$t.after") ;; esac
+}
 
 # --- the suites --------------------------------------------------------------------------------
 declare -A psy node_counts
@@ -170,7 +208,7 @@ run_node() {
 }
 for t in $TARGETS; do
     for s in $SUITES; do
-        case $s in psycopg) run_psycopg "$t" ;; node) run_node "$t" ;; esac
+        case $s in psycopg | node) measure "$t" "$s" ;; esac
     done
 done
 
@@ -188,6 +226,8 @@ for s in $SUITES; do
     done
     echo
 done
+echo
+for key in "${!pins[@]}"; do echo "pins and optimistic transactions, $key: ${pins[$key]}"; done
 for s in psycopg node; do
     [ -f "$OUT/$s-direct.failed" ] || continue
     for t in eu us pgbouncer; do

@@ -25,7 +25,7 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 
-# Driver suites for the wire endpoint (tests/wire_clients.rs): psycopg 3 and asyncpg from PyPI,
+# Driver suites for the wire endpoint (tests/it/wire_clients.rs): psycopg 3 and asyncpg from PyPI,
 # node-postgres from npm.
 if [ ! -x target/pyenv/bin/python ] || ! target/pyenv/bin/python -c "import psycopg, asyncpg, sqlalchemy" 2>/dev/null; then
     python3 -m venv target/pyenv

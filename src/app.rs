@@ -17,7 +17,7 @@ use crate::routing::{self, Candidate, RouteError, Target};
 use crate::sql::ClassifyCache;
 use crate::topology::Topology;
 use crate::topology::readiness::{Readiness, readiness};
-use crate::types::{Intent, RegionName};
+use crate::types::{Intent, RegionName, UserId};
 
 pub struct App {
     pub config: Config,
@@ -242,9 +242,57 @@ impl App {
     }
 
     /// Starts trying `candidates` in order; see [`Attempts`].
-    pub fn attempts(&self, candidates: Vec<Candidate>, intent: Intent) -> Attempts<'_> {
+    /// `postgres.identity_setting`, when configured.
+    pub fn identity_setting(&self) -> Option<&str> {
+        self.config.postgres.identity_setting.as_deref()
+    }
+
+    /// A connection to endpoint `index` for `user`'s statements. With `postgres.identity_setting`
+    /// the connection gets that setting equal to the user first (one round trip, before anything
+    /// of the request runs), so row-level security sees who asks; a connection that cannot be
+    /// given it is closed rather than pooled, and nothing of the request runs on it.
+    pub async fn connect(&self, index: usize, user: &UserId) -> Result<Object, DbError> {
+        if let Some(name) = self.identity_setting()
+            && self.pools.unnamed(index)
+        {
+            // Set for the server session, it would reach the pooler's next client, and the
+            // request's statements may run on another backend.
+            return Err(DbError::Unsupported(format!(
+                "{name} (postgres.identity_setting) is not applied over HTTP behind a transaction-mode pooler (pooler = \"transaction\") yet; the wire endpoint applies it"
+            )));
+        }
+        let client = self.pools.get(index).await?;
+        let Some(name) = self.identity_setting() else {
+            return Ok(client);
+        };
+        let set = async {
+            let stmt = client.prepare_cached(SET_IDENTITY_SQL).await?;
+            client.execute(&stmt, &[&name, &user.as_str()]).await
+        };
+        match set.await {
+            Ok(_) => Ok(client),
+            Err(e) => {
+                drop(Object::take(client));
+                Err(DbError::Unavailable {
+                    endpoint: self.pools.endpoint_name(index).to_string(),
+                    reason: format!(
+                        "cannot set {name} (postgres.identity_setting): {}",
+                        crate::db::describe(&e)
+                    ),
+                })
+            }
+        }
+    }
+
+    pub fn attempts<'a>(
+        &'a self,
+        candidates: Vec<Candidate>,
+        intent: Intent,
+        user: &'a UserId,
+    ) -> Attempts<'a> {
         Attempts {
             app: self,
+            user,
             candidates: candidates.into_iter(),
             intent,
             last: None,
@@ -252,13 +300,17 @@ impl App {
     }
 }
 
+/// Gives the identity setting its value for the rest of the server session; every HTTP request
+/// sets it again on the connection it borrows.
+const SET_IDENTITY_SQL: &str = "SELECT set_config($1, $2, false)";
+
 /// Tries candidates in order. A read moves on to the next copy when a copy is unavailable or its
 /// connection breaks (a read is safe to repeat); a write never does: it has exactly one
 /// candidate, and a connection that breaks mid-write is reported, not retried, because the write
 /// may have committed.
 ///
 /// ```text
-/// let mut attempts = app.attempts(candidates, intent);
+/// let mut attempts = app.attempts(candidates, intent, user);
 /// loop {
 ///     let (client, served) = attempts.next().await?;
 ///     match work(&client).await {
@@ -269,6 +321,7 @@ impl App {
 /// ```
 pub struct Attempts<'a> {
     app: &'a App,
+    user: &'a UserId,
     candidates: std::vec::IntoIter<Candidate>,
     intent: Intent,
     last: Option<DbError>,
@@ -279,7 +332,7 @@ impl Attempts<'_> {
     pub async fn next(&mut self) -> Result<(Object, Served), ServeError> {
         let app = self.app;
         for c in self.candidates.by_ref() {
-            let client = match app.pools.get(c.index).await {
+            let client = match app.connect(c.index, self.user).await {
                 Ok(client) => client,
                 Err(e) => {
                     self.last = Some(e);

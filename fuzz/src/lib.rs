@@ -1,5 +1,5 @@
 //! Property checks over homeport's parsers, shared by the fuzz targets (`fuzz/fuzz_targets/*`)
-//! and the ordinary test run (`tests/parsers_prop.rs` includes this file as a module, runs
+//! and the ordinary test run (`tests/it/parsers_prop.rs` includes this file as a module, runs
 //! proptest strategies through it and replays `fuzz/corpus/*` and `fuzz/regressions/*`).
 //!
 //! Every `check_*` function takes arbitrary bytes, never rejects an input by panicking on its own
@@ -720,7 +720,7 @@ pub fn check_token_text(s: &str) {
 
 /// Encoding: URL-safe text that decodes to the same token, and any single bit flip is refused.
 /// Holds for tokens that fit the decoder's limits (see the ignored `encode_output_is_decodable`
-/// test in tests/parsers_prop.rs for the ones that do not).
+/// test in tests/it/parsers_prop.rs for the ones that do not).
 pub fn check_token_value(t: &Token) {
     let keys = test_keys();
     let text = t.encode(&keys);

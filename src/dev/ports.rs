@@ -5,7 +5,7 @@
 //! report" is not available for them. The old way, bind port 0, read the port, close, let the
 //! server bind later, raced with every outgoing connection on the machine: the kernel hands out
 //! the same range as ephemeral source ports, and one of them took a sidecar's port in between
-//! (`Address already in use` in `tests/soak.rs`).
+//! (`Address already in use` in `tests/it/soak.rs`).
 //!
 //! Here ports come from *below* the kernel's ephemeral range
 //! (`/proc/sys/net/ipv4/ip_local_port_range`), which the kernel never picks for an outgoing

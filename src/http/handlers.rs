@@ -129,6 +129,7 @@ pub async fn query(
         ));
     }
     super::session_state::check(&class, None)?;
+    super::session_state::check_identity(app.identity_setting(), &class, None)?;
     let intent = resolve_intent(q.intent, class.read_only);
     let on_primary = class.route == Some(RouteHint::Primary);
     outcome.intent = intent;
@@ -174,9 +175,17 @@ pub async fn query(
     if let (Some(required), Intent::Read, false, Some(config)) =
         (required, intent, guard_reads, &app.config.consistency)
     {
-        let read = super::ryw::read(app, &candidates, &required, &q, command, config.max_wait)
-            .await
-            .map_err(serve_problem)?;
+        let read = super::ryw::read(
+            app,
+            &identity.user,
+            &candidates,
+            &required,
+            &q,
+            command,
+            config.max_wait,
+        )
+        .await
+        .map_err(serve_problem)?;
         outcome.served = Some(read.served.clone());
         let mut reply = with_staleness(
             app,
@@ -191,7 +200,7 @@ pub async fn query(
     // Plain reads stream once their result outgrows a small buffer; writes and guarded reads
     // are collected, because their transaction or commit position ends after the last row.
     let streams = intent == Intent::Read && !guard_reads && !capture;
-    let mut attempts = app.attempts(candidates, intent);
+    let mut attempts = app.attempts(candidates, intent, &identity.user);
     let ((body, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);
@@ -251,6 +260,7 @@ pub async fn transaction(
     }
     for (i, c) in classes.iter().enumerate() {
         super::session_state::check(c, Some(i))?;
+        super::session_state::check_identity(app.identity_setting(), c, Some(i))?;
     }
     let intent = resolve_intent(t.intent, classes.iter().all(|c| c.read_only));
     outcome.intent = intent;
@@ -267,6 +277,7 @@ pub async fn transaction(
         let (statements, classes) = (&t.statements, &classes);
         let (results, served) = super::ryw::serve(
             app,
+            &identity.user,
             &candidates,
             &required,
             config.max_wait,
@@ -313,7 +324,7 @@ pub async fn transaction(
         return super::idempotent::write(app, req, candidates, outcome).await;
     }
     let capture = intent == Intent::Write && app.config.consistency.is_some();
-    let mut attempts = app.attempts(candidates, intent);
+    let mut attempts = app.attempts(candidates, intent, &identity.user);
     let ((results, lsn), served) = loop {
         let (client, served) = attempts.next().await.map_err(serve_problem)?;
         trim_statement_cache(&client);

@@ -172,7 +172,7 @@ async fn on_home_primary(
     candidates: Vec<Candidate>,
     outcome: &mut Outcome,
 ) -> Result<Done, Problem> {
-    let mut attempts = app.attempts(candidates, Intent::Write);
+    let mut attempts = app.attempts(candidates, Intent::Write, req.user);
     let (client, served) = attempts.next().await.map_err(serve_problem)?;
     outcome.served = Some(served.clone());
     trim_statement_cache(&client);

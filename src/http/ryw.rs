@@ -18,7 +18,7 @@ use crate::consistency::token::Position;
 use crate::db::DbError;
 use crate::db::statement::Own;
 use crate::routing::{Candidate, RouteError};
-use crate::types::RegionName;
+use crate::types::{RegionName, UserId};
 
 /// How often a waiting read asks a lagging replica again.
 const POLL: Duration = Duration::from_millis(5);
@@ -30,6 +30,7 @@ pub struct RywRead {
 
 pub async fn read(
     app: &App,
+    user: &UserId,
     candidates: &[Candidate],
     required: &Position,
     query: &super::QueryBody,
@@ -39,6 +40,7 @@ pub async fn read(
     let (sql, params, page) = (query.sql.as_str(), query.params.as_slice(), query.max_rows);
     let (result, served) = serve(
         app,
+        user,
         candidates,
         required,
         max_wait,
@@ -65,6 +67,7 @@ pub async fn read(
 /// deadline until which it may wait for it; it answers `Ok(None)` if the copy never got there.
 pub async fn serve<T, F, Fut>(
     app: &App,
+    user: &UserId,
     candidates: &[Candidate],
     required: &Position,
     max_wait: Duration,
@@ -95,7 +98,7 @@ where
             fallback.passed_over("lagging");
             continue;
         }
-        let client = match app.pools.get(c.index).await {
+        let client = match app.connect(c.index, user).await {
             Ok(client) => client,
             Err(e) => {
                 fallback.passed_over("unavailable");

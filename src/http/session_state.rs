@@ -51,6 +51,35 @@ pub fn check(class: &Classification, index: Option<usize>) -> Result<(), Problem
     ))
 }
 
+/// Refuses `class` if it may set the identity setting homeport gives every statement
+/// (`postgres.identity_setting`), even `SET LOCAL` inside a transaction: a client may not act as
+/// another user.
+pub fn check_identity(
+    identity: Option<&str>,
+    class: &Classification,
+    index: Option<usize>,
+) -> Result<(), Problem> {
+    let (Some(identity), Some(names)) = (identity, class.setting_names.as_ref()) else {
+        return Ok(());
+    };
+    if !names.may_set(identity) {
+        return Ok(());
+    }
+    let at = index.map_or(String::new(), |i| format!("statements[{i}]: "));
+    let mut p = Problem::new(
+        StatusCode::FORBIDDEN,
+        IDENTITY_KIND,
+        "The identity setting is homeport's",
+        format!(
+            "{at}{identity} is set by homeport to the request's user (postgres.identity_setting); a statement may not set it, nor call set_config with a setting name given as a parameter"
+        ),
+    );
+    p.sqlstate = Some("42501".into());
+    Err(p)
+}
+
+pub const IDENTITY_KIND: &str = "identity-setting";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +122,33 @@ mod tests {
         ] {
             assert!(check(&classify(sql), None).is_ok(), "{sql}");
         }
+    }
+
+    #[test]
+    fn refuses_statements_that_may_set_the_identity_setting() {
+        let identity = Some("app.user_id");
+        for sql in [
+            "SET LOCAL app.user_id = 'bob'",
+            "SELECT set_config('App.User_Id', 'bob', true)",
+            "SELECT set_config($1, $2, true)",
+            "RESET app.user_id",
+        ] {
+            let e = check_identity(identity, &classify(sql), Some(1)).expect_err(sql);
+            assert_eq!(e.status, StatusCode::FORBIDDEN);
+            assert_eq!(e.kind, IDENTITY_KIND);
+            assert_eq!(e.sqlstate.as_deref(), Some("42501"));
+            assert!(e.detail.starts_with("statements[1]: "), "{}", e.detail);
+        }
+        for sql in [
+            "SET LOCAL app.tenant = 'a'",
+            "SELECT current_setting('app.user_id')",
+        ] {
+            assert!(
+                check_identity(identity, &classify(sql), None).is_ok(),
+                "{sql}"
+            );
+        }
+        let dynamic = classify("SELECT set_config($1, $2, true)");
+        assert!(check_identity(None, &dynamic, None).is_ok());
     }
 }

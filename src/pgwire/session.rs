@@ -542,10 +542,7 @@ impl Session {
     /// one is configured: refused with 42501, so a client cannot act as another user.
     pub(super) fn touches_identity(&self, names: Option<&SettingNames>) -> Option<ClientError> {
         let identity = self.app.config.postgres.identity_setting.as_deref()?;
-        let touches = match names? {
-            SettingNames::Dynamic => true,
-            SettingNames::Names(n) => n.iter().any(|n| n == identity),
-        };
+        let touches = names?.may_set(identity);
         touches.then(|| ClientError {
             code: "42501",
             message: format!(

@@ -80,6 +80,17 @@ pub enum SettingNames {
     Dynamic,
 }
 
+impl SettingNames {
+    /// Whether the statement may set `name` (lower case): it names it, or names a setting only
+    /// through a parameter.
+    pub fn may_set(&self, name: &str) -> bool {
+        match self {
+            SettingNames::Dynamic => true,
+            SettingNames::Names(n) => n.iter().any(|n| n == name),
+        }
+    }
+}
+
 /// The settings named by `SET`, `SET LOCAL`, `RESET` and `set_config` in `code`, if any.
 pub fn setting_names(code: &[&Token]) -> Option<SettingNames> {
     let mut names = Vec::new();

@@ -5,9 +5,7 @@
 //! clients on the same pools, over both protocols and over HTTP, check after every step that they
 //! see none of it; the setter still sees all of its own state afterwards.
 
-mod common;
-
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 

@@ -3,12 +3,12 @@
 //! trusts the CA works over both front ends, on TLS connections (seen in `pg_stat_ssl`); one
 //! that trusts another CA connects to nothing.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{options, start};
+use crate::common::{options, start};
 use serde_json::json;
 
 fn openssl(dir: &Path, args: &[&str]) {

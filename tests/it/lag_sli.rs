@@ -2,13 +2,11 @@
 //! `recovery_min_apply_delay`, grows while replay is paused, falls back after resume, and stays
 //! near zero on an idle primary.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 
 /// The us sidecar's view of the lag of the eu shard's replica located in us, in seconds.
 async fn lag(env: &Env) -> Option<f64> {

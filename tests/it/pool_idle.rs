@@ -2,11 +2,11 @@
 //! connections on the primary return to the minimum (its probe connection) once they have been
 //! idle for `postgres.idle_timeout`. Counted on the server, in `pg_stat_activity`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use serde_json::json;
 
 /// Connections on `port` (database `app`) opened by sidecars with this `application_name`.

@@ -7,13 +7,13 @@
 //! - with Redis stopped every sidecar probes on its own again, and routing and the lag SLI
 //!   still work on every one of them.
 //!
-//! The printed table is the source of docs/fleet.md (`cargo test --test fleet -- --nocapture`).
+//! The printed table is the source of docs/fleet.md (`cargo test --test it fleet:: -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use homeport::dev::Managed;
 use serde_json::json;
 

@@ -2,11 +2,9 @@
 //! primary, reads on the nearest replica of the home shard, and a delayed replica proves the read
 //! really was served there.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{options, start, wait_caught_up};
+use crate::common::{options, start, wait_caught_up};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

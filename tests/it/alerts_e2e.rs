@@ -6,14 +6,12 @@
 //! while its primary keeps writing), lag-unknown (the replica stopped), the primary-down page (a
 //! shard primary stopped) and metrics-absent (every sidecar stopped).
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use serde_json::Value;
 
 /// The Prometheus server, killed when the test ends.

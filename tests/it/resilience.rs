@@ -3,11 +3,11 @@
 //! fails remote writes fast, then recovers by itself; a promoted replica takes over writes
 //! without a restart.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, options, start, wait_caught_up};
+use crate::common::{Env, options, start, wait_caught_up};
 use serde_json::json;
 
 /// These tests time faults against probe intervals; run them one at a time so six sandboxes do

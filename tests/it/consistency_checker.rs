@@ -4,13 +4,11 @@
 //! write. The same reads without the token do miss writes on lagging replicas, so the check can
 //! fail.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use serde_json::json;
 
 const CLIENTS: usize = 8;

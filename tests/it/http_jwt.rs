@@ -1,11 +1,11 @@
 //! JWT mode against real servers: a verified token names the user (and may carry the home
 //! region); missing, forged, expired and algorithm-confused tokens are refused with 401.
 
-mod common;
+use crate::common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{options, start};
+use crate::common::{options, start};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 

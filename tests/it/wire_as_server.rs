@@ -4,12 +4,12 @@
 //! libpq's `target_session_attrs` sees a session that can write, also through a region that reads
 //! from a replica; and a read of an unlogged table, which a replica refuses, runs on the primary.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{options, start};
+use crate::common::{options, start};
 use tokio_postgres::NoTls;
 
 fn pg_bin(name: &str) -> PathBuf {

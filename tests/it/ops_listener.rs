@@ -5,11 +5,11 @@
 //! through a lost local replica but not when nothing local can serve; and while draining, the
 //! ops listener still answers, with 503.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use serde_json::json;
 
 async fn get(env: &Env, url: String) -> common::Resp {

@@ -57,7 +57,7 @@ fn redis_with_password() -> Redis {
 fn config_with_password_file(port: u16, dir: &std::path::Path) -> RedisConfig {
     let file = dir.join("redis-password");
     std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
-    let text = include_str!("../config/eu.toml")
+    let text = include_str!("../../config/eu.toml")
         .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "")
         .replace(
             "url = \"redis://redis.eu.internal:6379\"",

@@ -104,7 +104,7 @@ fn rsa_jwks(dir: &Dir, public: &Path, kid: &str) -> PathBuf {
 
 /// A config whose `[jwt]` section is `jwt` (the shipped example otherwise).
 fn load(jwt: &str) -> Result<JwtConfig, homeport::config::ConfigError> {
-    let text = include_str!("../config/eu.toml")
+    let text = include_str!("../../config/eu.toml")
         .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "")
         .replace("auth = \"trusted-header\"", "auth = \"jwt\"")
         + "\n[jwt]\n"

@@ -3,13 +3,11 @@
 //! every acknowledged write is there exactly once, no read with a token missed its write, and the
 //! sidecar's memory stayed bounded. `HOMEPORT_SOAK_SECS` sets the length (default 60 s).
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{options, start};
+use crate::common::{options, start};
 use serde_json::{Value, json};
 
 #[derive(Default)]

@@ -3,11 +3,11 @@
 //! capturing a write's commit position costs no extra round trip: a relay on the cross-region link
 //! counts the turns.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{Env, keep_primary_busy, options, start, token_keys, wait_caught_up};
+use crate::common::{Env, keep_primary_busy, options, start, token_keys, wait_caught_up};
 use homeport::consistency::token::Token;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3,10 +3,10 @@
 //! an extended-protocol batch that never ends, a server process terminated under a pinned
 //! session, and pooled server connections that died while idle.
 
-mod common;
+use crate::common;
 
+use crate::common::{options, start};
 use bytes::{BufMut, BytesMut};
-use common::{options, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::NoTls;

@@ -1,12 +1,12 @@
-//! Hostile input beyond malformed requests (tests/http_errors.rs covers those): deeply nested
+//! Hostile input beyond malformed requests (tests/it/http_errors.rs covers those): deeply nested
 //! JSON, tokens from another cluster, for another shard, or replayed, and slowloris clients on
 //! both ports. Each gets a clear answer or loses its connection, and nobody else notices.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{options, start, token_keys};
+use crate::common::{options, start, token_keys};
 use homeport::consistency::token::Token;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,11 +1,9 @@
 //! Bad input gets a clear problem+json error and loses nothing: the sidecar keeps serving and no
 //! pooled connection is poisoned. Unreachable servers give a fast 503 with Retry-After.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{options, start};
+use crate::common::{options, start};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,8 +441,8 @@ fn bad_config_is_one_line_and_exit_code_2() {
     let dir = std::env::temp_dir().join(format!("homeport-badconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    let base =
-        include_str!("../config/eu.toml").replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
+    let base = include_str!("../../config/eu.toml")
+        .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "");
     for (broken, expect) in [
         (
             base.replace("[probe]\n", "[probe]\nintervall = \"1s\"\n"),
@@ -487,7 +485,7 @@ fn bad_config_is_one_line_and_exit_code_2() {
 fn exported_metric_names_are_in_the_deployment_contract() {
     // Dashboards and alert rules are checked against k8s/metric-names.txt (k8s/tests/run.sh);
     // the list and the metrics the code exports must be the same.
-    let listed = include_str!("../k8s/metric-names.txt");
+    let listed = include_str!("../../k8s/metric-names.txt");
     let listed: Vec<&str> = listed
         .lines()
         .map(str::trim)

@@ -3,11 +3,11 @@
 //! region, 50 concurrent requests with one key, Redis killed or holding a stale lock, the sidecar
 //! killed with SIGKILL mid-run, and `SET LOCAL homeport.idempotency_key` on the wire.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{Env, Resp, options, start};
+use crate::common::{Env, Resp, options, start};
 use serde_json::{Value, json};
 use tokio_postgres::NoTls;
 

@@ -9,7 +9,7 @@
 //! Tests whose comment starts "Was a bug" guard a fixed bug that this work found.
 
 #[allow(dead_code)]
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 mod checks;
 
 use std::path::Path;

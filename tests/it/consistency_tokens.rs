@@ -2,11 +2,9 @@
 //! (any copy that has replayed it shows the row), captured in the write's own round trip; reads
 //! echo the token; forged and malformed tokens are refused with 400 / SQLSTATE 22023.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{keep_primary_busy, options, start, token_keys};
+use crate::common::{keep_primary_busy, options, start, token_keys};
 use homeport::consistency::token::{Keys, Token};
 use serde_json::json;
 

@@ -6,7 +6,7 @@
 //! clients of a 3,000,000-row query is printed and held to a generous bound far below the chart's
 //! memory limit.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,13 +2,13 @@
 //! and node-postgres, against a real two-region sandbox. Each checks results, not just "no error".
 //! The driver suites live in tests/clients; scripts/test.sh installs their packages.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn wire_url(env: &Env, region: &str) -> String {

@@ -5,13 +5,11 @@
 //! the promotion fails the transaction with 40001 and writes nothing; concurrent
 //! read-modify-write transactions lose no update.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Env, options, start, wait_caught_up};
+use crate::common::{Env, options, start, wait_caught_up};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 

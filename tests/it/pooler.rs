@@ -4,12 +4,12 @@
 //! `-M prepared`, psycopg), routing to the home primary, read-your-writes with a token and
 //! idempotency keys work, and a session's settings never reach the pooler's other clients.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Env, options, start};
+use crate::common::{Env, options, start};
 use serde_json::{Value, json};
 
 async fn pooled_sandbox() -> Env {

@@ -3,11 +3,11 @@
 //! (forward, redirect, deny) over HTTP and the wire; us users and non-resident shards are
 //! unaffected. Placement by country, and the config check of a resident shard's replicas.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{Env, Resp};
+use crate::common::{Env, Resp};
 use homeport::residency::Policy;
 use homeport::types::RegionName;
 use serde_json::{Value, json};
@@ -350,7 +350,7 @@ async fn placement_by_country_allows_refuses_and_hashes_only_over_allowed_region
 
 #[test]
 fn check_reports_a_replica_of_a_resident_shard_outside_its_residency() {
-    let example = include_str!("../config/eu.toml")
+    let example = include_str!("../../config/eu.toml")
         .replace("password_env = \"HOMEPORT_PG_PASSWORD\"\n", "")
         .replace(
             "  { url = \"postgresql://pg-eu-replica.us.internal:5432\", region = \"us\" },\n]\n",
