@@ -253,6 +253,15 @@ impl App {
     /// of the request runs), so row-level security sees who asks; a connection that cannot be
     /// given it is closed rather than pooled, and nothing of the request runs on it.
     pub async fn connect(&self, index: usize, user: &UserId) -> Result<Object, DbError> {
+        if let Some(name) = self.identity_setting()
+            && self.pools.unnamed(index)
+        {
+            // Set for the server session, it would reach the pooler's next client, and the
+            // request's statements may run on another backend.
+            return Err(DbError::Unsupported(format!(
+                "{name} (postgres.identity_setting) is not applied over HTTP behind a transaction-mode pooler (pooler = \"transaction\") yet; the wire endpoint applies it"
+            )));
+        }
         let client = self.pools.get(index).await?;
         let Some(name) = self.identity_setting() else {
             return Ok(client);

@@ -149,17 +149,31 @@ pub fn budget(config: &Config) -> Budget {
 /// Warnings about the configuration that do not stop it from working, one `note:` line each.
 fn notes(config: &Config) -> String {
     let mut notes = crate::auth::notes(&config.http.auth);
-    let pooled = config
+    let endpoints: Vec<_> = config
         .shards
         .iter()
         .chain(std::iter::once(&config.directory.shard))
         .flat_map(|s| s.primaries.iter().chain(&s.replicas))
-        .any(|e| e.probe_pg.is_some());
-    if pooled {
+        .collect();
+    if endpoints
+        .iter()
+        .any(|e| e.probe_pg.is_some() && !e.pooler.is_transaction())
+    {
         notes.push(
-            "endpoints with probe_url sit behind a pooler: through PgBouncer < 1.21 in transaction \
-             mode the HTTP API and wire clients' named prepared statements fail (26000); see \
-             docs/fleet.md"
+            "endpoints with probe_url but without pooler = \"transaction\": if their url is a \
+             pooler in transaction mode, say so, or prepared statements and settings break \
+             through it (26000); see docs/fleet.md"
+                .into(),
+        );
+    }
+    if endpoints
+        .iter()
+        .any(|e| e.pooler.is_transaction() && e.probe_pg.is_none())
+    {
+        notes.push(
+            "endpoints with pooler = \"transaction\" but no probe_url: their probe goes through \
+             the pooler, so role, WAL position and lag are those of whichever server answers; \
+             set probe_url to the server itself"
                 .into(),
         );
     }
@@ -197,9 +211,20 @@ mod tests {
         );
         let out = notes(&Config::parse(&pooled).unwrap());
         assert!(
-            out.contains("note: endpoints with probe_url sit behind a pooler"),
+            out.contains("note: endpoints with probe_url but without pooler"),
             "{out}"
         );
+        let declared = pooled.replace(
+            "probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\" }]",
+            "probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\", pooler = \"transaction\" }]",
+        );
+        assert!(!notes(&Config::parse(&declared).unwrap()).contains("pooler"));
+        let unprobed = declared.replace(
+            "probe_url = \"postgresql://pg-eu-primary.eu.internal:5432\", ",
+            "",
+        );
+        let out = notes(&Config::parse(&unprobed).unwrap());
+        assert!(out.contains("but no probe_url"), "{out}");
     }
 
     #[test]

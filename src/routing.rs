@@ -247,6 +247,7 @@ mod tests {
                         },
                         pg: tokio_postgres::Config::new(),
                         probe_pg: tokio_postgres::Config::new(),
+                        pooler: Default::default(),
                     }),
                     status: EndpointStatus {
                         health,

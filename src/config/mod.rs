@@ -255,6 +255,45 @@ pub struct EndpointConfig {
     /// `probe_url`: where the probe reaches the server itself when `url` (the data path) goes
     /// through a pooler, whose backends could be any server's. `None`: the probe uses `url`.
     pub probe_pg: Option<tokio_postgres::Config>,
+    /// What sits between homeport and the server on `url`.
+    pub pooler: Pooler,
+}
+
+/// `pooler` on an endpoint: whether a server connection homeport opens on `url` stays one
+/// server session, or is a pooler's client whose transactions may each run on another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// `url` is the server (or a session-mode pooler): server state lasts as long as the
+    /// connection, so homeport keeps prepared statements and settings on it.
+    #[default]
+    None,
+    /// `url` is a pooler in transaction mode: nothing homeport leaves on a server may outlive
+    /// the server transaction (docs/fleet.md, "Behind a central pooler").
+    Transaction,
+}
+
+impl Pooler {
+    fn parse(s: &str) -> Result<Pooler, String> {
+        match s {
+            "none" => Ok(Pooler::None),
+            "transaction" => Ok(Pooler::Transaction),
+            "session" => Err(
+                "a session-mode pooler keeps one server per connection: write \"none\" (the default); \"transaction\" is for transaction mode"
+                    .into(),
+            ),
+            "statement" => Err(
+                "statement mode allows no transactions; homeport needs \"transaction\" mode at least"
+                    .into(),
+            ),
+            other => Err(format!(
+                "unknown pooler mode {other:?}: expected \"none\" or \"transaction\""
+            )),
+        }
+    }
+
+    pub fn is_transaction(self) -> bool {
+        self == Pooler::Transaction
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -478,10 +517,16 @@ fn endpoints(
         .enumerate()
         .map(|(i, e)| {
             let path = format!("{parent}.{key}[{i}]");
-            let (url, region, probe_url) = match e {
-                RawEndpoint::Url(url) => (url, None, None),
-                RawEndpoint::Full(t) => (t.url, t.region, t.probe_url),
+            let (url, region, probe_url, pooler) = match e {
+                RawEndpoint::Url(url) => (url, None, None, None),
+                RawEndpoint::Full(t) => (t.url, t.region, t.probe_url, t.pooler),
             };
+            let pooler = pooler
+                .as_deref()
+                .map(Pooler::parse)
+                .transpose()
+                .map_err(|m| ConfigError::new(format!("{path}.pooler"), m))?
+                .unwrap_or_default();
             let region = match (region, default_region) {
                 (Some(r), _) => RegionName::parse(&r)
                     .map_err(|m| ConfigError::new(format!("{path}.region"), m))?,
@@ -505,6 +550,7 @@ fn endpoints(
                 region,
                 pg,
                 probe_pg,
+                pooler,
             })
         })
         .collect()

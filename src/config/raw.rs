@@ -232,6 +232,8 @@ pub struct RawEndpointTable {
     pub region: Option<String>,
     /// The server itself, for the probe, when `url` goes through a pooler.
     pub probe_url: Option<String>,
+    /// `"transaction"`: `url` is a pooler in transaction mode (PgBouncer, RDS Proxy); `"none"`.
+    pub pooler: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

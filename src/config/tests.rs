@@ -64,6 +64,33 @@ fn probe_url_sends_the_probe_past_the_pooler() {
 }
 
 #[test]
+fn pooler_mode_is_validated_per_endpoint() {
+    let with = |mode: &str| {
+        example().replace(
+            "primary = [\"postgresql://pg-eu-primary.eu.internal:5432\"]",
+            &format!("primary = [{{ url = \"postgresql://pgbouncer:6432\", region = \"eu\", pooler = \"{mode}\" }}]"),
+        )
+    };
+    let c = Config::parse(&with("transaction")).unwrap();
+    let eu = c.shard(&ShardId::parse("eu").unwrap()).unwrap();
+    assert_eq!(eu.primaries[0].pooler, crate::config::Pooler::Transaction);
+    assert!(
+        eu.replicas
+            .iter()
+            .all(|r| r.pooler == crate::config::Pooler::None)
+    );
+    assert_eq!(
+        Config::parse(&with("none")).unwrap().shards[0].primaries[0].pooler,
+        crate::config::Pooler::None
+    );
+    for bad in ["session", "statement", "Transaction", ""] {
+        let e = err(&with(bad));
+        assert_eq!(e.path, "shards.eu.primary[0].pooler", "{bad}");
+        assert!(e.message.contains("transaction"), "{bad}: {}", e.message);
+    }
+}
+
+#[test]
 fn unknown_key_is_reported_with_its_path() {
     let text = example().replace("[probe]\n", "[probe]\nintervall = \"1s\"\n");
     let e = err(&text);

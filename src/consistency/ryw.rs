@@ -155,6 +155,7 @@ mod tests {
                 configured: Configured::PrimaryCandidate,
                 pg: tokio_postgres::Config::new(),
                 probe_pg: tokio_postgres::Config::new(),
+                pooler: Default::default(),
             }),
             status: status(7, 1, 500),
         };

@@ -3,6 +3,7 @@
 //! between homeport and a PostgreSQL server.
 
 pub mod migrate;
+pub mod statement;
 pub mod tls;
 
 use std::time::Duration;
@@ -30,6 +31,10 @@ pub enum DbError {
     /// A parameter could not be bound (index is 1-based like `$1`).
     #[error("parameter ${index}: {message}")]
     Param { index: usize, message: String },
+    /// The statement cannot run the way this endpoint is reached (a type that is not built in,
+    /// behind a transaction-mode pooler).
+    #[error("{0}")]
+    Unsupported(String),
     /// The result passed a limit of the HTTP API (`http.max_result_rows`, `http.max_result_bytes`).
     #[error("{0}")]
     TooLarge(String),
@@ -93,6 +98,9 @@ fn is_unavailable(code: &SqlState) -> bool {
 /// Pools for every endpoint, in snapshot order.
 pub struct Pools {
     pools: Vec<(String, Pool)>,
+    /// Per endpoint: the statement shapes learnt behind a transaction-mode pooler, `None` for
+    /// a direct server (statements are prepared per connection there).
+    shapes: Vec<Option<std::sync::Arc<statement::Shapes>>>,
 }
 
 impl Pools {
@@ -119,7 +127,24 @@ impl Pools {
                 (e.info.name.clone(), pool)
             })
             .collect();
-        Pools { pools }
+        let shapes = snapshot
+            .endpoints
+            .iter()
+            .map(|e| e.info.pooler.is_transaction().then(Default::default))
+            .collect();
+        Pools { pools, shapes }
+    }
+
+    /// Whether endpoint `index` is behind a transaction-mode pooler (statements go unnamed).
+    pub fn unnamed(&self, index: usize) -> bool {
+        self.shapes[index].is_some()
+    }
+
+    /// The statement shapes of the endpoint named `endpoint`, if it is behind a
+    /// transaction-mode pooler.
+    pub fn shapes_of(&self, endpoint: &str) -> Option<std::sync::Arc<statement::Shapes>> {
+        let index = self.pools.iter().position(|(n, _)| n == endpoint)?;
+        self.shapes[index].clone()
     }
 
     /// Closes idle connections unused for `idle` or older than `lifetime`.
@@ -160,14 +185,13 @@ impl Pools {
     ) -> Result<Option<tokio_postgres::Row>, DbError> {
         let client = self.get(index).await?;
         let name = self.endpoint_name(index);
-        let stmt = client
-            .prepare_cached(sql)
+        let types = vec![tokio_postgres::types::Type::TEXT; params.len()];
+        let stmt = statement::Own::prepare(&client, self.unnamed(index), sql, &types)
             .await
             .map_err(|e| DbError::from_pg(name, e))?;
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as _).collect();
-        client
-            .query_opt(&stmt, &params)
+        stmt.query_opt(&client, &params)
             .await
             .map_err(|e| DbError::from_pg(name, e))
     }

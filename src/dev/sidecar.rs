@@ -144,7 +144,9 @@ impl SidecarPlan<'_> {
     fn endpoint(&self, url: &str, region: &str) -> String {
         match self.probe_urls.get(url) {
             Some(probe) => {
-                format!("{{ url = \"{url}\", region = \"{region}\", probe_url = \"{probe}\" }}")
+                format!(
+                    "{{ url = \"{url}\", region = \"{region}\", probe_url = \"{probe}\", pooler = \"transaction\" }}"
+                )
             }
             None => format!("{{ url = \"{url}\", region = \"{region}\" }}"),
         }

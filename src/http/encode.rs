@@ -59,21 +59,26 @@ pub struct ResultJson {
 
 impl ResultJson {
     /// Starts the object: `{"columns":[...],"rows":[`.
-    pub fn begin(columns: &[tokio_postgres::Column]) -> ResultJson {
+    pub fn begin<'c>(columns: impl IntoIterator<Item = (&'c str, &'c Type)>) -> ResultJson {
         let mut out = BytesMut::with_capacity(256);
         out.put_slice(b"{\"columns\":");
-        let cols: Vec<Column> = columns
-            .iter()
-            .map(|c| Column {
-                name: c.name(),
-                type_name: c.type_().name(),
+        let (cols, types): (Vec<Column>, Vec<Type>) = columns
+            .into_iter()
+            .map(|(name, ty)| {
+                (
+                    Column {
+                        name,
+                        type_name: ty.name(),
+                    },
+                    ty.clone(),
+                )
             })
-            .collect();
+            .unzip();
         write_json(&mut out, &cols);
         out.put_slice(b",\"rows\":[");
         ResultJson {
             out,
-            types: columns.iter().map(|c| c.type_().clone()).collect(),
+            types,
             rows: 0,
             taken: 0,
         }
@@ -169,7 +174,7 @@ mod tests {
 
     #[test]
     fn an_empty_result_is_a_complete_object() {
-        let mut r = ResultJson::begin(&[]);
+        let mut r = ResultJson::begin(std::iter::empty());
         r.end("INSERT", 3, false);
         let v = parse(&r.take());
         assert_eq!(
@@ -180,10 +185,10 @@ mod tests {
 
     #[test]
     fn truncated_and_cut_short_results_stay_valid_json() {
-        let mut r = ResultJson::begin(&[]);
+        let mut r = ResultJson::begin(std::iter::empty());
         r.end("SELECT", 0, true);
         assert_eq!(parse(&r.take())["truncated"], true);
-        let mut r = ResultJson::begin(&[]);
+        let mut r = ResultJson::begin(std::iter::empty());
         let first = r.take();
         r.end_with_error(&serde_json::json!({"status": 422}));
         let mut whole = first.to_vec();

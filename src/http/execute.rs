@@ -1,5 +1,6 @@
 //! Running statements for the HTTP API on a pooled connection: prepare (cached per server
-//! connection), bind the JSON parameters as text, and encode the rows to JSON as they arrive
+//! connection; behind a transaction-mode pooler the statement goes unnamed with the parameter
+//! types learnt once, `db::statement`), bind the JSON parameters as text, and encode the rows to JSON as they arrive
 //! (`encode`), within the result limits (`http.max_result_rows`, `http.max_result_bytes`, the
 //! request's `max_rows`) and the global budget of buffered bytes (`budget`).
 //!
@@ -17,9 +18,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use deadpool_postgres::{GenericClient, Object};
+use deadpool_postgres::Object;
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::Value;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{CancelToken, Row, RowStream};
 
 use super::budget::Reservation;
@@ -27,6 +29,7 @@ use super::encode::ResultJson;
 use super::values::{TextParam, param_to_text};
 use crate::app::App;
 use crate::db::DbError;
+use crate::db::statement::{DescribeError, Shape, Shapes, Unnamed};
 
 /// A `/v1/query` result larger than this many bytes of JSON is streamed (chunked) rather than
 /// sent in one piece. Below it, a result costs exactly what it did before streaming existed.
@@ -107,6 +110,12 @@ pub struct Exec {
     /// Results already finished in this request, and the bytes reserved for all of them.
     held: Mutex<(usize, Reservation)>,
     cancelled: AtomicBool,
+    /// The endpoint is behind a transaction-mode pooler: statements go unnamed.
+    shapes: Option<std::sync::Arc<Shapes>>,
+    /// The statements run inside a transaction the caller opened.
+    in_transaction: AtomicBool,
+    /// The connection holds state that must not be lent again (see [`Exec::release`]).
+    spoiled: AtomicBool,
 }
 
 impl Exec {
@@ -125,7 +134,21 @@ impl Exec {
             },
             held: Mutex::new((0, app.http_budget.reservation())),
             cancelled: AtomicBool::new(false),
+            shapes: app.pools.shapes_of(endpoint),
+            in_transaction: AtomicBool::new(false),
+            spoiled: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the endpoint is behind a transaction-mode pooler (statements go unnamed).
+    pub fn unnamed(&self) -> bool {
+        self.shapes.is_some()
+    }
+
+    /// Says that the statements run from now on are inside a transaction the caller opened
+    /// (a statement's shape is then learnt inside it, not in a transaction of its own).
+    pub fn in_transaction(&self) {
+        self.in_transaction.store(true, Ordering::SeqCst);
     }
 
     /// Adds `row` to `json` if the limits and the budget allow it; otherwise says why not.
@@ -171,9 +194,10 @@ impl Exec {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    /// Lets a connection go back to the pool, unless a cancel was sent on it: then it is closed.
+    /// Lets a connection go back to the pool, unless a cancel was sent on it or it keeps state
+    /// it must not lend (type lookups prepared behind a pooler): then it is closed.
     pub fn release(&self, client: Object) {
-        if self.cancelled() {
+        if self.cancelled() || self.spoiled.load(Ordering::SeqCst) {
             drop(Object::take(client));
         }
     }
@@ -207,8 +231,98 @@ fn budget_capacity(r: &Reservation) -> usize {
     r.budget().capacity()
 }
 
+/// A statement ready to run on one connection: prepared there, or (behind a transaction-mode
+/// pooler) its shape, to be sent unnamed.
+pub enum Prepared<'s> {
+    Named(tokio_postgres::Statement),
+    Unnamed(&'s str, std::sync::Arc<Shape>),
+}
+
+impl Prepared<'_> {
+    fn params(&self) -> &[Type] {
+        match self {
+            Prepared::Named(s) => s.params(),
+            Prepared::Unnamed(_, shape) => &shape.params,
+        }
+    }
+
+    fn begin_json(&self) -> ResultJson {
+        match self {
+            Prepared::Named(s) => {
+                ResultJson::begin(s.columns().iter().map(|c| (c.name(), c.type_())))
+            }
+            Prepared::Unnamed(_, shape) => {
+                ResultJson::begin(shape.columns.iter().map(|(n, t)| (n.as_str(), t)))
+            }
+        }
+    }
+
+    /// Sends the statement with `bound`; nothing awaits before it is handed to the connection.
+    async fn query<C: Unnamed>(
+        &self,
+        client: &C,
+        bound: &[TextParam],
+    ) -> Result<RowStream, tokio_postgres::Error> {
+        match self {
+            Prepared::Named(s) => client.query_raw(s, bound.iter()).await,
+            Prepared::Unnamed(sql, shape) => {
+                let typed = bound
+                    .iter()
+                    .map(|b| b as &(dyn ToSql + Sync))
+                    .zip(shape.params.iter().cloned())
+                    .collect();
+                client.query_unnamed(sql, typed).await
+            }
+        }
+    }
+
+    /// The JSON for the first row's columns: behind a pooler the shape was learnt earlier and
+    /// the schema may have changed since; then the row's own columns are written and the shape
+    /// is forgotten (a prepared statement would have failed with 0A000 instead).
+    fn check_first_row(&self, exec: &Exec, json: &mut ResultJson, row: &Row) {
+        if let Prepared::Unnamed(sql, shape) = self
+            && json.rows() == 0
+            && !shape.matches(row.columns())
+        {
+            if let Some(shapes) = &exec.shapes {
+                shapes.forget(sql);
+            }
+            *json = ResultJson::begin(row.columns().iter().map(|c| (c.name(), c.type_())));
+        }
+    }
+}
+
+/// Prepares `sql` on `client` the way its endpoint needs (see [`Prepared`]).
+pub async fn prepare<'s, C: Unnamed>(
+    client: &C,
+    exec: &Exec,
+    sql: &'s str,
+) -> Result<Prepared<'s>, DbError> {
+    let pg = |e| DbError::from_pg(&exec.endpoint, e);
+    let Some(shapes) = &exec.shapes else {
+        return client
+            .prepare_cached(sql)
+            .await
+            .map(Prepared::Named)
+            .map_err(pg);
+    };
+    let in_transaction = exec.in_transaction.load(Ordering::SeqCst);
+    match shapes.describe(client, sql, in_transaction).await {
+        Ok(shape) => Ok(Prepared::Unnamed(sql, shape)),
+        Err(DescribeError::Server(e)) => Err(pg(e)),
+        Err(DescribeError::Custom(ty)) => {
+            exec.spoiled.store(true, Ordering::SeqCst);
+            Err(DbError::Unsupported(format!(
+                "the statement uses the type {ty}, which is not built into PostgreSQL; behind a \
+                 transaction-mode pooler (pooler = \"transaction\") homeport runs only \
+                 statements with built-in types: cast it (for example ::text)"
+            )))
+        }
+    }
+}
+
 /// Binds the JSON parameters as text for `stmt`.
-fn bind(stmt: &tokio_postgres::Statement, params: &[Value]) -> Result<Vec<TextParam>, DbError> {
+fn bind(stmt: &Prepared, params: &[Value]) -> Result<Vec<TextParam>, DbError> {
     let types = stmt.params();
     if types.len() != params.len() {
         return Err(DbError::Param {
@@ -236,17 +350,14 @@ fn bind(stmt: &tokio_postgres::Statement, params: &[Value]) -> Result<Vec<TextPa
 /// Prepares and runs one statement, collecting its result. `command` is the tag from the
 /// classifier (tokio-postgres does not expose the server's CommandComplete tag; for a single
 /// statement they agree).
-pub async fn run<C: GenericClient>(
+pub async fn run<C: Unnamed>(
     client: &C,
     exec: &Exec,
     sql: &str,
     params: &[Value],
     command: &str,
 ) -> Result<QueryResult, DbError> {
-    let stmt = client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| DbError::from_pg(&exec.endpoint, e))?;
+    let stmt = prepare(client, exec, sql).await?;
     run_prepared(client, exec, &stmt, params, command).await
 }
 
@@ -257,19 +368,20 @@ pub async fn run<C: GenericClient>(
 /// Past `max_rows` the rest of the result is read and dropped, not cancelled: a cancel would
 /// abort the surrounding transaction. Past a hard limit the statement is cancelled and the rest
 /// read and dropped, to learn whether it finished anyway.
-pub async fn run_prepared<C: GenericClient>(
+pub async fn run_prepared<C: Unnamed>(
     client: &C,
     exec: &Exec,
-    stmt: &tokio_postgres::Statement,
+    stmt: &Prepared<'_>,
     params: &[Value],
     command: &str,
 ) -> Result<QueryResult, DbError> {
     let pg = |e| DbError::from_pg(&exec.endpoint, e);
     let bound = bind(stmt, params)?;
-    let rows = client.query_raw(stmt, bound.iter()).await.map_err(pg)?;
+    let rows = stmt.query(client, &bound).await.map_err(pg)?;
     let mut rows = std::pin::pin!(rows);
-    let mut json = ResultJson::begin(stmt.columns());
+    let mut json = stmt.begin_json();
     while let Some(row) = rows.try_next().await.map_err(pg)? {
+        stmt.check_first_row(exec, &mut json, &row);
         match exec.admit(&mut json, &row)? {
             None => {}
             Some(Stop::Page) => {
@@ -324,12 +436,19 @@ pub async fn start(
     down: super::stream::Down,
 ) -> Result<Started, DbError> {
     let pg = |e| DbError::from_pg(&exec.endpoint, e);
-    let stmt = client.prepare_cached(sql).await.map_err(pg)?;
+    let stmt = match prepare(&client, &exec, sql).await {
+        Ok(stmt) => stmt,
+        Err(e) => {
+            exec.release(client);
+            return Err(e);
+        }
+    };
     let bound = bind(&stmt, params)?;
-    let rows = client.query_raw(&stmt, bound.iter()).await.map_err(pg)?;
+    let rows = stmt.query(&client, &bound).await.map_err(pg)?;
     let mut rows = Box::pin(rows);
-    let mut json = ResultJson::begin(stmt.columns());
+    let mut json = stmt.begin_json();
     while let Some(row) = rows.try_next().await.map_err(pg)? {
+        stmt.check_first_row(&exec, &mut json, &row);
         match exec.admit(&mut json, &row)? {
             None if json.held() < STREAM_AFTER => {}
             None => {

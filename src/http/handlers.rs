@@ -434,6 +434,7 @@ async fn run_one_on(
         .start()
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
+    exec.in_transaction();
     let r = execute::run(&tx, exec, sql, params, command).await?;
     tx.commit()
         .await
@@ -451,18 +452,11 @@ async fn run_capturing_position(
     params: &[Value],
     command: &str,
 ) -> Result<(QueryResult, Option<crate::types::Lsn>), DbError> {
-    let endpoint = exec.endpoint.as_str();
-    let stmt = client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
-    let lsn_stmt = client
-        .prepare_cached(POSITION_SQL)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let stmt = execute::prepare(client, exec, sql).await?;
+    let lsn_stmt = position_statement(client, exec).await?;
     let (result, lsn) = tokio::join!(
         execute::run_prepared(client, exec, &stmt, params, command),
-        client.query_one(&lsn_stmt, &[])
+        lsn_stmt.query_opt(client, &[])
     );
     let lsn = answered_position(lsn);
     Ok((result?, lsn))
@@ -470,9 +464,21 @@ async fn run_capturing_position(
 
 /// The position query's answer, if it came.
 pub(super) fn answered_position(
-    row: Result<tokio_postgres::Row, tokio_postgres::Error>,
+    row: Result<Option<tokio_postgres::Row>, tokio_postgres::Error>,
 ) -> Option<crate::types::Lsn> {
-    crate::consistency::sql::parse_position(row.ok()?.get::<_, Option<&str>>(0))
+    crate::consistency::sql::parse_position(row.ok()??.get::<_, Option<&str>>(0))
+}
+
+/// [`POSITION_SQL`], ready to run on `client` right behind a write. Behind a transaction-mode
+/// pooler it may run on another backend than the write it follows; the position is the
+/// server's, so it still covers that write.
+pub(super) async fn position_statement<'a>(
+    client: &deadpool_postgres::Object,
+    exec: &Exec,
+) -> Result<crate::db::statement::Own<'a>, DbError> {
+    crate::db::statement::Own::prepare(client, exec.unnamed(), POSITION_SQL, &[])
+        .await
+        .map_err(|e| DbError::from_pg(&exec.endpoint, e))
 }
 
 pub const MAX_STALENESS: &str = "homeport-max-staleness-ms";
@@ -599,6 +605,7 @@ async fn run_transaction_on(
         .start()
         .await
         .map_err(|e| DbError::from_pg(endpoint, e))?;
+    exec.in_transaction();
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, c)) in statements.iter().zip(classes).enumerate() {
         let r = execute::run(&tx, exec, &s.sql, &s.params, &c.command)
@@ -658,8 +665,9 @@ async fn run_write_transaction_capturing(
     let guard = TxGuard(Some(client));
     let c = guard.client();
     let pg = |e| DbError::from_pg(endpoint, e);
-    let lsn_stmt = c.prepare_cached(POSITION_SQL).await.map_err(pg)?;
+    let lsn_stmt = position_statement(c, &exec).await?;
     c.batch_execute("BEGIN").await.map_err(pg)?;
+    exec.in_transaction();
     let mut results = Vec::with_capacity(statements.len());
     for (i, (s, cl)) in statements.iter().zip(classes).enumerate() {
         match execute::run(c, &exec, &s.sql, &s.params, &cl.command).await {
@@ -671,7 +679,7 @@ async fn run_write_transaction_capturing(
             }
         }
     }
-    let (commit, lsn) = tokio::join!(c.batch_execute("COMMIT"), c.query_one(&lsn_stmt, &[]));
+    let (commit, lsn) = tokio::join!(c.batch_execute("COMMIT"), lsn_stmt.query_opt(c, &[]));
     commit.map_err(pg)?;
     guard.finish();
     let lsn = answered_position(lsn);

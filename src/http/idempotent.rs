@@ -24,6 +24,7 @@ use crate::app::{App, Served};
 use crate::consistency::sql::POSITION_SQL;
 use crate::consistency::token::Token;
 use crate::db::DbError;
+use crate::db::statement::Own;
 use crate::idempotency::{Key, Refusal, cache, store};
 use crate::metrics;
 use crate::routing::Candidate;
@@ -210,15 +211,18 @@ async fn keyed_transaction(
     let exec = Exec::new(app, &client, endpoint, None);
     let guard = TxGuard(Some(client));
     let c = guard.client();
-    // Prepared once per connection (for a replay), in one round trip.
+    // Prepared once per connection (for a replay), in one round trip, or sent unnamed behind a
+    // transaction-mode pooler.
+    let unnamed = exec.unnamed();
     let (lookup, lsn_stmt) = tokio::try_join!(
-        c.prepare_cached(store::LOOKUP_SQL),
-        c.prepare_cached(POSITION_SQL),
+        Own::prepare(c, unnamed, store::LOOKUP_SQL, store::LOOKUP_TYPES),
+        Own::prepare(c, unnamed, POSITION_SQL, &[]),
     )
     .map_err(pg)?;
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let first = &req.statements[0];
     let claim = store::claim_batch(user, key, &req.fingerprint);
+    exec.in_transaction();
     let (claimed, first_result) = tokio::join!(
         c.batch_execute(&claim),
         execute::run(c, &exec, first.sql, first.params, first.command),
@@ -308,15 +312,15 @@ async fn replay(
     c: &deadpool_postgres::Object,
     endpoint: &str,
     served: Served,
-    (lookup, lsn_stmt): (&tokio_postgres::Statement, &tokio_postgres::Statement),
+    (lookup, lsn_stmt): (&Own<'_>, &Own<'_>),
 ) -> Result<Done, Problem> {
     let pg = |e| Problem::from(DbError::from_pg(endpoint, e));
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let lookup_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &key];
     let (rollback, row, lsn) = tokio::join!(
         c.batch_execute("ROLLBACK"),
-        c.query_opt(lookup, &lookup_params),
-        c.query_one(lsn_stmt, &[]),
+        lookup.query_opt(c, &lookup_params),
+        lsn_stmt.query_opt(c, &[]),
     );
     rollback.map_err(pg)?;
     let row = row.map_err(pg)?;

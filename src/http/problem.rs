@@ -122,6 +122,15 @@ impl From<DbError> for Problem {
                 "Bad parameter",
                 e.to_string(),
             ),
+            DbError::Unsupported(detail) => Problem {
+                sqlstate: Some("0A000".into()),
+                ..Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported-through-pooler",
+                    "Not supported through a transaction-mode pooler",
+                    detail,
+                )
+            },
             DbError::TooLarge(detail) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "result-too-large",

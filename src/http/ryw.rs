@@ -142,10 +142,7 @@ async fn wait_and_read(
     command: &str,
 ) -> Result<Option<QueryResult>, DbError> {
     let endpoint = exec.endpoint.as_str();
-    let stmt = client
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| DbError::from_pg(endpoint, e))?;
+    let stmt = execute::prepare(client, exec, sql).await?;
     let check = wait.check_sql();
     loop {
         // Polled in this order, the check goes out before the read on the connection.

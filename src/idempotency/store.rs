@@ -28,6 +28,7 @@
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
+use tokio_postgres::types::Type;
 
 use crate::db::{DbError, Pools};
 
@@ -171,6 +172,7 @@ fn bytea(bytes: &[u8]) -> String {
 /// The stored response of a completed key.
 pub const LOOKUP_SQL: &str = "SELECT status, response, fingerprint FROM homeport.idempotency_keys \
      WHERE user_id = $1 AND key = $2 AND expires_at > now()";
+pub const LOOKUP_TYPES: &[Type] = &[Type::TEXT, Type::TEXT];
 /// One cleanup batch: expired rows nobody is touching, a bounded number at a time.
 const CLEANUP_SQL: &str = "DELETE FROM homeport.idempotency_keys WHERE ctid IN (\
      SELECT ctid FROM homeport.idempotency_keys WHERE expires_at <= now() \
@@ -251,7 +253,12 @@ pub async fn cleanup(
 ) -> Result<u64, tokio_postgres::Error> {
     let mut total = 0;
     loop {
-        let n = client.execute(CLEANUP_SQL, &[&i64::from(batch)]).await?;
+        // Unnamed (Parse, Bind, Execute, Sync at once): nothing is left prepared, which a
+        // transaction-mode pooler in front of the primary needs; once a minute costs nothing.
+        let limit = i64::from(batch);
+        let n = client
+            .execute_typed(CLEANUP_SQL, &[(&limit, Type::INT8)])
+            .await?;
         total += n;
         if n < u64::from(batch) {
             return Ok(total);

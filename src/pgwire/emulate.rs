@@ -52,6 +52,7 @@ impl Session {
                     let sql = sql.as_ref();
                     if name.is_empty() {
                         self.unnamed_sql = Some(sql.into());
+                        self.unnamed_parse = None;
                     } else {
                         let parse_body = super::session::with_name(&name, rest);
                         let server_name = super::session::server_statement_name(rest);

@@ -30,6 +30,7 @@ mod session;
 pub mod settings;
 mod startup;
 pub mod tls;
+mod txn_pooler;
 
 use error::{ClientError, SqlState};
 use std::sync::Arc;

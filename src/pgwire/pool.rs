@@ -15,6 +15,8 @@ use crate::topology::Snapshot;
 
 pub struct EndpointPool {
     pg: tokio_postgres::Config,
+    /// `pooler = "transaction"`: every transaction may run on another backend.
+    behind_pooler: bool,
     idle: Mutex<Vec<ServerConn>>,
     slots: Arc<Semaphore>,
     limits: Limits,
@@ -57,6 +59,9 @@ pub enum AcquireError {
 pub struct Lease {
     pub conn: ServerConn,
     pub endpoint: usize,
+    /// The endpoint is a transaction-mode pooler: nothing may be left on the server past the
+    /// transaction (no named statements, settings only `set_config(.., true)`).
+    pub behind_pooler: bool,
     pool: Arc<EndpointPool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -116,6 +121,12 @@ impl EndpointPool {
 }
 
 impl WirePools {
+    /// Whether any endpoint is reached through a transaction-mode pooler (sessions then keep
+    /// what they need to parse their statements again per batch).
+    pub fn any_behind_pooler(&self) -> bool {
+        self.pools.iter().any(|p| p.behind_pooler)
+    }
+
     pub fn new(
         snapshot: &Snapshot,
         size: usize,
@@ -131,6 +142,7 @@ impl WirePools {
             .map(|e| {
                 Arc::new(EndpointPool {
                     pg: e.info.pg.clone(),
+                    behind_pooler: e.info.pooler.is_transaction(),
                     idle: Mutex::new(Vec::new()),
                     slots: Arc::new(Semaphore::new(size)),
                     limits,
@@ -174,6 +186,7 @@ impl WirePools {
         Ok(Lease {
             conn,
             endpoint,
+            behind_pooler: pool.behind_pooler,
             pool,
             _permit: permit,
         })

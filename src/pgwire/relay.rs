@@ -101,6 +101,14 @@ impl Session {
                 }
                 continue;
             }
+            if queue.front() == Some(&Expect::Prefix)
+                && !matches!(m.tag, b'E' | b'N' | b'S' | b'A' | b'Z')
+            {
+                if m.tag == b'C' {
+                    queue.pop_front();
+                }
+                continue;
+            }
             match m.tag {
                 b'N' | b'S' | b'A' => self.send(m),
                 b'E' if is_fatal(&m.body) => {
@@ -380,6 +388,14 @@ impl Session {
         if sync && let Some(message) = self.other_shard(plan.user.as_deref()).await {
             return self.raise_on_server(&message).await;
         }
+        if let Some(message) = self.pooler_refusal(plan.session) {
+            if sync {
+                return self.raise_on_server(&message).await;
+            }
+            self.fail(ClientError::not_supported(message));
+            self.skipping = true;
+            return Ok(());
+        }
         if let Some(state) = plan.session {
             self.session_state(state, plan.setting_names.as_ref());
         }
@@ -425,6 +441,9 @@ impl Session {
                     plan.note(sql, &self.app);
                     if p.name.is_empty() {
                         self.unnamed_sql = Some(sql.into());
+                        if self.pools.any_behind_pooler() {
+                            self.unnamed_parse = Some(with_name("", p.after_name));
+                        }
                     } else {
                         let server_name = server_statement_name(p.after_name);
                         let parse_body = with_name(&server_name, p.after_name);
@@ -484,6 +503,9 @@ impl Session {
         &mut self,
         batch: &[Frontend<'_>],
     ) -> Result<(BytesMut, VecDeque<Expect>), SessionError> {
+        if self.server.as_ref().is_some_and(|a| a.lease.behind_pooler) {
+            return self.rewrite_unnamed(batch);
+        }
         let mut buf = BytesMut::with_capacity(256);
         let mut queue = VecDeque::with_capacity(batch.len() + 2);
         let mark = self
@@ -659,6 +681,7 @@ fn terminal(e: Expect, tag: u8) -> bool {
         Expect::ClosePortal => tag == b'3',
         Expect::Sync => tag == b'Z',
         Expect::Evict => tag == b'3',
+        Expect::Prefix => tag == b'C',
         Expect::SynthParse | Expect::SynthClose | Expect::Position => false,
     }
 }

@@ -118,6 +118,18 @@ fn options(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Behind a transaction-mode pooler: one statement giving the current transaction the settings
+/// `wanted` (`set_config(.., true)`, gone at its end, never left for the pooler's next client),
+/// or `None` when there are none.
+pub fn local_sql(wanted: &Settings) -> Option<String> {
+    let set: Vec<String> = wanted
+        .iter()
+        .filter(|(k, _)| valid_name(k))
+        .map(|(k, v)| format!("set_config('{k}', {}, true)", literal(v)))
+        .collect();
+    (!set.is_empty()).then(|| format!("SELECT {}", set.join(", ")))
+}
+
 /// The statements that make a server connection's settings `current` equal to `wanted`, or
 /// `None` when they are equal already.
 pub fn reconcile_sql(wanted: &Settings, current: &Settings) -> Option<String> {
@@ -169,6 +181,21 @@ mod tests {
         list.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn local_settings_end_with_the_transaction() {
+        assert_eq!(local_sql(&Settings::new()), None);
+        let mut wanted = Settings::new();
+        wanted.insert("application_name".into(), "shop".into());
+        wanted.insert("app.user_id".into(), "u$hp0$1".into());
+        wanted.insert("bad name".into(), "x".into());
+        assert_eq!(
+            local_sql(&wanted).as_deref(),
+            Some(
+                "SELECT set_config('app.user_id', $hp1$u$hp0$1$hp1$, true), set_config('application_name', $hp0$shop$hp0$, true)"
+            )
+        );
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub(super) enum Expect {
     Position,
     /// A Close of a statement homeport evicted from the server: its CloseComplete is homeport's.
     Evict,
+    /// The session's settings ahead of a transaction behind a pooler (`txn_pooler.rs`): every
+    /// answer up to its CommandComplete is homeport's.
+    Prefix,
 }
 
 pub struct Session {
@@ -92,6 +95,12 @@ pub struct Session {
     pub(super) skipping: bool,
     pub(super) statements: HashMap<String, ClientStatement>,
     pub(super) unnamed_sql: Option<Arc<str>>,
+    /// The client's last Parse of the unnamed statement (its body), to parse it again behind a
+    /// transaction-mode pooler, where it may not outlive the batch (`unnamed.rs`).
+    pub(super) unnamed_parse: Option<bytes::Bytes>,
+    /// Behind a transaction-mode pooler: `SELECT set_config(.., true), ...` giving the
+    /// transaction that starts the session's settings, sent ahead of its first statement.
+    pub(super) local_settings: Option<String>,
     /// Server statement names whose Parse is in flight, in the order sent: each ParseComplete
     /// confirms the first; after an error the unconfirmed ones are not on the server.
     pub(super) parsed_now: VecDeque<String>,
@@ -179,6 +188,8 @@ impl Session {
             skipping: false,
             statements: HashMap::new(),
             unnamed_sql: None,
+            unnamed_parse: None,
+            local_settings: None,
             parsed_now: VecDeque::new(),
             batch: Vec::new(),
             batch_bytes: 0,
@@ -450,6 +461,9 @@ impl Session {
         if let Some(message) = self.other_shard(class.user.as_deref()).await {
             return self.raise_on_server(&message).await;
         }
+        if let Some(message) = self.pooler_refusal(class.session) {
+            return self.raise_on_server(&message).await;
+        }
         if let Some(state) = class.session {
             self.session_state(state, class.setting_names.as_ref());
         }
@@ -459,8 +473,9 @@ impl Session {
             a.lease.conn.prepared.clear();
         }
         let mut buf = BytesMut::new();
-        msg.write_to(&mut buf);
         let mut queue = VecDeque::from([Expect::Sync]);
+        self.local_settings_simple(msg.clone(), &mut queue)
+            .write_to(&mut buf);
         if self.capture_ahead(class.effect) {
             super::consistency::position_query().write_to(&mut buf);
             queue.push_back(Expect::Position);
@@ -808,7 +823,12 @@ impl Session {
             Intent::Read => self.acquire_read(&home, candidates).await?,
             Intent::Write => self.acquire_first(&home, &candidates).await?,
         };
-        sync_settings(&mut lease, self.wanted_settings(&user)).await?;
+        let wanted = self.wanted_settings(&user);
+        if lease.behind_pooler {
+            self.local_settings = server_settings::local_sql(&wanted);
+        } else {
+            sync_settings(&mut lease, wanted).await?;
+        }
         self.last_route = Some((c.index, c.target));
         self.app.note_cross_region(c.index);
         self.server = Some(Attached {

@@ -38,6 +38,9 @@ pub struct EndpointInfo {
     pub pg: tokio_postgres::Config,
     /// Where probes connect: `probe_url` when configured, else the data path's `pg`.
     pub probe_pg: tokio_postgres::Config,
+    /// `pooler = "transaction"`: `pg` is a transaction-mode pooler (no server state may
+    /// outlive a transaction on it).
+    pub pooler: crate::config::Pooler,
 }
 
 impl EndpointView {
@@ -49,6 +52,7 @@ impl EndpointView {
                 index,
                 name: format!("e{index}"),
                 shard: crate::types::ShardId::parse("eu").expect("valid"),
+                pooler: Default::default(),
                 region: RegionName::parse("us").expect("valid"),
                 configured: Configured::Replica,
                 pg: tokio_postgres::Config::new(),
@@ -209,6 +213,7 @@ fn add_shard(endpoints: &mut Vec<EndpointView>, shard: &ShardConfig) {
             region,
             pg,
             probe_pg,
+            pooler,
         } = e;
         endpoints.push(EndpointView {
             info: Arc::new(EndpointInfo {
@@ -219,6 +224,7 @@ fn add_shard(endpoints: &mut Vec<EndpointView>, shard: &ShardConfig) {
                 configured,
                 probe_pg: probe_pg.clone().unwrap_or_else(|| pg.clone()),
                 pg: pg.clone(),
+                pooler: *pooler,
             }),
             status: EndpointStatus::default(),
         });

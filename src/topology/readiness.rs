@@ -112,6 +112,7 @@ mod tests {
                         },
                         pg: tokio_postgres::Config::new(),
                         probe_pg: tokio_postgres::Config::new(),
+                        pooler: Default::default(),
                     }),
                     status: EndpointStatus {
                         health,

@@ -27,6 +27,7 @@ mod ops_listener;
 mod optimistic;
 mod parsers_prop;
 mod pool_idle;
+mod pooler;
 mod redis_auth;
 mod residency;
 mod resilience;
