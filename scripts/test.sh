@@ -14,6 +14,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)   # the end-to-end alert test and promtool
+command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)     # the sandbox behind a transaction pooler (tests/it/pooler.rs)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)         # a throwaway certificate for the TLS test
 if [ ${#need[@]} -gt 0 ]; then
     echo "test.sh: installing ${need[*]}"
