@@ -170,6 +170,7 @@ async fn http_through_a_transaction_pooler() {
     us.batch_execute("CREATE TYPE mood AS ENUM ('ok', 'meh')")
         .await
         .unwrap();
+    common::wait_caught_up(&env, "us", "eu").await;
     let custom = env
         .query("eu", "pia", "SELECT 'ok'::mood AS m", json!([]))
         .await;
@@ -236,8 +237,8 @@ conns = [psycopg.connect(url, options="-c homeport.user=pat", prepare_threshold=
 ok = 0
 for i in range(50):
     c = conns[i % 4]
-    row = c.execute("SELECT abalance + %s FROM pgbench_accounts WHERE aid = %s", (i, i % 10 + 1)).fetchone()
-    assert row[0] == i, row
+    row = c.execute("SELECT aid + %s FROM pgbench_accounts WHERE aid = %s", (i, i % 10 + 1)).fetchone()
+    assert row[0] == i + i % 10 + 1, row
     n = c.execute("SELECT count(*) FROM pgbench_branches WHERE bid = %s", (1,)).fetchone()
     assert n[0] == 1, n
     with c.transaction():

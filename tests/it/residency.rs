@@ -119,8 +119,9 @@ async fn forward_serves_an_eu_user_through_us_from_eu_and_us_stores_nothing_of_i
         json!([["bonjour"]])
     );
 
-    // The us Redis holds no response of ann (only the global user -> region mapping); the eu
-    // Redis does cache eu responses, so the check above could have failed.
+    // The us Redis holds no response of ann (only the global user -> region mapping). A sidecar
+    // does cache the responses of users whose home primary is in another region (cal, homed in
+    // us, written through eu: the eu Redis), so the check could have failed.
     let us_keys = redis_keys(env.sandbox.region("us").redis_port.expect("Redis"));
     assert!(
         us_keys.iter().all(|k| !k.contains("homeport:idem:")),
@@ -128,11 +129,15 @@ async fn forward_serves_an_eu_user_through_us_from_eu_and_us_stores_nothing_of_i
     );
     let w = keyed_insert(&env, "eu", "ann", "k-ann-2", "hallo").await;
     assert_eq!(w.status, 200);
+    assert_eq!(env.place("eu", "cal", "us").await.status, 201);
+    let w = keyed_insert(&env, "eu", "cal", "k-cal-1", "hi").await;
+    assert_eq!(w.status, 200, "{:?}", w.body);
+    assert_eq!(w.served_by(), "us/primary");
     let eu_keys = redis_keys(env.sandbox.region("eu").redis_port.expect("Redis"));
     assert!(
         eu_keys
             .iter()
-            .any(|k| k.contains("homeport:idem:") && k.contains("ann")),
+            .any(|k| k.contains("homeport:idem:") && k.contains("cal")),
         "eu Redis: {eu_keys:?}"
     );
 
