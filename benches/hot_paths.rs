@@ -3,6 +3,7 @@
 //!
 //! `cargo bench --bench hot_paths` measures; `cargo test --benches` (part of `cargo test
 //! --all-targets`) runs each benchmark once as a smoke test. Figures: docs/benchmarks.md.
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap is a failed run
 
 use std::hint::black_box;
 

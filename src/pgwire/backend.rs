@@ -74,6 +74,18 @@ impl ServerConn {
             .await
             .map_err(|_| ConnectError::Connect(addr.clone(), "TLS handshake timed out".into()))?
             .map_err(|e| ConnectError::Connect(addr.clone(), e))?;
+        ServerConn::over(stream, pg, timeout, host, port).await
+    }
+
+    /// The startup exchange over an open stream (TCP, TLS, or a test's scripted server).
+    async fn over(
+        stream: Box<dyn ServerStream>,
+        pg: &tokio_postgres::Config,
+        timeout: Duration,
+        host: String,
+        port: u16,
+    ) -> Result<ServerConn, ConnectError> {
+        let addr = format!("{host}:{port}");
         let (r, w) = tokio::io::split(stream);
         let mut conn = ServerConn {
             reader: FramedReader::new(r),
@@ -300,5 +312,176 @@ async fn secure(
             .await
             .map_err(|e| format!("TLS: {e}")),
         _ => Err("the server does not accept TLS (sslmode verify-full)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A server scripted message by message on the other end of an in-memory stream.
+    struct Script(DuplexStream);
+
+    impl Script {
+        /// Reads one frontend message (the startup message has no tag: `\0`).
+        async fn read(&mut self, tagged: bool) -> (u8, Vec<u8>) {
+            let tag = if tagged {
+                self.0.read_u8().await.unwrap()
+            } else {
+                0
+            };
+            let len = self.0.read_i32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            self.0.read_exact(&mut body).await.unwrap();
+            (tag, body)
+        }
+
+        async fn send(&mut self, tag: u8, body: &[u8]) {
+            let mut b = BytesMut::new();
+            b.put_u8(tag);
+            b.put_i32(body.len() as i32 + 4);
+            b.put_slice(body);
+            self.0.write_all(&b).await.unwrap();
+        }
+
+        async fn ready(&mut self, status: u8) {
+            self.send(b'Z', &[status]).await;
+        }
+    }
+
+    fn config(password: Option<&str>) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.user("app").dbname("app");
+        if let Some(p) = password {
+            pg.password(p);
+        }
+        pg
+    }
+
+    /// A connection to a scripted server that has run `startup`.
+    async fn connected<F, Fut>(
+        password: Option<&str>,
+        startup: F,
+    ) -> (Result<ServerConn, ConnectError>, Script)
+    where
+        F: FnOnce(Script) -> Fut,
+        Fut: Future<Output = Script> + Send + 'static,
+    {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(startup(Script(theirs)));
+        let pg = config(password);
+        let conn = ServerConn::over(
+            Box::new(ours),
+            &pg,
+            Duration::from_secs(5),
+            "scripted".into(),
+            5432,
+        )
+        .await;
+        (conn, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn md5_startup_keeps_parameters_and_the_cancel_key() {
+        let (conn, _server) = connected(Some("secret"), |mut s| async move {
+            let (_, startup) = s.read(false).await;
+            let text = String::from_utf8_lossy(&startup).to_string();
+            assert!(text.contains("user\0app\0") && text.contains("database\0app\0"));
+            s.send(b'R', &[0, 0, 0, 5, 1, 2, 3, 4]).await;
+            let (tag, password) = s.read(true).await;
+            let user = postgres_protocol::authentication::md5_hash(b"app", b"secret", [1, 2, 3, 4]);
+            assert_eq!(
+                (tag, &password[..password.len() - 1]),
+                (b'p', user.as_bytes())
+            );
+            s.send(b'R', &[0, 0, 0, 0]).await;
+            s.send(b'S', b"server_version\x0015.8\0").await;
+            s.send(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]).await;
+            s.ready(b'I').await;
+            s
+        })
+        .await;
+        let conn = conn.unwrap();
+        assert_eq!(conn.params, [("server_version".into(), "15.8".into())]);
+        assert_eq!(conn.key, (42, 7));
+        assert_eq!((conn.cancel_target.pid, conn.cancel_target.secret), (42, 7));
+    }
+
+    #[tokio::test]
+    async fn refusals_and_surprises_during_startup_are_errors() {
+        let (conn, _s) = connected(None, |mut s| async move {
+            s.read(false).await;
+            let refusal = codec::error_response("FATAL", "28P01", "password authentication failed");
+            s.send(refusal.tag, &refusal.body).await;
+            s
+        })
+        .await;
+        assert!(
+            matches!(&conn, Err(ConnectError::Refused(m)) if m == "password authentication failed")
+        );
+        let (conn, _s) = connected(None, |mut s| async move {
+            s.read(false).await;
+            s.send(b'R', &[0, 0, 0, 3]).await;
+            s
+        })
+        .await;
+        assert!(matches!(conn, Err(ConnectError::NoPassword)));
+        let (conn, _s) = connected(None, |mut s| async move {
+            s.read(false).await;
+            s.send(b'D', &[0, 0]).await;
+            s
+        })
+        .await;
+        assert!(matches!(conn, Err(ConnectError::Protocol(_))));
+    }
+
+    #[tokio::test]
+    async fn own_queries_return_a_value_or_the_error_and_the_status() {
+        let (conn, mut s) = connected(None, |mut s| async move {
+            s.read(false).await;
+            s.send(b'R', &[0, 0, 0, 0]).await;
+            s.ready(b'I').await;
+            s
+        })
+        .await;
+        let mut conn = conn.unwrap();
+        let server = tokio::spawn(async move {
+            let (tag, sql) = s.read(true).await;
+            assert_eq!((tag, sql.as_slice()), (b'Q', b"SELECT 1\0".as_slice()));
+            s.send(b'T', &[0, 0]).await;
+            s.send(b'D', &[0, 1, 0, 0, 0, 1, b'1']).await;
+            s.send(b'D', &[0, 1, 0, 0, 0, 1, b'2']).await;
+            s.send(b'C', b"SELECT 2\0").await;
+            s.ready(b'T').await;
+            s.read(true).await;
+            let e = codec::error_response("ERROR", "42601", "syntax error");
+            s.send(e.tag, &e.body).await;
+            s.ready(b'E').await;
+            s.read(true).await;
+            s.send(b'D', &[0, 1, 255, 255, 255, 255]).await;
+            s.send(b'C', b"SELECT 1\0").await;
+            s.ready(b'I').await;
+            // An idle server speaks only to say it is going away.
+            let bye = codec::error_response("FATAL", "57P01", "terminating connection");
+            s.send(bye.tag, &bye.body).await;
+            s
+        });
+        let (value, status) = conn.run_own("SELECT 1").await.unwrap();
+        assert_eq!((value.unwrap(), status), (Some("1".to_string()), b'T'));
+        let (value, status) = conn.run_own("SELEC").await.unwrap();
+        assert_eq!(
+            codec::error_code(&value.unwrap_err().body).as_deref(),
+            Some("42601")
+        );
+        assert_eq!(status, b'E');
+        assert_eq!(conn.query_value("SELECT NULL").await.unwrap(), None);
+        let _server = server.await.unwrap();
+        assert!(
+            !conn.still_idle(),
+            "a message after ReadyForQuery: not reusable"
+        );
     }
 }

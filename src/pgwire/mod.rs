@@ -16,6 +16,7 @@ pub mod codec;
 mod consistency;
 mod emulate;
 mod error;
+mod expect;
 pub mod frontend;
 mod idempotency;
 mod optimistic;

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use super::attached::TxnStatus;
 use super::codec::{self, Message, ProtocolError};
 use super::error::SqlState;
+use super::expect::{Expectations, Step};
 use super::frontend::{self, Frontend, Kind};
 use super::session::{
     ClientError, ClientStatement, Expect, Session, SessionError, server_statement_name, with_name,
@@ -21,13 +22,12 @@ impl Session {
     pub(super) async fn relay(
         &mut self,
         buf: BytesMut,
-        mut queue: VecDeque<Expect>,
+        queue: VecDeque<Expect>,
     ) -> Result<(), SessionError> {
+        let mut queue = Expectations::from(queue);
         if self.skipping {
             // The server ignores everything up to the next Sync after an earlier error.
-            while queue.front().is_some_and(|e| *e != Expect::Sync) {
-                queue.pop_front();
-            }
+            queue.skip_to_sync();
         }
         let Some(attached) = self.server.as_mut() else {
             return Ok(());
@@ -53,15 +53,9 @@ impl Session {
         // Part of the answer went to the client already (a reroute could not take it back).
         let mut flushed = false;
         loop {
-            while let Some(&front) = queue.front() {
-                let synthesized = match front {
-                    Expect::SynthParse => b'1',
-                    Expect::SynthClose => b'3',
-                    _ => break,
-                };
-                queue.pop_front();
+            while let Some(tag) = queue.synthesized() {
                 if !self.skipping {
-                    self.send(codec::empty(synthesized));
+                    self.send(codec::empty(tag));
                 }
             }
             if queue.is_empty() {
@@ -83,35 +77,29 @@ impl Session {
                     return Ok(());
                 }
             };
-            if queue.front() == Some(&Expect::Position) {
-                match m.tag {
-                    b'A' => self.send(m),
-                    b'D' => position = codec::first_value(&m.body).map(String::from),
-                    b'Z' => {
-                        queue.pop_front();
-                        self.captured(position.take().as_deref());
-                        if let Some(ready) = held.take() {
-                            let status = ready.body.first().copied().unwrap_or(b'I');
-                            self.send(ready);
-                            self.after_ready(status).await;
-                        }
+            match queue.take(m.tag, &m.body) {
+                Step::Forward => self.send(m),
+                Step::Drop => {}
+                Step::Parsed { forward } => {
+                    self.parsed_now.pop_front();
+                    if forward {
+                        self.send(m);
                     }
-                    // Row description, command tag, or an error (in a failed transaction).
-                    _ => {}
                 }
-                continue;
-            }
-            if queue.front() == Some(&Expect::Prefix)
-                && !matches!(m.tag, b'E' | b'N' | b'S' | b'A' | b'Z')
-            {
-                if m.tag == b'C' {
-                    queue.pop_front();
+                Step::Position => {
+                    position = codec::first_value(&m.body).map(String::from);
+                    continue;
                 }
-                continue;
-            }
-            match m.tag {
-                b'N' | b'S' | b'A' => self.send(m),
-                b'E' if is_fatal(&m.body) => {
+                Step::PositionDone => {
+                    self.captured(position.take().as_deref());
+                    if let Some(ready) = held.take() {
+                        let status = ready.body.first().copied().unwrap_or(b'I');
+                        self.send(ready);
+                        self.after_ready(status).await;
+                    }
+                    continue;
+                }
+                Step::Fatal => {
                     // The server is ending the session (terminated, shutting down): the client
                     // sees the error and loses its connection, as it would with PostgreSQL.
                     let message = codec::field(&m.body, b'M').unwrap_or_default();
@@ -120,7 +108,7 @@ impl Session {
                     let _ = self.flush().await;
                     return Err(SessionError::ServerFatal(message));
                 }
-                b'E' => {
+                Step::Error => {
                     self.note_server_error(&m, flushed);
                     self.send(m);
                     self.skipping = true;
@@ -131,15 +119,11 @@ impl Session {
                             a.lease.conn.prepared.remove(&name);
                         }
                     }
-                    while queue.front().is_some_and(|e| *e != Expect::Sync) {
-                        queue.pop_front();
-                    }
                 }
-                b'Z' => {
-                    queue.pop_front();
+                Step::Ready => {
                     self.skipping = false;
                     let status = m.body.first().copied().unwrap_or(b'I');
-                    if queue.front() == Some(&Expect::Position) {
+                    if queue.front() == Some(Expect::Position) {
                         held = Some(m);
                     } else if self.capture_after(status) {
                         // A write whose position could not be pipelined: ask now.
@@ -151,37 +135,18 @@ impl Session {
                                 return Ok(());
                             }
                         }
-                        queue.push_back(Expect::Position);
+                        queue.push(Expect::Position);
                         held = Some(m);
                     } else {
                         self.send(m);
                         self.after_ready(status).await;
                     }
                 }
-                b'1' if queue.front() == Some(&Expect::Swallow) => {
-                    queue.pop_front();
-                    self.parsed_now.pop_front();
-                }
-                b'1' if queue.front() == Some(&Expect::ParseNamed) => {
-                    queue.pop_front();
-                    self.parsed_now.pop_front();
-                    self.send(m);
-                }
-                b'3' if queue.front() == Some(&Expect::Evict) => {
-                    queue.pop_front();
-                }
-                b'G' => {
+                Step::CopyIn => {
                     self.send(m);
                     flushed = true;
                     self.flush().await?;
                     self.copy_in().await?;
-                }
-                tag => {
-                    let front = queue.front().copied();
-                    self.send(m);
-                    if front.is_some_and(|f| terminal(f, tag)) {
-                        queue.pop_front();
-                    }
                 }
             }
             if self.out.len() >= super::session::FLUSH_AT {
@@ -663,25 +628,4 @@ impl BatchPlan {
 
 fn protocol(e: ProtocolError) -> ClientError {
     ClientError::protocol(e.to_string())
-}
-
-/// Whether an ErrorResponse ends the session (severity FATAL or PANIC).
-fn is_fatal(body: &[u8]) -> bool {
-    let severity = codec::field(body, b'V').or_else(|| codec::field(body, b'S'));
-    matches!(severity.as_deref(), Some("FATAL" | "PANIC"))
-}
-
-/// Whether `tag` is the last response to a message of kind `e`.
-fn terminal(e: Expect, tag: u8) -> bool {
-    match e {
-        Expect::Parse | Expect::ParseNamed | Expect::Swallow => tag == b'1',
-        Expect::Bind => tag == b'2',
-        Expect::Describe => matches!(tag, b'T' | b'n'),
-        Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
-        Expect::ClosePortal => tag == b'3',
-        Expect::Sync => tag == b'Z',
-        Expect::Evict => tag == b'3',
-        Expect::Prefix => tag == b'C',
-        Expect::SynthParse | Expect::SynthClose | Expect::Position => false,
-    }
 }

@@ -46,32 +46,7 @@ pub(super) struct ClientStatement {
     pub(super) parse_body: Bytes,
 }
 
-/// What the session expects back from the server for each message it sent, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Expect {
-    /// The client's Parse of the unnamed statement.
-    Parse,
-    /// The client's Parse of a named statement, under its server name (in `parsed_now`).
-    ParseNamed,
-    Bind,
-    Describe,
-    Execute,
-    ClosePortal,
-    Sync,
-    /// A Parse homeport injected: its ParseComplete is not the client's.
-    Swallow,
-    /// A Parse the server already has: homeport answers ParseComplete itself.
-    SynthParse,
-    /// A statement Close: homeport keeps the server's copy and answers CloseComplete itself.
-    SynthClose,
-    /// homeport's commit-position query behind a write: its answer is homeport's own.
-    Position,
-    /// A Close of a statement homeport evicted from the server: its CloseComplete is homeport's.
-    Evict,
-    /// The session's settings ahead of a transaction behind a pooler (`txn_pooler.rs`): every
-    /// answer up to its CommandComplete is homeport's.
-    Prefix,
-}
+pub(super) use super::expect::Expect;
 
 pub struct Session {
     pub(super) app: Arc<App>,

@@ -5,6 +5,7 @@
 //!   cargo test --test it                   # all of them
 //!   cargo test --test it wire_clients::     # one area
 //!   ./scripts/test.sh identity             # through the README's test command
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap is a failed run
 
 #[path = "../common/mod.rs"]
 mod common;
