@@ -4,6 +4,7 @@
 #
 #   benches/cells.sh [seconds]                       (default 15 s per measurement)
 #   BASELINE=/path/to/homeport benches/cells.sh      (also run a build from before cells)
+#   HOMEPORT_BIN=/path/to/homeport benches/cells.sh  (that build instead of a fresh release build)
 #
 # For N = 1 and 2: a one-region sandbox `homeport dev --regions eu --shards-per-region N`
 # (release build), 64 users placed with {"home_region": "eu"} (spread over the cells by
@@ -21,7 +22,8 @@ chmod 755 "$DIR"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 command -v wrk >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet
+if [ -z "${HOMEPORT_BIN:-}" ]; then cargo build --release --quiet; fi
+BIN=${HOMEPORT_BIN:-./target/release/homeport}
 
 DEV_PID=
 stop_dev() { [ -n "$DEV_PID" ] && { kill -INT "$DEV_PID" 2>/dev/null || true; wait "$DEV_PID" 2>/dev/null || true; }; DEV_PID=; }
@@ -48,14 +50,14 @@ run() {
     local rps p50
     rps=$(awk '/^Requests\/sec/ {print $2}' "$DIR/$name.txt")
     p50=$(awk '/^ +50%/ {print $2}' "$DIR/$name.txt")
-    echo "$name: $rps writes/s, p50 $p50, users per shard:$(echo "$spread" | tr ' ' '\n' | sort | uniq -c | awk 'NF {printf " %s=%s", $2, $1}')"
+    echo "$name: $rps writes/s, p50 $p50, users per shard:$(echo "$spread" | tr ' ' '\n' | sort | uniq -c | awk 'NF == 2 {printf " %s=%s", $2, $1}')"
     stop_dev
 }
 
-run one-cell ./target/release/homeport --shards-per-region 1
-run two-cells ./target/release/homeport --shards-per-region 2
+run one-cell "$BIN" --shards-per-region 1
+run two-cells "$BIN" --shards-per-region 2
 if [ -n "${BASELINE:-}" ]; then
     run baseline "$BASELINE"
-    run one-cell-again ./target/release/homeport --shards-per-region 1
+    run one-cell-again "$BIN" --shards-per-region 1
 fi
 echo "($(nproc) cores, wrk -t 2 -c 16, ${SECS}s per run; sidecar, servers and wrk share them)"

@@ -106,20 +106,20 @@ fn main() -> ExitCode {
     })
 }
 
-/// `HOMEPORT_WORKER_THREADS=1` (or `TOKIO_WORKER_THREADS`) sizes the runtime; `0` selects a
-/// single-threaded runtime, which measured fastest per request on a busy 2-core machine.
+/// `HOMEPORT_WORKER_THREADS=N` runs N worker threads; unset or `0`, one thread. A sidecar usually
+/// has a core or less, and there one thread costs 15 to 30% less CPU per request than a thread
+/// per core (no cross-thread wake-ups; docs/benchmarks.md), as PgBouncer's single thread does.
 fn runtime_builder() -> tokio::runtime::Builder {
     match std::env::var("HOMEPORT_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        Some(0) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
+        Some(n) if n > 0 => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n);
             b
         }
-        None => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
     }
 }
 
