@@ -271,6 +271,10 @@ fn calls_state(s: &[&Token], stateless: &dyn Fn(&str) -> bool) -> Option<Session
 /// Whether `s[i]` followed by `(` is a function call rather than a table's column list, an
 /// alias's column list, a type modifier or a keyword construct.
 fn is_call(s: &[&Token], i: usize, prev: Option<&Token>) -> bool {
+    // `COPY t FROM STDIN (FORMAT csv)`, `... WITH (fillfactor = 70)`: option lists.
+    if matches!(word(s[i]), Some("stdin" | "stdout" | "with")) {
+        return false;
+    }
     match prev {
         // `x::varchar(10)`, `f(x) AS t(a, b)`, `INSERT INTO t (a)`, `FROM f(x) g(a)`,
         // `COPY t (a) FROM STDIN`.
@@ -650,6 +654,10 @@ mod tests {
             "COPY t (a, b) FROM STDIN",
             "copy s.t (a) to stdout",
             "COPY (SELECT a FROM t) TO STDOUT",
+            "copy copy_in (col2, data) from stdin (format binary)",
+            "COPY (SELECT 1) TO STDOUT (FORMAT csv, HEADER)",
+            "COPY t FROM STDIN WITH (FORMAT csv)",
+            "CREATE TABLE t (a int) WITH (fillfactor = 70)",
             "EXPLAIN (ANALYZE, BUFFERS) SELECT 1",
             "SELECT a FROM t FETCH FIRST (2) ROWS ONLY",
             "SELECT a, sum(b) FROM t GROUP BY ROLLUP (a), CUBE (a, b), GROUPING SETS ((a), ())",
@@ -717,3 +725,4 @@ mod tests {
         }
     }
 }
+
