@@ -196,3 +196,27 @@ for mode in S S_prepared TPCB C; do
         "$(ratio "${T[$mode,homeport]}" "${T[$mode,bouncer]}")" \
         "$(cpu "${T[$mode,bouncer]}" "${C[$mode,bouncer]}")" "$(cpu "${T[$mode,homeport]}" "${C[$mode,homeport]}")"
 done
+
+# SYSCALLS=1: system calls per -S transaction of each proxy (strace -c attached for a fixed
+# number of transactions after the timed runs, so its slowdown touches no figure above).
+if [ -n "${SYSCALLS:-}" ]; then
+    command -v strace >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; }
+    echo
+    printf "%-12s %14s   %s\n" "-S, 8x250" "syscalls/txn" "the most frequent"
+    for proxy in pgbouncer homeport; do
+        if [ $proxy = pgbouncer ]; then pid=$BOUNCER_READ_PID; port=$BOUNCER_READ; opts=; else pid=$US_SIDECAR; port=$US_WIRE; opts=$PGOPTIONS; fi
+        strace -c -f -p "$pid" -o "$DIR/strace-$proxy" 2>/dev/null &
+        spid=$!
+        sleep 1
+        PGOPTIONS=$opts "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U app -S -c 8 -j 2 -t 250 app >/dev/null 2>&1 || true
+        kill -INT "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
+        python3 - "$DIR/strace-$proxy" "$proxy" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip() and l.split()[0][0].isdigit()]
+calls = {r[-1]: int(r[3]) for r in rows if len(r) >= 5 and r[3].isdigit() and r[-1] != "total"}
+total = sum(calls.values())
+top = sorted(calls.items(), key=lambda kv: -kv[1])[:4]
+print(f"{sys.argv[2]:<12} {total / 2000:14.1f}   " + ", ".join(f"{k} {v / 2000:.1f}" for k, v in top))
+PY
+    done
+fi
