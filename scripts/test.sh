@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs homeport's whole test suite on a fresh machine: installs what the tests need (PostgreSQL
-# 15 server and client, Redis), then runs every unit and integration test against real servers.
+# 15 server and client, Redis, PgBouncer, Prometheus, the drivers of the client tests), then runs
+# every unit and integration test against real servers.
 #
 #   ./scripts/test.sh            # everything
 #   ./scripts/test.sh http_      # only tests whose name contains "http_" (passed to cargo test)
