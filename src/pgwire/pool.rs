@@ -38,6 +38,8 @@ impl Limits {
 
 pub struct WirePools {
     pools: Vec<Arc<EndpointPool>>,
+    /// Some endpoint is a transaction-mode pooler (checked on every unnamed Parse).
+    any_behind_pooler: bool,
     acquire_timeout: Duration,
     connect_timeout: Duration,
     /// Parameter statuses of the first server connection made, reported to clients at startup.
@@ -124,7 +126,7 @@ impl WirePools {
     /// Whether any endpoint is reached through a transaction-mode pooler (sessions then keep
     /// what they need to parse their statements again per batch).
     pub fn any_behind_pooler(&self) -> bool {
-        self.pools.iter().any(|p| p.behind_pooler)
+        self.any_behind_pooler
     }
 
     pub fn new(
@@ -149,7 +151,9 @@ impl WirePools {
                 })
             })
             .collect();
+        let pools: Vec<Arc<EndpointPool>> = pools;
         WirePools {
+            any_behind_pooler: pools.iter().any(|p| p.behind_pooler),
             pools,
             acquire_timeout,
             connect_timeout,

@@ -225,3 +225,31 @@ pub fn ops_port(config: &str) -> u16 {
         .expect("ops listen");
     listen.trim_end_matches('"').parse().expect("a port")
 }
+
+/// A PostgreSQL program (pgbench, psql, ...) of the newest installed version.
+pub fn pg_bin(name: &str) -> std::path::PathBuf {
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    dirs.sort();
+    dirs.pop().unwrap().join(name)
+}
+
+/// Runs a command, returns stdout, fails the test with its output otherwise.
+pub fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// The Python with the client drivers (`scripts/test.sh` sets up target/pyenv).
+pub fn python() -> String {
+    std::env::var("HOMEPORT_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/target/pyenv/bin/python", env!("CARGO_MANIFEST_DIR")))
+}

@@ -210,8 +210,7 @@ async fn read_modify_write_transactions_lose_no_update() {
 async fn psycopg_and_sqlalchemy_read_locally_inside_transactions() {
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "orm", "eu").await.status, 201);
-    let python = std::env::var("HOMEPORT_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/target/pyenv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let python = crate::common::python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/orm_suite.py");
     let url = format!(
         "postgresql://app@127.0.0.1:{}/app",

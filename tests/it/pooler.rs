@@ -6,36 +6,15 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::{Env, options, start};
+use crate::common::{Env, options, pg_bin, python, run, start};
 use serde_json::{Value, json};
 
 async fn pooled_sandbox() -> Env {
     let mut o = options(&["eu", "us"]);
     o.upstream_pooler = true;
     start(o).await
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.pop().unwrap().join(name)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{stderr}");
-    stdout
 }
 
 /// The PgBouncer in front of the server on `server_port`.
@@ -181,11 +160,6 @@ async fn http_through_a_transaction_pooler() {
         .await;
     assert_eq!(cast.status, 200, "{:?}", cast.body);
     assert_eq!(cast.body["rows"], json!([["ok"]]));
-}
-
-fn python() -> String {
-    std::env::var("HOMEPORT_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/target/pyenv/bin/python", env!("CARGO_MANIFEST_DIR")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,21 +6,10 @@
 
 use crate::common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::common::{options, start};
+use crate::common::{options, pg_bin, start};
 use tokio_postgres::NoTls;
-
-fn pg_bin(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.pop().unwrap().join(name)
-}
 
 fn url(port: u16, role: &str, db: &str, user: &str) -> String {
     format!("postgresql://{role}@127.0.0.1:{port}/{db}?options=-c%20homeport.user%3D{user}")

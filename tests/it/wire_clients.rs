@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Env, options, start};
+use crate::common::{Env, options, pg_bin, python, run, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn wire_url(env: &Env, region: &str) -> String {
@@ -16,27 +16,6 @@ fn wire_url(env: &Env, region: &str) -> String {
         "postgresql://app@127.0.0.1:{}/app",
         env.sandbox.region(region).pg_port
     )
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.pop().unwrap().join(name)
-}
-
-/// Runs a command, returns stdout, fails the test with its output otherwise.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{stderr}");
-    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,11 +143,6 @@ async fn psql_and_pgbench_through_homeport() {
         history, 800,
         "every TPC-B transaction committed exactly once on the home primary"
     );
-}
-
-fn python() -> String {
-    std::env::var("HOMEPORT_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/target/pyenv/bin/python", env!("CARGO_MANIFEST_DIR")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
