@@ -160,6 +160,37 @@ async fn http_through_a_transaction_pooler() {
         .await;
     assert_eq!(cast.status, 200, "{:?}", cast.body);
     assert_eq!(cast.body["rows"], json!([["ok"]]));
+
+    // The identity setting is set for the server session over HTTP, which behind a transaction
+    // pooler would reach the pooler's next client: refused with a clear problem, not applied.
+    let (config, http_port, _) = common::region_config_on_new_ports(&env, "eu");
+    let config = config.replacen(
+        "[postgres]\n",
+        "[postgres]\nidentity_setting = \"app.user_id\"\n",
+        1,
+    );
+    assert!(config.contains("identity_setting"), "{config}");
+    let _sidecar = env
+        .sandbox
+        .spawn_sidecar("identity-pooled", &config, http_port)
+        .expect("sidecar starts");
+    let refused = env
+        .send(
+            env.http
+                .post(format!("http://127.0.0.1:{http_port}/v1/query"))
+                .header("homeport-user", "pia")
+                .json(&json!({"sql": "SELECT 1", "params": []})),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(refused.body["sqlstate"], "0A000", "{:?}", refused.body);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("identity_setting")),
+        "{:?}",
+        refused.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
