@@ -228,6 +228,12 @@ impl ServerConn {
         self.reader.next().await
     }
 
+    /// A message of one of `tags` that the server sent together with the last one, if it is
+    /// already here.
+    pub fn buffered(&mut self, tags: &[u8]) -> Option<Message> {
+        self.reader.buffered(tags)
+    }
+
     /// Whether an idle connection is still usable: the server has sent nothing since its last
     /// ReadyForQuery (an idle server speaks only to say it is going away) and the socket is open.
     /// Polls the socket once without waiting.

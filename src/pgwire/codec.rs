@@ -160,6 +160,28 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         })
     }
 
+    /// The next tagged message if it is one of `tags` and already wholly in the buffer (nothing
+    /// is read from the stream): what arrived together with the last message. Anything else,
+    /// a malformed length included, is left for [`next`](FramedReader::next).
+    pub fn buffered(&mut self, tags: &[u8]) -> Option<Message> {
+        let head = self.buf.get(..5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if !tags.contains(&head[0])
+            || len < 4
+            || len as usize - 4 > MAX_MESSAGE
+            || self.buf.len() < 1 + len as usize
+        {
+            return None;
+        }
+        let tag = head[0];
+        let mut frame = self.buf.split_to(1 + len as usize);
+        let _ = frame.split_to(5);
+        Some(Message {
+            tag,
+            body: frame.freeze(),
+        })
+    }
+
     /// An untagged startup-phase packet: (code, body after the code).
     pub async fn startup(&mut self) -> Result<(i32, Bytes), ProtocolError> {
         self.fill(4).await?;
@@ -498,6 +520,26 @@ mod tests {
             r.next_limited(MAX_AUTH).await.unwrap(),
             Message::new(b'p', &b"ok"[..])
         );
+    }
+
+    #[tokio::test]
+    async fn buffered_takes_only_whole_messages_of_the_asked_kinds() {
+        // Two notifications and an error in one read, then half a notice.
+        let mut input: &[u8] = &[
+            b'A', 0, 0, 0, 5, b'1', b'A', 0, 0, 0, 5, b'2', b'E', 0, 0, 0, 5, b'x', b'N', 0, 0, 0,
+            9, b'h',
+        ];
+        let mut r = FramedReader::new(&mut input);
+        assert_eq!(r.next().await.unwrap(), Message::new(b'A', &b"1"[..]));
+        assert_eq!(r.buffered(b"ANS"), Some(Message::new(b'A', &b"2"[..])));
+        assert_eq!(r.buffered(b"ANS"), None, "an error is not taken");
+        assert_eq!(r.next().await.unwrap(), Message::new(b'E', &b"x"[..]));
+        assert_eq!(
+            r.buffered(b"ANS"),
+            None,
+            "an incomplete message is not taken"
+        );
+        assert!(matches!(r.next().await, Err(ProtocolError::Closed)));
     }
 
     #[tokio::test]

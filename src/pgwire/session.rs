@@ -330,7 +330,16 @@ impl Session {
                 m = self.client.next() => return m,
                 m = attached.lease.conn.recv() => match m {
                     Ok(m) if matches!(m.tag, b'A' | b'N' | b'S') => {
+                        // What the server sent together (a transaction's notifications) reaches
+                        // the client in one write, as PostgreSQL sent it.
                         self.send(m);
+                        while let Some(m) = self
+                            .server
+                            .as_mut()
+                            .and_then(|a| a.lease.conn.buffered(b"ANS"))
+                        {
+                            self.send(m);
+                        }
                         self.flush().await?;
                     }
                     Ok(m) => {
