@@ -213,8 +213,10 @@ async fn probe_load_does_not_grow_with_the_fleet_and_falls_back_without_redis() 
         "{:>14} | {alone:>28.1} | (Redis stopped: every sidecar probes on its own)",
         31
     );
+    // 31 sidecars probing on their own measure 3.5-5x the shared rate (3.5x on a loaded CI
+    // machine, where each sidecar's probes fall behind their interval); sharing would stay ~1x.
     assert!(
-        alone > rates[2] * 4.0,
+        alone > rates[2] * 2.0,
         "without Redis the sidecars probe on their own: {alone} vs {} shared",
         rates[2]
     );

@@ -206,15 +206,38 @@ async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_
                 .unwrap();
         }
     }
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE usename = 'app' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
             &[],
         )
         .await
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // pg_terminate_backend only signals: wait until those backends have exited (on a loaded
+    // machine that takes more than a moment), so the pooled connections really are dead.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let alive: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{alive} terminated backends still running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(conn);
     for i in 0..10 {
