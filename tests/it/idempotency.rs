@@ -213,8 +213,12 @@ async fn fifty_concurrent_requests_with_one_key_apply_once() {
         .count();
     assert_eq!(applied, 1, "exactly one request applied");
     for r in &responses {
+        // 503: the sidecar's pool (16 connections, 1 s acquire timeout in the sandbox) was
+        // saturated on a loaded machine; nothing was applied and the client may retry.
         assert!(
-            r.status == 409 || (r.status == 200 && r.body == responses_body(&responses)),
+            r.status == 409
+                || r.status == 503
+                || (r.status == 200 && r.body == responses_body(&responses)),
             "{} {:?}",
             r.status,
             r.body
@@ -222,6 +226,9 @@ async fn fifty_concurrent_requests_with_one_key_apply_once() {
         if r.status == 409 {
             problem(r, 409, Some("HP409"));
             assert_eq!(r.header("retry-after"), Some("1"));
+        }
+        if r.status == 503 {
+            problem(r, 503, None);
         }
     }
     assert_eq!(rows(&env, "eu", "cal", "once").await, 1);

@@ -61,18 +61,30 @@ async fn a_read_that_changed_before_the_promotion_fails_with_40001_and_writes_no
     for begin_over_extended in [false, true] {
         // A reads the row inside a plain transaction: on the us replica (once it has A's
         // writes, which read-your-writes requires).
-        wait_caught_up(&env, "eu", "us").await;
-        if begin_over_extended {
-            a.query("BEGIN", &[]).await.unwrap();
-        } else {
-            a.batch_execute("BEGIN").await.unwrap();
-        }
-        let body: String = a
-            .query_one("SELECT body FROM notes WHERE id = $1", &[&id])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(route(&a).await, "us/replica");
+        // On a loaded machine the sidecar may still see the replica as behind (its probe
+        // lags the server) and rightly read on the primary: begin again until the read is local.
+        let mut tries = 0;
+        let body: String = loop {
+            wait_caught_up(&env, "eu", "us").await;
+            if begin_over_extended {
+                a.query("BEGIN", &[]).await.unwrap();
+            } else {
+                a.batch_execute("BEGIN").await.unwrap();
+            }
+            let body: String = a
+                .query_one("SELECT body FROM notes WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get(0);
+            let served = route(&a).await;
+            if served == "us/replica" {
+                break body;
+            }
+            tries += 1;
+            assert!(tries < 20, "the read never ran on us/replica: {served}");
+            a.batch_execute("ROLLBACK").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
         // B changes the row on the primary meanwhile.
         let changed = format!("changed-{begin_over_extended}");
         b.execute("UPDATE notes SET body = $1 WHERE id = $2", &[&changed, &id])
