@@ -6,7 +6,9 @@
 #
 #   benches/wire_vs_pgbouncer.sh [seconds]     (default 5 s per run, ROUNDS=3 runs per figure)
 #   HOMEPORT_BIN=target/profiling/homeport benches/wire_vs_pgbouncer.sh 15   (no cargo build)
-#   PERF_OUT=/tmp/hp.perf PERF_ARGS="-g --call-graph dwarf" ...  (perf record of homeport's -S run)
+#   PERF_OUT=/tmp/hp.perf PERF_ARGS="-g --call-graph dwarf" ...  (perf record of homeport's -S run;
+#   PERF_MODE=C|TPCB|S_prepared records that run instead)
+#   MODES="S C" ...  (only those runs)
 #
 # Reads (-S) go to the replica of the eu shard located in us: directly, through a PgBouncer in
 # front of that replica, and through the us sidecar for a user homed in eu (which routes them to
@@ -154,7 +156,7 @@ run() { # proxy_pid port args... -> "transactions cpu_ticks" (pid "-" for direct
 # Each figure is the sum of ROUNDS runs of SECS seconds, the three targets taking turns, so
 # that a noisy neighbour on the shared machine weighs on all three alike.
 declare -A T C
-for mode in S S_prepared TPCB C; do
+for mode in ${MODES:-S S_prepared TPCB C}; do
     case $mode in
         S) args=(-S -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; bpid=$BOUNCER_READ_PID; hp=$US_WIRE; hpid=$US_SIDECAR ;;
         S_prepared) args=(-S -M prepared -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; bpid=$BOUNCER_READ_PID; hp=$US_WIRE; hpid=$US_SIDECAR ;;
@@ -168,7 +170,7 @@ for mode in S S_prepared TPCB C; do
         read -r t c < <(PGOPTIONS= run "$bpid" "$bp" "${args[@]}")
         T[$mode,bouncer]=$((T[$mode,bouncer] + t)); C[$mode,bouncer]=$((C[$mode,bouncer] + c))
         PERF_PID=
-        if [ -n "${PERF_OUT:-}" ] && [ "$mode" = S ] && [ "$round" = 1 ]; then
+        if [ -n "${PERF_OUT:-}" ] && [ "$mode" = "${PERF_MODE:-S}" ] && [ "$round" = 1 ]; then
             # shellcheck disable=SC2086
             perf record -F 999 ${PERF_ARGS:-} -p "$hpid" -o "$PERF_OUT" -- sleep "$SECS" >/dev/null 2>&1 &
             PERF_PID=$!
@@ -189,7 +191,7 @@ cpu() { [ "$1" -gt 0 ] && echo $(( $2 * 1000000 / HZ / $1 )) || echo -; } # tran
 row() { printf "%-24s %10s %10s %10s %9s %9s %9s %12s %12s\n" "$@"; }
 echo
 row "pgbench ${ROUNDS}x${SECS}s 8 clients" "direct tps" "pgbouncer" "homeport" "bncr/dir" "home/dir" "home/bncr" "bncr us/txn" "home us/txn"
-for mode in S S_prepared TPCB C; do
+for mode in ${MODES:-S S_prepared TPCB C}; do
     case $mode in S) name="-S (simple)";; S_prepared) name="-S -M prepared";; TPCB) name="TPC-B (simple)";; C) name="-S -C (connect/txn)";; esac
     row "$name" "$(tps "${T[$mode,direct]}")" "$(tps "${T[$mode,bouncer]}")" "$(tps "${T[$mode,homeport]}")" \
         "$(ratio "${T[$mode,bouncer]}" "${T[$mode,direct]}")" "$(ratio "${T[$mode,homeport]}" "${T[$mode,direct]}")" \

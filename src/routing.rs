@@ -134,9 +134,9 @@ pub fn read_candidates(
     let primary = snapshot.primary_of(shard);
 
     let mut out = Vec::with_capacity(replicas.len() + 1);
-    let (local_replicas, remote_replicas): (Vec<_>, Vec<_>) =
-        replicas.into_iter().partition(|e| &e.info.region == local);
-    out.extend(local_replicas.iter().map(|e| Candidate {
+    // The sort put local replicas first: no second list needed (this runs per routed statement).
+    let is_local = |e: &&&EndpointView| &e.info.region == local;
+    out.extend(replicas.iter().filter(is_local).map(|e| Candidate {
         index: e.info.index,
         target: Target::LocalReplica,
     }));
@@ -148,7 +148,7 @@ pub fn read_candidates(
     if primary_is_local && primary_reads == PrimaryReads::Nearest {
         out.extend(primary_candidate);
     }
-    out.extend(remote_replicas.iter().map(|e| Candidate {
+    out.extend(replicas.iter().filter(|e| !is_local(e)).map(|e| Candidate {
         index: e.info.index,
         target: Target::RemoteReplica,
     }));
@@ -175,9 +175,10 @@ pub fn demote_slow(
         c.target != Target::Primary
             && (s.rtt.is_some_and(|r| r > slow_rtt) || s.lag.is_some_and(|l| l > max_lag))
     };
-    let (mut fine, demoted): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|c| !slow(c));
-    fine.extend(demoted);
-    fine
+    // A stable sort keeps the order within each group, in place (a handful of candidates).
+    let mut candidates = candidates;
+    candidates.sort_by_key(slow);
+    candidates
 }
 
 #[cfg(test)]

@@ -380,6 +380,15 @@ pub fn parameter_status(name: &str, value: &str) -> Message {
     Message::new(b'S', b.freeze())
 }
 
+/// Writes a ParameterStatus straight into `out` (the login sends a dozen at once).
+pub fn put_parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    out.reserve(7 + name.len() + value.len());
+    out.put_u8(b'S');
+    out.put_i32((4 + name.len() + 1 + value.len() + 1) as i32);
+    put_cstr(out, name);
+    put_cstr(out, value);
+}
+
 pub fn ready_for_query(status: u8) -> Message {
     Message::new(b'Z', vec![status])
 }
@@ -568,6 +577,15 @@ mod tests {
             read_message(&mut input).await,
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[test]
+    fn parameter_status_written_in_place_matches_the_message() {
+        let mut a = BytesMut::new();
+        parameter_status("TimeZone", "UTC").write_to(&mut a);
+        let mut b = BytesMut::new();
+        put_parameter_status(&mut b, "TimeZone", "UTC");
+        assert_eq!(a, b);
     }
 
     #[test]

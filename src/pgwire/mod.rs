@@ -322,9 +322,14 @@ async fn login(
         Ok(server_params) => {
             // The client's own startup settings win over what the first server reported.
             let settings = server_settings::from_startup(&params, identity, &server_params);
-            for (k, v) in &server_params {
-                let v = settings.get(&k.to_ascii_lowercase()).unwrap_or(v);
-                codec::parameter_status(k, startup::reported(k, v)).write_to(&mut buf);
+            for (k, v) in server_params.iter() {
+                // Settings are keyed in lowercase; most logins set none or one of these.
+                let asked = settings
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v);
+                let v = asked.unwrap_or(v);
+                codec::put_parameter_status(&mut buf, k, startup::reported(k, v));
             }
             settings
         }

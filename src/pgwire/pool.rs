@@ -22,6 +22,9 @@ pub struct EndpointPool {
     limits: Limits,
 }
 
+/// The parameters a server reported at startup, shared by every login that reports them.
+pub type ServerParams = Arc<[(String, String)]>;
+
 /// How long a server connection may sit idle, and live.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -43,7 +46,7 @@ pub struct WirePools {
     acquire_timeout: Duration,
     connect_timeout: Duration,
     /// Parameter statuses of the first server connection made, reported to clients at startup.
-    params: Mutex<Option<Vec<(String, String)>>>,
+    params: Mutex<Option<ServerParams>>,
     /// Client sessions' cancel keys and the servers they currently run on.
     pub cancel: Arc<super::cancel::CancelRegistry>,
     tls: crate::db::tls::ServerTls,
@@ -182,7 +185,7 @@ impl WirePools {
                 let c = ServerConn::connect(&pool.pg, self.connect_timeout, &self.tls).await?;
                 let mut params = self.params.lock().unwrap_or_else(|p| p.into_inner());
                 if params.is_none() {
-                    *params = Some(c.params.clone());
+                    *params = Some(c.params.clone().into());
                 }
                 c
             }
@@ -217,10 +220,7 @@ impl WirePools {
 
     /// The server parameters to report to a new client, connecting to `endpoint` if no server
     /// connection has been made yet.
-    pub async fn startup_params(
-        &self,
-        endpoint: usize,
-    ) -> Result<Vec<(String, String)>, AcquireError> {
+    pub async fn startup_params(&self, endpoint: usize) -> Result<ServerParams, AcquireError> {
         if let Some(p) = self
             .params
             .lock()
@@ -230,7 +230,7 @@ impl WirePools {
             return Ok(p);
         }
         let lease = self.acquire(endpoint).await?;
-        let params = lease.conn.params.clone();
+        let params: ServerParams = lease.conn.params.clone().into();
         lease.release();
         Ok(params)
     }

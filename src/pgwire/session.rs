@@ -807,11 +807,13 @@ impl Session {
             Intent::Read => self.acquire_read(&home, candidates).await?,
             Intent::Write => self.acquire_first(&home, &candidates).await?,
         };
-        let wanted = self.wanted_settings(&user);
+        // Without an identity setting, a connection that has this session's settings already
+        // (the usual case) needs nothing: no copy of them, no round trip.
+        let identity = self.app.config.postgres.identity_setting.is_some();
         if lease.behind_pooler {
-            self.local_settings = server_settings::local_sql(&wanted);
-        } else {
-            sync_settings(&mut lease, wanted).await?;
+            self.local_settings = server_settings::local_sql(&self.wanted_settings(&user));
+        } else if identity || lease.conn.settings != self.settings {
+            sync_settings(&mut lease, self.wanted_settings(&user)).await?;
         }
         self.last_route = Some((c.index, c.target));
         self.app.note_cross_region(c.index);

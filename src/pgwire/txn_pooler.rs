@@ -167,9 +167,10 @@ impl Session {
         msg: Message,
         queue: &mut VecDeque<Expect>,
     ) -> Message {
-        if Reader::new(&msg.body, "query")
-            .text()
-            .is_ok_and(|sql| !in_transaction_block(&sql))
+        if self.local_settings.is_none()
+            || Reader::new(&msg.body, "query")
+                .text()
+                .is_ok_and(|sql| !in_transaction_block(&sql))
         {
             return msg;
         }
