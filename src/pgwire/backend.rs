@@ -15,7 +15,8 @@ use tokio_postgres::config::Host;
 
 use crate::db::tls::{ServerStream, ServerTls};
 
-use super::codec::{self, FramedReader, Message, ProtocolError, Reader};
+use super::codec::{self, FramedReader, Message, ProtocolError};
+use super::server_msg::ServerMsg;
 
 /// One authenticated server connection, idle at ReadyForQuery when in a pool.
 pub struct ServerConn {
@@ -135,83 +136,68 @@ impl ServerConn {
         let mut scram: Option<ScramSha256> = None;
         loop {
             let m = self.recv().await?;
-            match m.tag {
-                b'R' => {
-                    let mut r = Reader::new(&m.body, "authentication");
-                    match r.i32()? {
-                        0 => {}
-                        3 => {
-                            let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
-                            let mut buf = BytesMut::new();
-                            frontend::password_message(pw, &mut buf).map_err(ProtocolError::Io)?;
-                            self.send_raw(&buf).await?;
-                        }
-                        5 => {
-                            let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
-                            let salt: [u8; 4] = r
-                                .rest()
-                                .get(..4)
-                                .and_then(|s| s.try_into().ok())
-                                .ok_or(ProtocolError::Malformed("md5"))?;
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                user.as_bytes(),
-                                pw,
-                                salt,
-                            );
-                            let mut buf = BytesMut::new();
-                            frontend::password_message(hash.as_bytes(), &mut buf)
-                                .map_err(ProtocolError::Io)?;
-                            self.send_raw(&buf).await?;
-                        }
-                        10 => {
-                            let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
-                            let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                            let mut buf = BytesMut::new();
-                            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)
-                                .map_err(ProtocolError::Io)?;
-                            self.send_raw(&buf).await?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or(ProtocolError::Malformed("sasl"))?;
-                            s.update(r.rest())
-                                .map_err(|e| ConnectError::Refused(e.to_string()))?;
-                            let mut buf = BytesMut::new();
-                            frontend::sasl_response(s.message(), &mut buf)
-                                .map_err(ProtocolError::Io)?;
-                            self.send_raw(&buf).await?;
-                        }
-                        12 => {
-                            let s = scram.as_mut().ok_or(ProtocolError::Malformed("sasl"))?;
-                            s.finish(r.rest())
-                                .map_err(|e| ConnectError::Refused(e.to_string()))?;
-                        }
-                        other => {
-                            return Err(ConnectError::Refused(format!(
-                                "unsupported authentication method {other}"
-                            )));
-                        }
+            match ServerMsg::parse(&m)? {
+                ServerMsg::Authentication { code, data } => match code {
+                    0 => {}
+                    3 => {
+                        let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
+                        let mut buf = BytesMut::new();
+                        frontend::password_message(pw, &mut buf).map_err(ProtocolError::Io)?;
+                        self.send_raw(&buf).await?;
                     }
+                    5 => {
+                        let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
+                        let salt: [u8; 4] = data
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or(ProtocolError::Malformed("md5"))?;
+                        let hash =
+                            postgres_protocol::authentication::md5_hash(user.as_bytes(), pw, salt);
+                        let mut buf = BytesMut::new();
+                        frontend::password_message(hash.as_bytes(), &mut buf)
+                            .map_err(ProtocolError::Io)?;
+                        self.send_raw(&buf).await?;
+                    }
+                    10 => {
+                        let pw = password.as_deref().ok_or(ConnectError::NoPassword)?;
+                        let s = ScramSha256::new(pw, ChannelBinding::unsupported());
+                        let mut buf = BytesMut::new();
+                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut buf)
+                            .map_err(ProtocolError::Io)?;
+                        self.send_raw(&buf).await?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram.as_mut().ok_or(ProtocolError::Malformed("sasl"))?;
+                        s.update(data)
+                            .map_err(|e| ConnectError::Refused(e.to_string()))?;
+                        let mut buf = BytesMut::new();
+                        frontend::sasl_response(s.message(), &mut buf)
+                            .map_err(ProtocolError::Io)?;
+                        self.send_raw(&buf).await?;
+                    }
+                    12 => {
+                        let s = scram.as_mut().ok_or(ProtocolError::Malformed("sasl"))?;
+                        s.finish(data)
+                            .map_err(|e| ConnectError::Refused(e.to_string()))?;
+                    }
+                    other => {
+                        return Err(ConnectError::Refused(format!(
+                            "unsupported authentication method {other}"
+                        )));
+                    }
+                },
+                ServerMsg::ParameterStatus { name, value } => {
+                    self.params.push((name.to_string(), value.to_string()));
                 }
-                b'S' => {
-                    let mut r = Reader::new(&m.body, "parameter status");
-                    let (k, v) = (r.cstr()?.to_string(), r.cstr()?.to_string());
-                    self.params.push((k, v));
-                }
-                b'K' => {
-                    let mut r = Reader::new(&m.body, "backend key");
-                    self.key = (r.i32()?, r.i32()?);
-                }
-                b'E' => {
-                    let msg = super::codec::field(&m.body, b'M').unwrap_or_default();
-                    return Err(ConnectError::Refused(msg));
-                }
-                b'N' => {}
-                b'Z' => return Ok(()),
-                other => {
+                ServerMsg::BackendKeyData { pid, secret } => self.key = (pid, secret),
+                ServerMsg::Error(e) => return Err(ConnectError::Refused(e.message())),
+                ServerMsg::Notice => {}
+                ServerMsg::ReadyForQuery(_) => return Ok(()),
+                ServerMsg::DataRow(_) | ServerMsg::Other(_) => {
                     return Err(ProtocolError::Unsupported(format!(
                         "unexpected message '{}' during startup",
-                        other as char
+                        m.tag as char
                     ))
                     .into());
                 }
@@ -263,14 +249,14 @@ impl ServerConn {
         let mut outcome = Ok(Vec::new());
         loop {
             let m = self.recv().await?;
-            match m.tag {
-                b'D' => {
+            match ServerMsg::parse(&m)? {
+                ServerMsg::DataRow(row) => {
                     if let Ok(rows) = outcome.as_mut() {
-                        rows.push(codec::values(&m.body));
+                        rows.push(codec::values(row));
                     }
                 }
-                b'E' => outcome = Err(m),
-                b'Z' => return Ok((outcome, m.body.first().copied().unwrap_or(b'I'))),
+                ServerMsg::Error(_) => outcome = Err(m),
+                ServerMsg::ReadyForQuery(status) => return Ok((outcome, status)),
                 _ => {}
             }
         }
@@ -288,12 +274,12 @@ impl ServerConn {
         let mut outcome = Ok(None);
         loop {
             let m = self.recv().await?;
-            match m.tag {
-                b'D' if matches!(outcome, Ok(None)) => {
-                    outcome = Ok(codec::first_value(&m.body).map(String::from))
+            match ServerMsg::parse(&m)? {
+                ServerMsg::DataRow(row) if matches!(outcome, Ok(None)) => {
+                    outcome = Ok(codec::first_value(row).map(String::from))
                 }
-                b'E' => outcome = Err(m),
-                b'Z' => return Ok((outcome, m.body.first().copied().unwrap_or(b'I'))),
+                ServerMsg::Error(_) => outcome = Err(m),
+                ServerMsg::ReadyForQuery(status) => return Ok((outcome, status)),
                 _ => {}
             }
         }

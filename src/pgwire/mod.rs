@@ -26,6 +26,7 @@ mod relay;
 mod reroute;
 mod sasl;
 pub mod scram;
+mod server_msg;
 mod server_settings;
 mod session;
 pub mod settings;
