@@ -126,9 +126,11 @@ pub fn optimistic_replay(took: Duration) {
     histogram!(OPTIMISTIC_REPLAY_SECONDS).record(took.as_secs_f64());
 }
 
-/// A read a replica refused (an unlogged or temporary table) ran again on a primary.
-pub fn wire_rerouted() {
-    counter!(WIRE_REROUTED_TOTAL).increment(1);
+/// A read ran again: `recovery_refusal` (a replica refused an unlogged or temporary table; it
+/// ran on a primary) or `server_gone` (the idle connection it was lent had lost its server
+/// before answering; it ran on another connection).
+pub fn wire_rerouted(reason: &'static str) {
+    counter!(WIRE_REROUTED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// A request for a user of a resident shard, by the shard's policy and what this sidecar did:

@@ -33,9 +33,13 @@ impl Session {
             return Ok(());
         };
         if let Err(e) = attached.lease.conn.send_raw(&buf).await {
-            self.server_lost(e);
+            if !self.gone_before_answer(None) {
+                self.server_lost(e);
+            }
             return Ok(());
         }
+        // Nothing came back from the server yet (a unit may run again if its server was gone).
+        let mut answered = false;
         // One watch on the server's health for the whole exchange (a timer armed per message
         // waited for would cost a timer registration per round trip).
         let endpoint = attached.lease.endpoint;
@@ -73,10 +77,14 @@ impl Session {
             let m = match m {
                 Ok(m) => m,
                 Err(e) => {
-                    self.server_lost(e);
+                    if answered || !self.gone_before_answer(None) {
+                        self.server_lost(e);
+                    }
                     return Ok(());
                 }
             };
+            let first = !answered;
+            answered = true;
             match queue.take(m.tag, &m.body) {
                 Step::Forward => self.send(m),
                 Step::Drop => {}
@@ -100,6 +108,9 @@ impl Session {
                     continue;
                 }
                 Step::Fatal => {
+                    if first && self.gone_before_answer(Some(&m.body)) {
+                        return Ok(());
+                    }
                     // The server is ending the session (terminated, shutting down): the client
                     // sees the error and loses its connection, as it would with PostgreSQL.
                     let message = codec::field(&m.body, b'M').unwrap_or_default();
@@ -268,6 +279,15 @@ impl Session {
 
     /// The server connection broke: it is closed (never reused), and the client hears why.
     pub(super) fn server_lost(&mut self, e: ProtocolError) {
+        self.forget_server();
+        self.send(
+            ClientError::unreachable(format!("homeport lost the server connection: {e}")).error(),
+        );
+        self.send(codec::ready_for_query(b'I'));
+    }
+
+    /// Drops the attached server and everything the session kept about its transaction there.
+    pub(super) fn forget_server(&mut self) {
         if let Some(a) = self.detach()
             && let Some(started) = a.txn_started
         {
@@ -283,10 +303,6 @@ impl Session {
         self.skipping = false;
         self.parsed_now.clear();
         self.optimistic = None;
-        self.send(
-            ClientError::unreachable(format!("homeport lost the server connection: {e}")).error(),
-        );
-        self.send(codec::ready_for_query(b'I'));
     }
 
     /// Runs the extended-protocol messages collected up to a Sync (or Flush).

@@ -8,6 +8,13 @@
 //! drops the replica's answer and runs the unit again on a primary. Its statements are
 //! remembered by the classifier (`ClassifyCache::remember_primary_only`), so they go to a primary
 //! from then on, also where a retry is impossible (inside a transaction).
+//!
+//! The same kind of unit also runs again, once, when the idle pooled connection it was lent had
+//! lost its server before answering: the connection closed, or its first message was a FATAL
+//! saying the server process was terminated or the server is shutting down (57P01, 57P02,
+//! 57P03; a backend an administrator terminated while it sat idle has not always exited when
+//! the pool's check looks at it). Only reads: a write's fate is not known from a lost
+//! connection, so the client hears the error as before.
 
 use super::codec::{self, Message, Reader};
 use super::error::SqlState;
@@ -22,7 +29,31 @@ pub(super) fn is_recovery_refusal(body: &[u8]) -> bool {
         && codec::field(body, b'M').as_deref() == Some(REFUSAL)
 }
 
+/// SQLSTATEs of a FATAL that says the server process is going away, not that the statement
+/// failed: admin_shutdown, crash_shutdown, cannot_connect_now.
+const SERVER_GOING_AWAY: [&str; 3] = ["57P01", "57P02", "57P03"];
+
 impl Session {
+    /// Hook for the relay, before any answer to the unit: the server is gone (`fatal`: its
+    /// ErrorResponse, or `None` for a lost connection). For a fresh read unit the connection is
+    /// dropped without a word to the client and the unit is marked to run again; returns whether
+    /// that happened.
+    pub(super) fn gone_before_answer(&mut self, fatal: Option<&[u8]>) -> bool {
+        let going_away = fatal.is_none_or(|body| {
+            codec::error_code(body).is_some_and(|c| SERVER_GOING_AWAY.contains(&c.as_str()))
+        });
+        let read = self
+            .server
+            .as_ref()
+            .is_some_and(|a| a.intent == crate::types::Intent::Read && a.pin.is_none());
+        if !(self.unit_fresh && going_away && read) {
+            return false;
+        }
+        self.forget_server();
+        self.server_gone = true;
+        true
+    }
+
     /// Hook for the relay: an error from the attached server. `flushed`: part of the unit's
     /// answer already went to the client, so it cannot be taken back.
     pub(super) fn note_server_error(&mut self, m: &Message, flushed: bool) {
@@ -39,7 +70,14 @@ impl Session {
     ) -> Result<(), SessionError> {
         let fresh = self.server.is_none() && self.out.is_empty();
         self.refused_in_recovery = None;
-        self.simple_query(msg.clone()).await?;
+        (self.unit_fresh, self.server_gone) = (fresh, false);
+        let ran = self.simple_query(msg.clone()).await;
+        self.unit_fresh = false;
+        ran?;
+        if std::mem::take(&mut self.server_gone) {
+            crate::metrics::wire_rerouted("server_gone");
+            return self.simple_query(msg).await;
+        }
         let Some(retry) = self.refused_in_recovery.take() else {
             return Ok(());
         };
@@ -48,7 +86,7 @@ impl Session {
         }
         if retry && fresh && self.server.is_none() {
             self.out.clear();
-            crate::metrics::wire_rerouted();
+            crate::metrics::wire_rerouted("recovery_refusal");
             self.simple_query(msg).await?;
         }
         Ok(())
@@ -60,7 +98,15 @@ impl Session {
         let fresh = sync && self.server.is_none() && self.out.is_empty();
         let batch = self.batch.clone();
         self.refused_in_recovery = None;
-        self.run_batch(sync).await?;
+        (self.unit_fresh, self.server_gone) = (fresh, false);
+        let ran = self.run_batch(sync).await;
+        self.unit_fresh = false;
+        ran?;
+        if std::mem::take(&mut self.server_gone) {
+            crate::metrics::wire_rerouted("server_gone");
+            self.batch = batch;
+            return self.run_batch(sync).await;
+        }
         let Some(retry) = self.refused_in_recovery.take() else {
             return Ok(());
         };
@@ -70,7 +116,7 @@ impl Session {
         }
         if retry && fresh && self.server.is_none() {
             self.out.clear();
-            crate::metrics::wire_rerouted();
+            crate::metrics::wire_rerouted("recovery_refusal");
             self.batch = batch;
             self.run_batch(sync).await?;
         }

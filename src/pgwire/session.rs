@@ -113,6 +113,11 @@ pub struct Session {
     /// A replica refused to read an unlogged or temporary table in the current unit: whether
     /// the unit can still be run again on a primary (see `reroute`).
     pub(super) refused_in_recovery: Option<bool>,
+    /// The unit being run took a fresh server connection with nothing owed to the client
+    /// (see `reroute`): if that server turns out gone before answering, the unit may run again.
+    pub(super) unit_fresh: bool,
+    /// Set by the relay when the fresh unit's server was gone before answering.
+    pub(super) server_gone: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +186,8 @@ impl Session {
             replaying: None,
             optimistic_setting: None,
             refused_in_recovery: None,
+            unit_fresh: false,
+            server_gone: false,
         }
     }
 

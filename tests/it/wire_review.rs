@@ -170,12 +170,7 @@ async fn close_then_bind_in_one_batch_and_endless_batches_get_errors_not_crashes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_lent() {
-    let env = start(options(&["eu", "us"])).await;
-    assert_eq!(env.place("us", "term", "us").await.status, 201);
-    let url = format!(
-        "postgresql://app@127.0.0.1:{}/app?options=-c%20homeport.user%3Dterm",
-        env.sandbox.region("us").pg_port
-    );
+    let (env, url) = sandbox_with_us_user("term").await;
     let admin = env.direct(env.primary_port("us")).await;
 
     // A pinned session whose server process is terminated sees the error, then a closed
@@ -245,4 +240,79 @@ async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_
             .await
             .unwrap_or_else(|e| panic!("statement {i} after the backends died: {e}"));
     }
+}
+
+/// A read lent an idle pooled connection whose server process was terminated while it sat idle
+/// but had not exited when the pool looked at it (held here with SIGSTOP so that moment lasts)
+/// runs again on another connection: the client gets its rows, not the FATAL meant for the dead
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_lent_a_connection_whose_server_is_going_away_runs_again() {
+    let (env, url) = sandbox_with_us_user("gone").await;
+    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // Reads one after the other leave one idle wire-pool connection, marked by its last query.
+    for _ in 0..3 {
+        c.query_one("SELECT count(*) FROM notes /*gone-marker*/", &[])
+            .await
+            .unwrap();
+    }
+    let admin = env.direct(env.primary_port("us")).await;
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'idle' \
+             AND query LIKE '%gone-marker%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pids.len(), 1, "one idle wire-pool connection: {pids:?}");
+    let pid = pids[0].to_string();
+    let signal = |s: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "kill {s} {pid}");
+    };
+    signal("-STOP");
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pids[0]])
+        .await
+        .unwrap();
+    let before = env.metrics("us").await;
+    let read = tokio::spawn(async move {
+        c.query_one("SELECT count(*) FROM notes", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    signal("-CONT");
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("the read finishes")
+        .unwrap();
+    assert!(n.is_ok(), "the read ran again elsewhere: {n:?}");
+    let after = env.metrics("us").await;
+    let gone = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("homeport_wire_rerouted_total{reason=\"server_gone\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(gone(&after), gone(&before) + 1, "{after}");
+}
+
+/// A sandbox with `user` homed in us, and the us wire endpoint's URL for that user.
+async fn sandbox_with_us_user(user: &str) -> (common::Env, String) {
+    let env = start(options(&["eu", "us"])).await;
+    assert_eq!(env.place("us", user, "us").await.status, 201);
+    let url = format!(
+        "postgresql://app@127.0.0.1:{}/app?options=-c%20homeport.user%3D{user}",
+        env.sandbox.region("us").pg_port
+    );
+    (env, url)
 }
