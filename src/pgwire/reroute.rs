@@ -46,7 +46,9 @@ impl Session {
             .server
             .as_ref()
             .is_some_and(|a| a.intent == crate::types::Intent::Read && a.pin.is_none());
-        if !(self.unit_fresh && going_away && read) {
+        // `out` empty: nothing of the unit's answer is waiting for the client either (a unit
+        // may relay more than one exchange).
+        if !(self.unit_fresh && self.out.is_empty() && going_away && read) {
             return false;
         }
         self.forget_server();

@@ -401,6 +401,8 @@ impl Session {
         if !self.out.is_empty() {
             self.out_half.write_all(&self.out).await?;
             self.out.clear();
+            // Part of the unit's answer reached the client: it cannot run again.
+            self.unit_fresh = false;
         }
         Ok(())
     }
