@@ -134,9 +134,10 @@ pub fn read_candidates(
     let primary = snapshot.primary_of(shard);
 
     let mut out = Vec::with_capacity(replicas.len() + 1);
-    // The sort put local replicas first: no second list needed (this runs per routed statement).
-    let is_local = |e: &&&EndpointView| &e.info.region == local;
-    out.extend(replicas.iter().filter(is_local).map(|e| Candidate {
+    // The sort put local replicas first (this runs per routed statement: no second list).
+    let (local_replicas, remote_replicas) =
+        replicas.split_at(replicas.partition_point(|e| &e.info.region == local));
+    out.extend(local_replicas.iter().map(|e| Candidate {
         index: e.info.index,
         target: Target::LocalReplica,
     }));
@@ -148,7 +149,7 @@ pub fn read_candidates(
     if primary_is_local && primary_reads == PrimaryReads::Nearest {
         out.extend(primary_candidate);
     }
-    out.extend(replicas.iter().filter(|e| !is_local(e)).map(|e| Candidate {
+    out.extend(remote_replicas.iter().map(|e| Candidate {
         index: e.info.index,
         target: Target::RemoteReplica,
     }));

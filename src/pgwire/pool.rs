@@ -141,7 +141,7 @@ impl WirePools {
         tls: crate::db::tls::ServerTls,
         limits: Limits,
     ) -> WirePools {
-        let pools = snapshot
+        let pools: Vec<Arc<EndpointPool>> = snapshot
             .endpoints
             .iter()
             .map(|e| {
@@ -154,7 +154,6 @@ impl WirePools {
                 })
             })
             .collect();
-        let pools: Vec<Arc<EndpointPool>> = pools;
         WirePools {
             any_behind_pooler: pools.iter().any(|p| p.behind_pooler),
             pools,

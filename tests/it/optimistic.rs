@@ -35,6 +35,14 @@ async fn route(c: &Client) -> String {
         .unwrap()
 }
 
+/// The body of note `id`, read through `c`.
+async fn body_of(c: &Client, id: i64) -> String {
+    c.query_one("SELECT body FROM notes WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn metric(env: &Env, result: &str) -> u64 {
     let text = env.metrics("us").await;
     let line = format!("homeport_optimistic_transactions_total{{result=\"{result}\"}} ");
@@ -71,11 +79,7 @@ async fn a_read_that_changed_before_the_promotion_fails_with_40001_and_writes_no
             } else {
                 a.batch_execute("BEGIN").await.unwrap();
             }
-            let body: String = a
-                .query_one("SELECT body FROM notes WHERE id = $1", &[&id])
-                .await
-                .unwrap()
-                .get(0);
+            let body = body_of(&a, id).await;
             let served = route(&a).await;
             if served == "us/replica" {
                 break body;
@@ -111,11 +115,7 @@ async fn a_read_that_changed_before_the_promotion_fails_with_40001_and_writes_no
         assert_eq!(now, changed, "the failed transaction wrote nothing");
         // The retry reads the new value and commits on the primary.
         a.batch_execute("BEGIN").await.unwrap();
-        let body: String = a
-            .query_one("SELECT body FROM notes WHERE id = $1", &[&id])
-            .await
-            .unwrap()
-            .get(0);
+        let body = body_of(&a, id).await;
         a.execute(
             "UPDATE notes SET body = $1 WHERE id = $2",
             &[&format!("{body}+a"), &id],
@@ -124,11 +124,7 @@ async fn a_read_that_changed_before_the_promotion_fails_with_40001_and_writes_no
         .unwrap();
         assert_eq!(route(&a).await, "eu/primary");
         a.batch_execute("COMMIT").await.unwrap();
-        let done: String = a
-            .query_one("SELECT body FROM notes WHERE id = $1", &[&id])
-            .await
-            .unwrap()
-            .get(0);
+        let done = body_of(&a, id).await;
         assert_eq!(done, format!("{changed}+a"));
     }
     assert!(metric(&env, "conflict").await >= 2);

@@ -193,8 +193,7 @@ async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_
     // Pooled connections that die while idle (every homeport backend terminated) are passed
     // over: the next clients' statements all succeed.
     for _ in 0..3 {
-        let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-        tokio::spawn(conn);
+        let c = client(&url).await;
         for _ in 0..4 {
             c.query_one("SELECT count(*) FROM notes", &[])
                 .await
@@ -233,8 +232,7 @@ async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = client(&url).await;
     for i in 0..10 {
         c.query_one("SELECT count(*) FROM notes", &[])
             .await
@@ -249,8 +247,7 @@ async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_lent_a_connection_whose_server_is_going_away_runs_again() {
     let (env, url) = sandbox_with_us_user("gone").await;
-    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = client(&url).await;
     // Reads one after the other leave one idle wire-pool connection, marked by its last query.
     for _ in 0..3 {
         c.query_one("SELECT count(*) FROM notes /*gone-marker*/", &[])
@@ -315,4 +312,11 @@ async fn sandbox_with_us_user(user: &str) -> (common::Env, String) {
         env.sandbox.region("us").pg_port
     );
     (env, url)
+}
+
+/// A client of the wire endpoint at `url`, its connection driven in the background.
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
 }
