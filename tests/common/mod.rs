@@ -12,6 +12,19 @@ use serde_json::{Value, json};
 pub struct Env {
     pub sandbox: Sandbox,
     pub http: reqwest::Client,
+    /// Released after the sandbox is stopped (fields drop in order).
+    _machine: Machine,
+}
+
+/// Sandboxes run in parallel, except one that loads the machine on purpose (a fleet of 31
+/// sidecars): it starts with `start_alone` and runs with no other test's sandbox up, so neither
+/// it nor the others run on a machine it starves. No test holds two sandboxes at once, so the
+/// fair lock cannot deadlock.
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+enum Machine {
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
 }
 
 pub fn options(regions: &[&str]) -> SandboxOptions {
@@ -20,6 +33,15 @@ pub fn options(regions: &[&str]) -> SandboxOptions {
 
 /// Starts a sandbox; blocking work runs off the async runtime.
 pub async fn start(options: SandboxOptions) -> Env {
+    boot(options, Machine::Shared(MACHINE.read().await)).await
+}
+
+/// Starts a sandbox once no other test has one up, and keeps the others waiting while it runs.
+pub async fn start_alone(options: SandboxOptions) -> Env {
+    boot(options, Machine::Alone(MACHINE.write().await)).await
+}
+
+async fn boot(options: SandboxOptions, machine: Machine) -> Env {
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::start(options))
         .await
         .expect("sandbox thread")
@@ -28,7 +50,11 @@ pub async fn start(options: SandboxOptions) -> Env {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("http client");
-    Env { sandbox, http }
+    Env {
+        sandbox,
+        http,
+        _machine: machine,
+    }
 }
 
 pub struct Resp {

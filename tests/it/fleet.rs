@@ -13,7 +13,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Env, options, start};
+use crate::common::{Env, options, start_alone};
 use homeport::dev::Managed;
 use serde_json::json;
 
@@ -132,10 +132,9 @@ async fn mode_of(env: &Env, ops_port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_load_does_not_grow_with_the_fleet_and_falls_back_without_redis() {
-    let _serial = ONE_AT_A_TIME.lock().await;
     let mut o = options(&["eu", "us"]);
     o.remove_dir = std::env::var_os("FLEET_KEEP").is_none();
-    let env = start(o).await;
+    let env = start_alone(o).await;
     if env.sandbox.region("eu").redis_port.is_none() {
         panic!("this test needs redis-server (scripts/test.sh installs it)");
     }
@@ -267,13 +266,9 @@ async fn wait_for_mode(env: &Env, ops: u16, want: &str) {
     }
 }
 
-/// Both tests start a sandbox and several sidecars: one at a time on two cores.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_takes_over_publishing_when_the_publisher_stops() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let mut env = start(options(&["eu", "us"])).await;
+    let mut env = start_alone(options(&["eu", "us"])).await;
     assert_eq!(env.place("eu", "gus", "eu").await.status, 201);
     let mut fleet = Fleet {
         sidecars: Vec::new(),
