@@ -28,6 +28,8 @@ pub struct App {
     pub kv: Option<Arc<crate::kv::Kv>>,
     /// Which primaries have homeport's idempotency schema, as far as this sidecar knows.
     pub idempotency_schema: crate::idempotency::store::Schema,
+    /// Connections with the HTTP claim and record prepared (`store::PREPARE_SQL`).
+    pub idempotency_prepared: crate::db::statement::SqlPrepared,
     pub metrics: PrometheusHandle,
     pub http_metrics: RequestMetrics,
     pub wire_metrics: RequestMetrics,
@@ -96,6 +98,7 @@ impl App {
             directory,
             kv,
             idempotency_schema,
+            idempotency_prepared: Default::default(),
             metrics,
             http_metrics: RequestMetrics::new("http"),
             wire_metrics: RequestMetrics::new("pg"),

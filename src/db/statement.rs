@@ -99,6 +99,55 @@ impl<'a> Own<'a> {
     }
 }
 
+/// The server connections on which a set of statements is prepared under SQL names (`PREPARE`),
+/// so a simple Query can `EXECUTE` them: the server plans them once per connection. A connection
+/// is known by its statement cache, an `Arc` that lives exactly as long as the pooled
+/// connection; a `Weak` to it also keeps its address from being reused while the entry exists.
+#[derive(Default)]
+pub struct SqlPrepared {
+    on: Mutex<Vec<std::sync::Weak<deadpool_postgres::StatementCache>>>,
+}
+
+impl SqlPrepared {
+    /// Whether `prepare` (one simple Query of `PREPARE`s) has run on `client`; runs it if not.
+    /// `false` without sending anything when the connection is `unnamed` (behind a
+    /// transaction-mode pooler the next transaction may be on another backend).
+    pub async fn ensure(
+        &self,
+        client: &deadpool_postgres::Object,
+        unnamed: bool,
+        prepare: &str,
+    ) -> Result<bool, Error> {
+        if unnamed {
+            return Ok(false);
+        }
+        let cache = &client.statement_cache;
+        if self
+            .lock()
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(cache)))
+        {
+            return Ok(true);
+        }
+        match client.batch_execute(prepare).await {
+            Ok(()) => {}
+            // Prepared by an earlier request whose answer was never read (it was cancelled).
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_PSTATEMENT) => {}
+            Err(e) => return Err(e),
+        }
+        let mut on = self.lock();
+        on.retain(|w| w.strong_count() > 0);
+        on.push(Arc::downgrade(cache));
+        Ok(true)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<std::sync::Weak<deadpool_postgres::StatementCache>>> {
+        self.on.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// What the server said about a client's statement: its parameter types and result columns.
 #[derive(Debug)]
 pub struct Shape {

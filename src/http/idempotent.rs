@@ -211,17 +211,19 @@ async fn keyed_transaction(
     let exec = Exec::new(app, &client, endpoint, None);
     let guard = TxGuard(Some(client));
     let c = guard.client();
-    // Prepared once per connection (for a replay), in one round trip, or sent unnamed behind a
-    // transaction-mode pooler.
+    // Prepared once per connection (the lookup and position for a replay, the claim and record
+    // under SQL names), in one round trip, or sent unnamed behind a transaction-mode pooler.
     let unnamed = exec.unnamed();
-    let (lookup, lsn_stmt) = tokio::try_join!(
+    let (lookup, lsn_stmt, prepared) = tokio::try_join!(
         Own::prepare(c, unnamed, store::LOOKUP_SQL, store::LOOKUP_TYPES),
         Own::prepare(c, unnamed, POSITION_SQL, &[]),
+        app.idempotency_prepared
+            .ensure(c, unnamed, &store::PREPARE_SQL),
     )
     .map_err(pg)?;
     let (user, key) = (req.user.as_str(), req.key.as_str());
     let first = &req.statements[0];
-    let claim = store::claim_batch(user, key, &req.fingerprint);
+    let claim = store::claim_batch(prepared, user, key, &req.fingerprint);
     exec.in_transaction();
     let (claimed, first_result) = tokio::join!(
         c.batch_execute(&claim),
@@ -268,7 +270,7 @@ async fn keyed_transaction(
     }
     let body = shape(req.shape, results);
     let ttl = app.config.idempotency.ttl;
-    let record = store::record_batch(user, key, &req.fingerprint, 200, &body, ttl);
+    let record = store::record_batch(prepared, user, key, &req.fingerprint, 200, &body, ttl);
     let lsn = match c.simple_query(&record).await {
         Ok(messages) => messages.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(row) => {

@@ -25,6 +25,7 @@
 //! dies. The HTTP claim ([`claim_batch`]) costs one lock and one index probe and no PL/pgSQL unless
 //! it refuses; the wire keeps version 1's claim function, which also inserts its row at once.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
@@ -110,17 +111,16 @@ COMMENT ON FUNCTION homeport.idempotency_refuse(text, text) IS
     ),
 ];
 
-/// BEGIN and the HTTP claim, one simple Query (one protocol cycle) pipelined with the first
-/// statement of the write. No row yet and no PL/pgSQL on this path: the key's advisory lock (the
-/// same lock the version 1 claim function takes, so sidecars of both versions exclude each
-/// other) and one probe of the primary key. A refusal raises (`HP409` busy, `HP200` completed,
-/// `HP422` another request), which aborts the transaction so the pipelined statement never runs.
-/// The lock is tried before the probe: a CASE evaluates its branches in order and the scalar
-/// subquery is an initplan, computed only when its branch is reached.
-pub fn claim_batch(user: &str, key: &str, fingerprint: &[u8]) -> String {
-    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
+/// The HTTP claim, from the expressions of its three values. No row yet and no PL/pgSQL on this
+/// path: the key's advisory lock (the same lock the version 1 claim function takes, so sidecars
+/// of both versions exclude each other) and one probe of the primary key. A refusal raises
+/// (`HP409` busy, `HP200` completed, `HP422` another request), which aborts the transaction so
+/// the statement pipelined behind it never runs. The lock is tried before the probe: a CASE
+/// evaluates its branches in order and the scalar subquery is an initplan, computed only when its
+/// branch is reached.
+fn claim_sql(user: &str, key: &str, fp: &str) -> String {
     format!(
-        "BEGIN; SELECT CASE \
+        "SELECT CASE \
          WHEN NOT pg_try_advisory_xact_lock(hashtextextended({user} || chr(1) || {key}, 7401)) \
          THEN homeport.idempotency_refuse({key}, 'HP409') \
          ELSE (SELECT homeport.idempotency_refuse(key, \
@@ -130,20 +130,11 @@ pub fn claim_batch(user: &str, key: &str, fingerprint: &[u8]) -> String {
     )
 }
 
-/// The record of an HTTP write with its response, COMMIT and the commit position, one simple
-/// Query. The claim's probe saw no live record and the advisory lock is held, so the only row in
-/// the way is an expired one, which is overwritten; anything else raises, and the rest of the
-/// Query (COMMIT) is skipped, leaving the transaction to be rolled back.
-pub fn record_batch(
-    user: &str,
-    key: &str,
-    fingerprint: &[u8],
-    status: u16,
-    response: &str,
-    ttl: Duration,
-) -> String {
-    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
-    let (response, ttl) = (literal(response), ttl.as_secs_f64());
+/// The record of an HTTP write with its response, from the expressions of its values. The
+/// claim's probe saw no live record and the advisory lock is held, so the only row in the way is
+/// an expired one, which is overwritten; anything else raises, and the rest of the Query
+/// (COMMIT) is skipped, leaving the transaction to be rolled back.
+fn record_sql(user: &str, key: &str, fp: &str, status: &str, response: &str, ttl: &str) -> String {
     format!(
         "INSERT INTO homeport.idempotency_keys AS k \
          (user_id, key, fingerprint, state, status, response, expires_at) \
@@ -153,8 +144,70 @@ pub fn record_batch(
          state = EXCLUDED.state, status = EXCLUDED.status, response = EXCLUDED.response, \
          created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
          WHERE CASE WHEN k.expires_at <= now() THEN true \
-         ELSE homeport.idempotency_refuse(k.key, 'HP409') END; \
-         COMMIT; {position}",
+         ELSE homeport.idempotency_refuse(k.key, 'HP409') END"
+    )
+}
+
+/// The SQL names the claim and the record are prepared under on each server connection of a
+/// directly reached primary ([`PREPARE_SQL`]); a change to either text needs new names.
+const CLAIM_NAME: &str = "homeport_claim_v2";
+const RECORD_NAME: &str = "homeport_record_v2";
+
+/// Prepares the claim and the record under their names, once per server connection (tracked
+/// by `db::statement::SqlPrepared`), outside any transaction: a prepared statement is the
+/// session's, whatever becomes of a transaction.
+pub static PREPARE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "PREPARE {CLAIM_NAME}(text, text, bytea) AS {}; \
+         PREPARE {RECORD_NAME}(text, text, bytea, int2, text, float8) AS {}",
+        claim_sql("$1", "$2", "$3"),
+        record_sql("$1", "$2", "$3", "$4", "$5", "$6")
+    )
+});
+
+/// BEGIN and the HTTP claim, one simple Query (one protocol cycle) pipelined with the first
+/// statement of the write. `prepared`: the connection has [`PREPARE_SQL`], and the claim is an
+/// `EXECUTE` of it, which the server plans once per connection instead of parsing and planning
+/// the whole text on every keyed write (a third less PostgreSQL CPU per keyed write,
+/// docs/benchmarks.md); else (behind a transaction-mode pooler, where nothing named outlives a
+/// transaction) the whole text. The values are literals either way.
+pub fn claim_batch(prepared: bool, user: &str, key: &str, fingerprint: &[u8]) -> String {
+    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
+    let claim = if prepared {
+        format!("EXECUTE {CLAIM_NAME}({user}, {key}, {fp})")
+    } else {
+        claim_sql(&user, &key, &fp)
+    };
+    format!("BEGIN; {claim}")
+}
+
+/// The record of an HTTP write with its response, COMMIT and the commit position, one simple
+/// Query; `prepared` as for [`claim_batch`].
+pub fn record_batch(
+    prepared: bool,
+    user: &str,
+    key: &str,
+    fingerprint: &[u8],
+    status: u16,
+    response: &str,
+    ttl: Duration,
+) -> String {
+    let (user, key, fp) = (literal(user), literal(key), bytea(fingerprint));
+    let (response, ttl) = (literal(response), ttl.as_secs_f64());
+    let record = if prepared {
+        format!("EXECUTE {RECORD_NAME}({user}, {key}, {fp}, {status}, {response}, {ttl})")
+    } else {
+        record_sql(
+            &user,
+            &key,
+            &fp,
+            &status.to_string(),
+            &response,
+            &ttl.to_string(),
+        )
+    };
+    format!(
+        "{record}; COMMIT; {position}",
         position = crate::consistency::sql::POSITION_SQL
     )
 }
@@ -316,7 +369,7 @@ mod tests {
 
     #[test]
     fn http_batches_escape_their_values_under_either_string_syntax() {
-        let claim = claim_batch("o'b\\", "k'1", &[0xab, 0x01]);
+        let claim = claim_batch(false, "o'b\\", "k'1", &[0xab, 0x01]);
         assert!(claim.starts_with("BEGIN; SELECT CASE"));
         assert!(
             claim.contains("E'o''b\\\\' || chr(1) || E'k''1'"),
@@ -327,6 +380,7 @@ mod tests {
             "{claim}"
         );
         let record = record_batch(
+            false,
             "u",
             "k",
             &[1],
@@ -337,6 +391,40 @@ mod tests {
         assert!(record.contains(r#"E'{"a":"it''s \\\\n"}'"#), "{record}");
         assert!(record.contains("make_interval(secs => 60)"), "{record}");
         assert!(record.ends_with("COMMIT; SELECT pg_current_wal_lsn()::text"));
+    }
+
+    #[test]
+    fn prepared_batches_execute_by_name_with_the_same_values() {
+        let claim = claim_batch(true, "o'b", "k", &[0xab]);
+        assert_eq!(
+            claim,
+            "BEGIN; EXECUTE homeport_claim_v2(E'o''b', E'k', decode('ab', 'hex'))"
+        );
+        let ttl = Duration::from_millis(1500);
+        let record = record_batch(true, "u", "k", &[1], 200, "{}", ttl);
+        assert_eq!(
+            record,
+            "EXECUTE homeport_record_v2(E'u', E'k', decode('01', 'hex'), 200, E'{}', 1.5); \
+             COMMIT; SELECT pg_current_wal_lsn()::text"
+        );
+        // What is prepared is the whole text with parameters in place of the values.
+        let whole = claim_batch(false, "u", "k", &[1]);
+        let by_value = whole
+            .trim_start_matches("BEGIN; ")
+            .replace("E'u'", "$1")
+            .replace("E'k'", "$2")
+            .replace("decode('01', 'hex')", "$3");
+        assert!(PREPARE_SQL.contains(&by_value), "{}", *PREPARE_SQL);
+        let whole = record_batch(false, "u", "k", &[1], 200, "{}", ttl);
+        let by_value = whole
+            .trim_end_matches("; COMMIT; SELECT pg_current_wal_lsn()::text")
+            .replace("E'u'", "$1")
+            .replace("E'k'", "$2")
+            .replace("decode('01', 'hex')", "$3")
+            .replace("200", "$4")
+            .replace("E'{}'", "$5")
+            .replace("1.5", "$6");
+        assert!(PREPARE_SQL.ends_with(&by_value), "{}", *PREPARE_SQL);
     }
 
     #[test]
