@@ -21,6 +21,7 @@ mod http_jwt;
 mod http_results;
 mod http_routing;
 mod idempotency;
+mod idempotency_prepared;
 mod identity;
 mod jwt_keys;
 mod lag_sli;
