@@ -463,15 +463,14 @@ impl Session {
         if forgets_prepared(&sql)
             && let Some(a) = self.server.as_mut()
         {
-            a.lease.conn.prepared.clear();
+            a.lease.conn.forget_prepared();
         }
         let mut buf = BytesMut::new();
         let mut queue = VecDeque::from([Expect::Sync]);
         self.local_settings_simple(msg.clone(), &mut queue)
             .write_to(&mut buf);
         if self.capture_ahead(class.effect) {
-            super::consistency::position_query().write_to(&mut buf);
-            queue.push_back(Expect::Position);
+            queue.push_back(self.append_position_query(&mut buf, false));
         }
         self.relay(buf, queue).await?;
         self.keep_unit(super::optimistic::Unit::Query(msg));
