@@ -152,6 +152,22 @@ async fn recv(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
     (tag, body)
 }
 
+/// A session on the wire endpoint at `port` as `user`, spoken to byte by byte, logged in.
+async fn raw_session(port: u16, user: &[u8]) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut params = b"user\0app\0database\0app\0options\0-c homeport.user=".to_vec();
+    params.extend_from_slice(user);
+    params.extend_from_slice(b"\0\0");
+    let mut startup = ((params.len() + 8) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(&params);
+    s.write_all(&startup).await.unwrap();
+    while recv(&mut s).await.0 != b'Z' {}
+    s
+}
+
 /// Sends a simple query and collects the messages up to ReadyForQuery.
 async fn simple(s: &mut tokio::net::TcpStream, sql: &str) -> Vec<(u8, Vec<u8>)> {
     let mut m = vec![b'Q'];
@@ -183,15 +199,7 @@ fn token_status(messages: &[(u8, Vec<u8>)]) -> Option<String> {
 async fn committed_writes_report_the_token_as_a_parameter_status() {
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "pat", "eu").await.status, 201);
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.sandbox.region("us").pg_port))
-        .await
-        .unwrap();
-    let params = b"user\0app\0database\0app\0options\0-c homeport.user=pat\0\0";
-    let mut startup = ((params.len() + 8) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(params);
-    s.write_all(&startup).await.unwrap();
-    while recv(&mut s).await.0 != b'Z' {}
+    let mut s = raw_session(env.sandbox.region("us").pg_port, b"pat").await;
 
     let keys = token_keys(&env);
     let first = simple(
@@ -260,15 +268,7 @@ async fn committed_writes_report_the_token_as_a_parameter_status() {
 async fn the_position_query_is_prepared_once_and_survives_a_client_deallocating_it() {
     let env = start(options(&["eu", "us"])).await;
     assert_eq!(env.place("us", "pia", "eu").await.status, 201);
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", env.sandbox.region("us").pg_port))
-        .await
-        .unwrap();
-    let params = b"user\0app\0database\0app\0options\0-c homeport.user=pia\0\0";
-    let mut startup = ((params.len() + 8) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(params);
-    s.write_all(&startup).await.unwrap();
-    while recv(&mut s).await.0 != b'Z' {}
+    let mut s = raw_session(env.sandbox.region("us").pg_port, b"pia").await;
     let keys = token_keys(&env);
     let lsn = |messages: &[(u8, Vec<u8>)]| {
         let token = token_status(messages).expect("a token after the committed write");
