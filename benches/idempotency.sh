@@ -40,27 +40,9 @@ curl -sf -X PUT "$EU_HTTP/v1/users/bench-replayer/home" -H 'content-type: applic
 sleep 1
 
 SIDECAR_PID=$(pgrep -f "serve --config $DIR/sandbox/us/homeport.toml")
-# CPU ticks of the us sidecar, and of every PostgreSQL process of the sandbox (postmasters and
-# their children: backends stay alive in the pools, so their time is counted).
+# CPU ticks of the us sidecar, and of every PostgreSQL process of the sandbox (benches/pg_ticks.py).
 sidecar_ticks() { awk '{print $14 + $15}' "/proc/$SIDECAR_PID/stat"; }
-pg_ticks() {
-    python3 - "$DIR/sandbox" <<'PY'
-import os, sys
-pms = set()
-for root, _, files in os.walk(sys.argv[1]):
-    if "postmaster.pid" in files:
-        pms.add(int(open(os.path.join(root, "postmaster.pid")).readline()))
-t = 0
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        continue
-    if int(pid) in pms or int(f[1]) in pms:
-        t += int(f[11]) + int(f[12])
-print(t)
-PY
-}
+pg_ticks() { python3 benches/pg_ticks.py "$DIR/sandbox"; }
 measure() { # $1 = keyed (0/1), $2 = seconds, $3 = output file; appends "sidecar_us pg_us" per request to $3.cpu
     local s0 p0
     s0=$(sidecar_ticks); p0=$(pg_ticks)

@@ -144,18 +144,22 @@ idle_clients pgbouncer "$BOUNCER_READ_PID" "$BOUNCER_READ" ""
 idle_clients homeport "$US_SIDECAR" "$US_WIRE" "-c homeport.user=bench-user"
 
 export PGOPTIONS="-c homeport.user=bench-user"
-run() { # proxy_pid port args... -> "transactions cpu_ticks" (pid "-" for direct: no CPU)
+# CPU ticks of every PostgreSQL process of the sandbox, replicas included (benches/pg_ticks.py).
+pg_ticks() { python3 benches/pg_ticks.py "$DIR/sandbox"; }
+run() { # proxy_pid port args... -> "transactions proxy_ticks postgres_ticks" (pid "-" for direct)
     local pid=$1 port=$2; shift 2
-    local out before=0 after=0 txns
+    local out before=0 after=0 txns pg_before pg_after
     [ "$pid" = - ] || before=$(ticks "$pid")
+    pg_before=$(pg_ticks)
     out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U app "$@" -T "$SECS" app 2>&1 || true)
+    pg_after=$(pg_ticks)
     [ "$pid" = - ] || after=$(ticks "$pid")
     txns=$(echo "$out" | awk -F': ' '/number of transactions actually processed/ {print $2; exit}')
-    echo "${txns:-0} $((after - before))"
+    echo "${txns:-0} $((after - before)) $((pg_after - pg_before))"
 }
 # Each figure is the sum of ROUNDS runs of SECS seconds, the three targets taking turns, so
 # that a noisy neighbour on the shared machine weighs on all three alike.
-declare -A T C
+declare -A T C P
 for mode in ${MODES:-S S_prepared TPCB C}; do
     case $mode in
         S) args=(-S -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; bpid=$BOUNCER_READ_PID; hp=$US_WIRE; hpid=$US_SIDECAR ;;
@@ -163,20 +167,22 @@ for mode in ${MODES:-S S_prepared TPCB C}; do
         TPCB) args=(-n -c 8 -j 2); rp=$EU_PRIMARY; bp=$BOUNCER_WRITE; bpid=$BOUNCER_WRITE_PID; hp=$EU_WIRE; hpid=$EU_SIDECAR ;;
         C) args=(-S -C -c 8 -j 2); rp=$EU_REPLICA_IN_US; bp=$BOUNCER_READ; bpid=$BOUNCER_READ_PID; hp=$US_WIRE; hpid=$US_SIDECAR ;;
     esac
-    for target in direct bouncer homeport; do T[$mode,$target]=0; C[$mode,$target]=0; done
+    for target in direct bouncer homeport; do T[$mode,$target]=0; C[$mode,$target]=0; P[$mode,$target]=0; done
     for round in $(seq 1 "$ROUNDS"); do
-        read -r t c < <(PGOPTIONS= run - "$rp" "${args[@]}")
-        T[$mode,direct]=$((T[$mode,direct] + t))
-        read -r t c < <(PGOPTIONS= run "$bpid" "$bp" "${args[@]}")
+        read -r t c p < <(PGOPTIONS= run - "$rp" "${args[@]}")
+        T[$mode,direct]=$((T[$mode,direct] + t)); P[$mode,direct]=$((P[$mode,direct] + p))
+        read -r t c p < <(PGOPTIONS= run "$bpid" "$bp" "${args[@]}")
         T[$mode,bouncer]=$((T[$mode,bouncer] + t)); C[$mode,bouncer]=$((C[$mode,bouncer] + c))
+        P[$mode,bouncer]=$((P[$mode,bouncer] + p))
         PERF_PID=
         if [ -n "${PERF_OUT:-}" ] && [ "$mode" = "${PERF_MODE:-S}" ] && [ "$round" = 1 ]; then
             # shellcheck disable=SC2086
             perf record -F 999 ${PERF_ARGS:-} -p "$hpid" -o "$PERF_OUT" -- sleep "$SECS" >/dev/null 2>&1 &
             PERF_PID=$!
         fi
-        read -r t c < <(run "$hpid" "$hp" "${args[@]}")
+        read -r t c p < <(run "$hpid" "$hp" "${args[@]}")
         T[$mode,homeport]=$((T[$mode,homeport] + t)); C[$mode,homeport]=$((C[$mode,homeport] + c))
+        P[$mode,homeport]=$((P[$mode,homeport] + p))
         [ -z "$PERF_PID" ] || wait "$PERF_PID" || true
     done
 done
@@ -197,6 +203,18 @@ for mode in ${MODES:-S S_prepared TPCB C}; do
         "$(ratio "${T[$mode,bouncer]}" "${T[$mode,direct]}")" "$(ratio "${T[$mode,homeport]}" "${T[$mode,direct]}")" \
         "$(ratio "${T[$mode,homeport]}" "${T[$mode,bouncer]}")" \
         "$(cpu "${T[$mode,bouncer]}" "${C[$mode,bouncer]}")" "$(cpu "${T[$mode,homeport]}" "${C[$mode,homeport]}")"
+done
+# What each path costs the databases: the proxy's own statements (homeport's commit-position
+# query behind writes, its probes) show here, not in the proxy's CPU. Probes and replay run all
+# along, so a target with fewer transactions in the same time carries more of them per
+# transaction.
+echo
+row "PostgreSQL CPU us/txn" "direct" "pgbouncer" "homeport" "" "" "home/bncr" "" ""
+for mode in ${MODES:-S S_prepared TPCB C}; do
+    case $mode in S) name="-S (simple)";; S_prepared) name="-S -M prepared";; TPCB) name="TPC-B (simple)";; C) name="-S -C (connect/txn)";; esac
+    row "$name" "$(cpu "${T[$mode,direct]}" "${P[$mode,direct]}")" "$(cpu "${T[$mode,bouncer]}" "${P[$mode,bouncer]}")" \
+        "$(cpu "${T[$mode,homeport]}" "${P[$mode,homeport]}")" "" "" \
+        "$(ratio "$(cpu "${T[$mode,homeport]}" "${P[$mode,homeport]}")" "$(cpu "${T[$mode,bouncer]}" "${P[$mode,bouncer]}")")" "" ""
 done
 
 # SYSCALLS=1: system calls per -S transaction of each proxy (strace -c attached for a fixed
