@@ -27,8 +27,6 @@ pub struct ServerConn {
     pub key: (i32, i32),
     /// Server-side names of statements prepared on this connection.
     pub prepared: super::prepared::PreparedSet,
-    /// The connection has homeport's position query prepared (`consistency.rs`).
-    pub position_prepared: bool,
     /// When the connection was made (for `postgres.max_lifetime`).
     pub created: Instant,
     /// When the connection last went back to its pool (for `postgres.idle_timeout`).
@@ -96,7 +94,6 @@ impl ServerConn {
             params: Vec::new(),
             key: (0, 0),
             prepared: Default::default(),
-            position_prepared: false,
             created: Instant::now(),
             idle_since: Instant::now(),
             settings: Default::default(),
@@ -235,12 +232,6 @@ impl ServerConn {
 
     /// homeport's own one-value query on an idle connection: the first column of the first row,
     /// or `None` if the statement failed or returned no value. The connection is idle again after.
-    /// The server dropped every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
-    pub fn forget_prepared(&mut self) {
-        self.prepared.clear();
-        self.position_prepared = false;
-    }
-
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ProtocolError> {
         let (outcome, _) = self.run_own(sql).await?;
         Ok(outcome.ok().flatten())

@@ -338,7 +338,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(super) fn put_cstr(out: &mut BytesMut, s: &str) {
+fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_slice(s.as_bytes());
     out.put_u8(0);
 }

@@ -189,48 +189,9 @@ fn unreachable(home: &crate::types::ShardId, last: String) -> ClientError {
     ClientError::unreachable(format!("no server for shard {home} is reachable: {last}"))
 }
 
-/// The name homeport prepares its position query under on each server connection (a client's
-/// statements are named `hp_<hash>` on the server, never this).
-const POSITION_STATEMENT: &str = "homeport_position";
-
-impl Session {
-    /// Appends homeport's position query to `buf` and says what to expect of it. By its prepared
-    /// name (Bind, Execute, Sync, with a Parse first on a connection that lacks it): the server
-    /// plans it once per connection instead of parsing and planning it behind every committing
-    /// write. As a simple Query when `simple` (asking again after the name failed) or behind a
-    /// transaction-mode pooler, where nothing named outlives a transaction.
-    pub(super) fn append_position_query(
-        &self,
-        buf: &mut bytes::BytesMut,
-        simple: bool,
-    ) -> super::session::Expect {
-        use super::session::Expect;
-        use bytes::BufMut;
-        let conn = match self.server.as_ref() {
-            Some(a) if !simple && !a.lease.behind_pooler => &a.lease.conn,
-            _ => {
-                codec::query(POSITION_SQL).write_to(buf);
-                return Expect::Position;
-            }
-        };
-        if !conn.position_prepared {
-            let mut parse = bytes::BytesMut::new();
-            codec::put_cstr(&mut parse, POSITION_STATEMENT);
-            codec::put_cstr(&mut parse, POSITION_SQL);
-            parse.put_i16(0);
-            Message::new(b'P', parse.freeze()).write_to(buf);
-        }
-        // Bind the unnamed portal (as a simple Query would replace it) with no parameters and
-        // text results, run it, Sync.
-        let mut bind = bytes::BytesMut::new();
-        bind.put_u8(0);
-        codec::put_cstr(&mut bind, POSITION_STATEMENT);
-        bind.put_slice(&[0, 0, 0, 0, 0, 0]);
-        Message::new(b'B', bind.freeze()).write_to(buf);
-        Message::new(b'E', bytes::Bytes::from_static(&[0, 0, 0, 0, 0])).write_to(buf);
-        codec::empty(b'S').write_to(buf);
-        Expect::PositionByName
-    }
+/// The position query as a message, to append behind a unit.
+pub(super) fn position_query() -> Message {
+    codec::query(POSITION_SQL)
 }
 
 /// Asks a replica the plan's replay check until it answers yes (`true`) or the wait is over

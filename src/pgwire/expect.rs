@@ -25,12 +25,8 @@ pub(super) enum Expect {
     SynthParse,
     /// A statement Close: homeport keeps the server's copy and answers CloseComplete itself.
     SynthClose,
-    /// homeport's commit-position query behind a write, as a simple Query: its answer is
-    /// homeport's own.
+    /// homeport's commit-position query behind a write: its answer is homeport's own.
     Position,
-    /// The same query by its name prepared on the connection (`consistency.rs`), with a Parse
-    /// ahead of it on a connection that lacks it: its ParseComplete says the connection has it.
-    PositionByName,
     /// A Close of a statement homeport evicted from the server: its CloseComplete is homeport's.
     Evict,
     /// The session's settings ahead of a transaction behind a pooler (`txn_pooler.rs`): every
@@ -50,11 +46,8 @@ pub(super) enum Step {
     Parsed { forward: bool },
     /// A row of homeport's position query: the commit position.
     Position,
-    /// The connection has the position query prepared now.
-    PositionPrepared,
-    /// The position query is answered: the client's held ReadyForQuery may go. `by_name`: it
-    /// ran by its prepared name (which a client may have deallocated).
-    PositionDone { by_name: bool },
+    /// The position query is answered: the client's held ReadyForQuery may go.
+    PositionDone,
     /// An ErrorResponse that ends the server session (FATAL, PANIC).
     Fatal,
     /// An ErrorResponse: the server skips to the next Sync, and so do the expectations.
@@ -113,18 +106,15 @@ impl Expectations {
     pub(super) fn take(&mut self, tag: u8, body: &[u8]) -> Step {
         let front = self.queue.front().copied();
         match front {
-            Some(position @ (Expect::Position | Expect::PositionByName)) => {
-                let by_name = position == Expect::PositionByName;
+            Some(Expect::Position) => {
                 return match tag {
                     b'A' => Step::Forward,
                     b'D' => Step::Position,
-                    b'1' if by_name => Step::PositionPrepared,
                     b'Z' => {
                         self.queue.pop_front();
-                        Step::PositionDone { by_name }
+                        Step::PositionDone
                     }
-                    // Row description, command tag, BindComplete, a notice, or an error (a
-                    // failed transaction, or a name the client deallocated).
+                    // Row description, command tag, a notice, or an error (failed transaction).
                     _ => Step::Drop,
                 };
             }
@@ -187,9 +177,7 @@ fn terminal(e: Expect, tag: u8) -> bool {
         Expect::Sync => tag == b'Z',
         Expect::Evict => tag == b'3',
         Expect::Prefix => tag == b'C',
-        Expect::SynthParse | Expect::SynthClose | Expect::Position | Expect::PositionByName => {
-            false
-        }
+        Expect::SynthParse | Expect::SynthClose | Expect::Position => false,
     }
 }
 
@@ -308,57 +296,11 @@ mod tests {
                 Step::Position,
                 Step::Drop,
                 Step::Forward,
-                Step::PositionDone { by_name: false }
+                Step::PositionDone
             ]
         );
         assert_eq!(client, "CZA", "a notification still reaches the client");
         assert!(left.is_empty());
-    }
-
-    #[test]
-    fn the_position_query_by_name_reports_its_parse_and_its_failure() {
-        // Parse (the connection lacked the statement), BindComplete, the row, the tag, Ready.
-        let (steps, client, left) = script(
-            &[Execute, Sync, PositionByName],
-            &[
-                (b'C', b""),
-                (b'Z', b"I"),
-                (b'1', b""),
-                (b'2', b""),
-                (b'D', b""),
-                (b'C', b""),
-                (b'Z', b"I"),
-            ],
-        );
-        assert_eq!(
-            steps,
-            [
-                Step::Forward,
-                Step::Ready,
-                Step::PositionPrepared,
-                Step::Drop,
-                Step::Position,
-                Step::Drop,
-                Step::PositionDone { by_name: true }
-            ]
-        );
-        assert_eq!(client, "CZ");
-        assert!(left.is_empty());
-        // The name was deallocated by the client: the error is homeport's, not the client's.
-        let (steps, client, _) = script(
-            &[Execute, Sync, PositionByName],
-            &[
-                (b'C', b""),
-                (b'Z', b"I"),
-                (b'E', &error("ERROR")),
-                (b'Z', b"I"),
-            ],
-        );
-        assert_eq!(
-            steps[2..],
-            [Step::Drop, Step::PositionDone { by_name: true }]
-        );
-        assert_eq!(client, "CZ");
     }
 
     #[test]

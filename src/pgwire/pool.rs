@@ -99,7 +99,7 @@ impl Lease {
         tokio::spawn(async move {
             let reset = tokio::time::timeout(RESET_TIMEOUT, self.conn.run_own("DISCARD ALL")).await;
             if let Ok(Ok((Ok(_), b'I'))) = reset {
-                self.conn.forget_prepared();
+                self.conn.prepared.clear();
                 self.conn.settings.clear();
                 self.release();
             }

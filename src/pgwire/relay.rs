@@ -98,28 +98,8 @@ impl Session {
                     position = codec::first_value(&m.body).map(String::from);
                     continue;
                 }
-                Step::PositionPrepared => {
-                    if let Some(a) = self.server.as_mut() {
-                        a.lease.conn.position_prepared = true;
-                    }
-                    continue;
-                }
-                Step::PositionDone { by_name } => {
-                    let lsn = position.take();
-                    let failed = held.as_ref().is_some_and(|r| r.body.first() == Some(&b'E'));
-                    if lsn.is_none() && by_name && !failed {
-                        // The prepared name failed (a client deallocated it on its pinned
-                        // session): forget it and ask once more as a simple Query.
-                        if let Some(a) = self.server.as_mut() {
-                            a.lease.conn.position_prepared = false;
-                        }
-                        let Some(expect) = self.ask_position(true).await else {
-                            return Ok(());
-                        };
-                        queue.push(expect);
-                        continue;
-                    }
-                    self.captured(lsn.as_deref());
+                Step::PositionDone => {
+                    self.captured(position.take().as_deref());
                     if let Some(ready) = held.take() {
                         let status = ready.body.first().copied().unwrap_or(b'I');
                         self.send(ready);
@@ -154,17 +134,19 @@ impl Session {
                 Step::Ready => {
                     self.skipping = false;
                     let status = m.body.first().copied().unwrap_or(b'I');
-                    if matches!(
-                        queue.front(),
-                        Some(Expect::Position | Expect::PositionByName)
-                    ) {
+                    if queue.front() == Some(Expect::Position) {
                         held = Some(m);
                     } else if self.capture_after(status) {
                         // A write whose position could not be pipelined: ask now.
-                        let Some(expect) = self.ask_position(false).await else {
-                            return Ok(());
-                        };
-                        queue.push(expect);
+                        if let Some(a) = self.server.as_mut() {
+                            let mut q = BytesMut::new();
+                            super::consistency::position_query().write_to(&mut q);
+                            if let Err(e) = a.lease.conn.send_raw(&q).await {
+                                self.server_lost(e);
+                                return Ok(());
+                            }
+                        }
+                        queue.push(Expect::Position);
                         held = Some(m);
                     } else {
                         self.send(m);
@@ -185,20 +167,6 @@ impl Session {
         }
         self.parsed_now.clear();
         Ok(())
-    }
-
-    /// Sends the position query now; `None` when the server is lost on the way.
-    async fn ask_position(&mut self, simple: bool) -> Option<Expect> {
-        let mut q = BytesMut::new();
-        let expect = self.append_position_query(&mut q, simple);
-        let Some(a) = self.server.as_mut() else {
-            return Some(expect);
-        };
-        if let Err(e) = a.lease.conn.send_raw(&q).await {
-            self.server_lost(e);
-            return None;
-        }
-        Some(expect)
     }
 
     /// COPY FROM STDIN: the client's CopyData goes to the server until CopyDone or CopyFail.
@@ -415,12 +383,13 @@ impl Session {
         if plan.forgets_prepared
             && let Some(a) = self.server.as_mut()
         {
-            a.lease.conn.forget_prepared();
+            a.lease.conn.prepared.clear();
         }
         let (mut buf, mut queue) = self.rewrite(&decoded)?;
         drop(decoded);
         if sync && self.capture_ahead(plan.effect) {
-            queue.push_back(self.append_position_query(&mut buf, false));
+            super::consistency::position_query().write_to(&mut buf);
+            queue.push_back(Expect::Position);
         }
         self.relay(buf, queue).await?;
         self.keep_batch(batch);

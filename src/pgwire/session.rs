@@ -463,14 +463,15 @@ impl Session {
         if forgets_prepared(&sql)
             && let Some(a) = self.server.as_mut()
         {
-            a.lease.conn.forget_prepared();
+            a.lease.conn.prepared.clear();
         }
         let mut buf = BytesMut::new();
         let mut queue = VecDeque::from([Expect::Sync]);
         self.local_settings_simple(msg.clone(), &mut queue)
             .write_to(&mut buf);
         if self.capture_ahead(class.effect) {
-            queue.push_back(self.append_position_query(&mut buf, false));
+            super::consistency::position_query().write_to(&mut buf);
+            queue.push_back(Expect::Position);
         }
         self.relay(buf, queue).await?;
         self.keep_unit(super::optimistic::Unit::Query(msg));

@@ -262,50 +262,6 @@ async fn committed_writes_report_the_token_as_a_parameter_status() {
     assert_eq!(n, 3);
 }
 
-/// The position query runs by a name prepared once per server connection; a client that
-/// deallocates that name on its pinned session still gets a token covering each write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_position_query_is_prepared_once_and_survives_a_client_deallocating_it() {
-    let env = start(options(&["eu", "us"])).await;
-    assert_eq!(env.place("us", "pia", "eu").await.status, 201);
-    let mut s = raw_session(env.sandbox.region("us").pg_port, b"pia").await;
-    let keys = token_keys(&env);
-    let lsn = |messages: &[(u8, Vec<u8>)]| {
-        let token = token_status(messages).expect("a token after the committed write");
-        Token::decode(&token, &keys).unwrap().shards[&eu()].lsn
-    };
-    let prepared_here = async |s: &mut tokio::net::TcpStream| {
-        let rows = simple(
-            s,
-            "SELECT count(*) FROM pg_prepared_statements WHERE name = 'homeport_position'",
-        )
-        .await;
-        rows.into_iter()
-            .find(|m| m.0 == b'D')
-            .map(|(_, body)| body[6..].to_vec())
-    };
-    let insert = "INSERT INTO notes (user_id, body) VALUES ('pia', 'x')";
-    // A session advisory lock pins the session to one server connection.
-    let locked = simple(&mut s, "SELECT pg_advisory_lock(4242)").await;
-    assert!(locked.iter().all(|m| m.0 != b'E'), "{locked:?}");
-    let first = lsn(&simple(&mut s, insert).await);
-    let second = lsn(&simple(&mut s, insert).await);
-    assert!(second > first);
-    assert_eq!(prepared_here(&mut s).await, Some(b"1".to_vec()));
-    let dropped = simple(&mut s, "DEALLOCATE homeport_position").await;
-    assert!(dropped.iter().all(|m| m.0 != b'E'), "{dropped:?}");
-    assert_eq!(prepared_here(&mut s).await, Some(b"0".to_vec()));
-    // The name fails now: homeport asks again as a simple query, and the token still moves.
-    let third = simple(&mut s, insert).await;
-    assert!(third.iter().all(|m| m.0 != b'E'), "{third:?}");
-    assert!(lsn(&third) > second);
-    // The next write prepares it again.
-    let fourth = lsn(&simple(&mut s, insert).await);
-    assert!(fourth > lsn(&third));
-    assert_eq!(prepared_here(&mut s).await, Some(b"1".to_vec()));
-    simple(&mut s, "SELECT pg_advisory_unlock(4242)").await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_staleness_bounds_replica_reads() {
     let mut opts = options(&["eu", "us"]);
