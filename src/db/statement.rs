@@ -105,8 +105,11 @@ impl<'a> Own<'a> {
 /// connection; a `Weak` to it also keeps its address from being reused while the entry exists.
 #[derive(Default)]
 pub struct SqlPrepared {
-    on: Mutex<Vec<std::sync::Weak<deadpool_postgres::StatementCache>>>,
+    on: Mutex<Vec<Connection>>,
 }
+
+/// A pooled connection, known by its statement cache.
+type Connection = std::sync::Weak<deadpool_postgres::StatementCache>;
 
 impl SqlPrepared {
     /// Whether `prepare` (one simple Query of `PREPARE`s) has run on `client`; runs it if not.
@@ -141,9 +144,7 @@ impl SqlPrepared {
         Ok(true)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<std::sync::Weak<deadpool_postgres::StatementCache>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         self.on.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

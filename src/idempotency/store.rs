@@ -168,7 +168,7 @@ pub static PREPARE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// BEGIN and the HTTP claim, one simple Query (one protocol cycle) pipelined with the first
 /// statement of the write. `prepared`: the connection has [`PREPARE_SQL`], and the claim is an
 /// `EXECUTE` of it, which the server plans once per connection instead of parsing and planning
-/// the whole text on every keyed write (a third less PostgreSQL CPU per keyed write,
+/// the whole text on every keyed write (about a quarter less PostgreSQL CPU per keyed write,
 /// docs/benchmarks.md); else (behind a transaction-mode pooler, where nothing named outlives a
 /// transaction) the whole text. The values are literals either way.
 pub fn claim_batch(prepared: bool, user: &str, key: &str, fingerprint: &[u8]) -> String {

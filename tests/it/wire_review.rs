@@ -200,17 +200,12 @@ async fn a_terminated_server_ends_its_session_and_dead_idle_connections_are_not_
                 .unwrap();
         }
     }
-    let pids: Vec<i32> = admin
-        .query(
-            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE usename = 'app' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pids = pids(
+        &admin,
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE usename = 'app' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    .await;
     // pg_terminate_backend only signals: wait until those backends have exited (on a loaded
     // machine that takes more than a moment), so the pooled connections really are dead.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -255,17 +250,12 @@ async fn a_read_lent_a_connection_whose_server_is_going_away_runs_again() {
             .unwrap();
     }
     let admin = env.direct(env.primary_port("us")).await;
-    let pids: Vec<i32> = admin
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE state = 'idle' \
-             AND query LIKE '%gone-marker%' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pids = pids(
+        &admin,
+        "SELECT pid FROM pg_stat_activity WHERE state = 'idle' \
+         AND query LIKE '%gone-marker%' AND pid <> pg_backend_pid()",
+    )
+    .await;
     assert_eq!(pids.len(), 1, "one idle wire-pool connection: {pids:?}");
     let pid = pids[0].to_string();
     let signal = |s: &str| {
@@ -315,6 +305,17 @@ async fn sandbox_with_us_user(user: &str) -> (common::Env, String) {
 }
 
 /// A client of the wire endpoint at `url`, its connection driven in the background.
+/// The first column of every row of `sql`: backend process ids.
+async fn pids(admin: &tokio_postgres::Client, sql: &str) -> Vec<i32> {
+    admin
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn client(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(conn);
